@@ -1,0 +1,3 @@
+from clipbuild.cli import main
+
+main()
