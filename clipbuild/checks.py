@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from clipbuild.errors import Issue
+from clipbuild.errors import Issue, Location
 from clipbuild.layout import minimum_disk_size, partition_footprint
 from clipbuild.model import READ_ONLY_FILESYSTEMS, SLOTS, Partition, Profile
 from clipbuild.project import Project
@@ -36,23 +36,32 @@ def _part_key(part: Partition, key: str = "") -> str:
 
 
 def _issue(profile: Profile, key: str, message: str, hint: str = "") -> Issue:
-    return Issue(profile.origin(key), key, message, hint)
+    loc = profile.origin(key)
+    if loc is None and profile.files:
+        loc = Location(profile.files[-1])
+    return Issue(loc, key, message, hint)
 
 
 @check
 def check_species_complete(profile: Profile, project: Project) -> Iterator[Issue]:
-    """A buildable (non-abstract) species needs a version, a disk and a core package set."""
+    """A buildable (non-abstract) species needs a version, a disk and a core package set. Keys written with
+    a rejected value are already reported by the schema pass."""
     if profile.abstract:
         return
-    where = profile.files[-1] if profile.files else ""
-    if not profile.version:
+    where = profile.files[-1] if profile.files else "the profile"
+
+    def absent(key: str) -> bool:
+        return key not in profile.origins
+
+    if absent("version"):
         yield _issue(profile, "version", f"missing in {where} and its parents", "e.g. version: 4.5.0")
-    if profile.disk.size is None:
+    if absent("disk.size"):
         yield _issue(profile, "disk.size", "missing: the disk image size", "e.g. disk: {size: 4GiB}")
-    if not any(p.mount == "/" for p in profile.disk.partitions):
+    partitions_rejected = any(key.startswith("disk.partitions") for key in profile.invalid)
+    if not partitions_rejected and not any(p.mount == "/" for p in profile.disk.partitions):
         yield _issue(profile, "disk.partitions", "no partition is mounted on /",
                      "add {name: root, fs: squashfs, mount: /, slots: [a, b], verity: true, size: ...}")
-    if profile.packages.clip is None or profile.packages.clip.core is None:
+    if absent("packages.clip.core"):
         yield _issue(profile, "packages.clip.core", "missing: the core package set",
                      "e.g. packages: {clip: {core: [clip-conf/clip-core-conf]}}")
 

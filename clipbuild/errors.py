@@ -104,16 +104,18 @@ class ToolError(ClipbuildError):
 
 
 class StepError(ClipbuildError):
-    """A build step failed; names the step and where its log and partial output are."""
+    """A build step failed; names the step, the cause, and where its log and partial output are."""
 
-    def __init__(self, step_id: str, message: str, *, log: str = "", kept: str = ""):
+    def __init__(self, step_id: str, message: str, *, detail: list[str] | None = None, log: str = "",
+                 kept: str = ""):
         self.step_id = step_id
+        self.detail = detail or []
         self.log = log
         self.kept = kept
         super().__init__(f"step {step_id} failed: {message}")
 
     def lines(self) -> list[str]:
-        out = [str(self)]
+        out = [str(self), *self.detail]
         if self.log:
             out.append(f"  log: {self.log}")
         if self.kept:

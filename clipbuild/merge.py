@@ -35,22 +35,25 @@ def merge(parent: Node | None, child: Node, path: str, issues: list[Issue]) -> N
 
 
 def _merge_lists(inherited: list[Node], items: list[Node], path: str, issues: list[Issue]) -> list[Node]:
+    """Inherited items (some removed or merged into), then the child's new items in its order. Only inherited
+    items are merged into: two items of the same name written in one file stay two (and fail validation)."""
     result = list(inherited)
+    appended: list[Node] = []
     for item in items:
         if item.tag == "remove":
             index = _find(result, item, by_value=True)
             if index is None:
                 issues.append(Issue(item.loc, f"{path}[!remove {item.value}]", "removes nothing",
-                                    f"'{item.value}' is not inherited; inherited: {_names(result)}"))
+                                    f"'{item.value}' is not inherited; inherited: {_names(inherited)}"))
             else:
                 del result[index]
             continue
         index = _find(result, item, by_value=False)
         if index is None:
-            result.append(_strip(item, path, issues))
+            appended.append(_strip(item, path, issues))
         else:
             result[index] = merge(result[index], item, f"{path}[{_name(item)}]", issues)
-    return result
+    return result + appended
 
 
 def _find(items: list[Node], probe: Node, *, by_value: bool) -> int | None:

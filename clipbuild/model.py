@@ -195,6 +195,7 @@ class Profile:
     # Not part of the schema: where the profile came from.
     files: tuple[str, ...] = field(default=(), compare=False)
     origins: dict[str, Location] = field(default_factory=dict, compare=False, repr=False)
+    invalid: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def origin(self, path: str) -> Location | None:
         """Where the value at key path `path` was written (the nearest written ancestor)."""
@@ -209,6 +210,7 @@ class Profile:
 
         data = asdict(self)
         data.pop("origins")
+        data.pop("invalid")
         return data
 
 

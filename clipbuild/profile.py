@@ -131,8 +131,10 @@ def _resolve(project: Project, path: Path) -> tuple[Profile | None, list[Issue]]
         issues.append(Issue(checker.origins.get("species"), "species",
                             f"'{profile.species}' does not match the file name {own.path.name}",
                             f"rename the file to {profile.species}.yaml or write species: {own.name}"))
-    profile = replace(profile, files=tuple(p.display for p in lin.order), origins=checker.origins)
-    issues.extend(run_checks(profile, project))
+    profile = replace(profile, files=tuple(p.display for p in lin.order), origins=checker.origins,
+                      invalid=frozenset(checker.invalid))
+    if not lin.issues:  # with a parent missing, the profile is incomplete: semantic checks would mislead
+        issues.extend(run_checks(profile, project))
     return profile, issues
 
 

@@ -43,12 +43,14 @@ class Checker:
     """Collects issues and the location of every accepted value (by key path)."""
 
     issues: list[Issue] = field(default_factory=list)
-    origins: dict[str, Location] = field(default_factory=dict)
+    origins: dict[str, Location] = field(default_factory=dict)  # every key path written, valid or not
+    invalid: set[str] = field(default_factory=set)  # key paths whose value was rejected
 
     def problem(self, node: Node | None, path: str, message: str, hint: str = "", *,
                 at_key: bool = False) -> Any:
         loc = None if node is None else (node.where if at_key else node.loc)
         self.issues.append(Issue(loc, path, message, hint))
+        self.invalid.add(path)
         return INVALID
 
 
@@ -196,10 +198,10 @@ class ListOf(Type):
         out = []
         for index, child in enumerate(items):
             sub = f"{path}[{_item_name(child, index)}]"
+            ck.origins[sub] = child.loc
             value = self.item.check(child, sub, ck)
             if value is not INVALID:
                 out.append(value)
-                ck.origins[sub] = child.loc
         return tuple(out)
 
     def children(self) -> Iterator[tuple[str, Type]]:
@@ -222,11 +224,11 @@ class MapOf(Type):
         for name, child in node.value.items():
             key_node = Node(name, child.where)
             sub = f"{path}.{name}"
+            ck.origins[sub] = child.where
             key = self.key.check(key_node, sub, ck)
             value = self.value.check(child, sub, ck)
             if key is not INVALID and value is not INVALID:
                 out[key] = value
-                ck.origins[sub] = child.where
         return out
 
     def children(self) -> Iterator[tuple[str, Type]]:
@@ -264,11 +266,11 @@ class Struct(Type):
                                at_key=True)
                     broken = True
                 continue
+            ck.origins[sub] = child.where
             value = fld.metadata["schema"].check(child, sub, ck)
             if value is INVALID:
                 broken = broken or fld.metadata["required"]
                 continue
-            ck.origins[sub] = child.where
             kwargs[name] = value
         return INVALID if broken else self.cls(**kwargs)
 
