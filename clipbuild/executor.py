@@ -158,7 +158,7 @@ class Executor:
             if isinstance(exc, StepError):
                 exc.log, exc.kept = str(kept / "log.txt"), str(kept / "out")
                 raise
-            raise StepError(step.id, exc.lines()[0], detail=[f"  {line}" for line in exc.lines()[1:]],
+            raise StepError(step.id, exc.lines()[0], detail=exc.lines()[1:],
                             log=str(kept / "log.txt"), kept=str(kept / "out")) from exc
         except BaseException:
             self._keep_failed(step.id, tmp)
@@ -218,7 +218,10 @@ class Executor:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.objects.mkdir(parents=True, exist_ok=True)
+        try:
+            self.objects.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot use {self.workdir} as work directory: {exc.strerror}") from None
         with (self.workdir / ".lock").open("a+") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -42,7 +42,7 @@ def host_tools() -> tuple[HostTool, ...]:
     for line in text.splitlines():
         if not line.strip() or line.startswith("#"):
             continue
-        program, package, purpose = (line.split("\t") + ["", ""])[:3]
+        program, package, purpose = [*line.split("\t"), "", ""][:3]
         tools.append(HostTool(program, package, purpose))
     return tuple(tools)
 

@@ -1,0 +1,110 @@
+"""The command line as users meet it: help, output formats, exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from clipbuild import __version__
+from clipbuild.run import run
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_version(clipbuild):
+    result = clipbuild("--version")
+    assert (result.code, result.out) == (0, f"clipbuild, version {__version__}\n")
+
+
+def test_help_teaches_where_to_start(clipbuild):
+    result = clipbuild("--help")
+    assert result.code == 0
+    for command in ("profile", "plan", "run", "clipbuild profile show client --resolved"):
+        assert command in result.out
+
+
+def test_profile_list(clipbuild):
+    result = clipbuild("profile", "list")
+    assert result.code == 0
+    lines = result.out.splitlines()
+    assert lines[0].split()[:2] == ["base", "4.5.0"] and lines[0].endswith("(abstract)")
+    assert lines[1].startswith("client") and lines[1].endswith("(inherits base)")
+    data = json.loads(clipbuild("profile", "list", "--json").out)
+    assert [d["species"] for d in data] == ["base", "client", "gateway"]
+
+
+def test_show_resolved_says_what_client_inherits_from_base(clipbuild):
+    result = clipbuild("profile", "show", "client", "--resolved")
+    assert result.code == 0
+    lines = result.out.splitlines()
+    assert lines[0] == "# client: resolved from profiles/base.yaml, profiles/client.yaml"
+    by_text = {line.split("#")[0].strip(): line.rsplit("# ", 1)[-1] for line in lines[2:] if "# " in line}
+    assert by_text["version: 4.5.0"] == "profiles/base.yaml:5"
+    assert by_text["- update"].startswith("profiles/base.yaml:")
+    assert by_text["- rm_h"].startswith("profiles/client.yaml:")
+    assert by_text["size: 3GiB"].startswith("profiles/client.yaml:")
+
+
+def test_show_resolved_json(clipbuild):
+    data = json.loads(clipbuild("profile", "show", "gateway", "--resolved", "--json").out)
+    assert data["species"] == "gateway" and data["disk"]["size"] == 2 << 30
+    assert data["origins"]["disk.partitions[log].grow"].startswith("profiles/gateway.yaml:")
+
+
+def test_show_as_written(clipbuild):
+    result = clipbuild("profile", "show", "gateway")
+    assert result.out == (ROOT / "profiles" / "gateway.yaml").read_text()
+    assert json.loads(clipbuild("profile", "show", "gateway", "--json").out)["inherits"] == "base"
+
+
+def test_unknown_species_is_bad_input(clipbuild):
+    result = clipbuild("profile", "show", "clinet")
+    assert result.code == 2
+    assert result.err == "error: profiles/clinet.yaml: no species 'clinet' (did you mean 'client'?)\n"
+
+
+def test_usage_errors_exit_2(clipbuild):
+    assert clipbuild("no-such-command").code == 2
+    assert clipbuild("plan").code == 2
+
+
+def test_validate_ok(clipbuild):
+    result = clipbuild("profile", "validate")
+    assert result.code == 0
+    assert result.out.splitlines() == ["ok  profiles/base.yaml", "ok  profiles/client.yaml",
+                                       "ok  profiles/gateway.yaml"]
+
+
+def test_plan_json_and_explain(clipbuild, tmp_path):
+    workdir = str(tmp_path / "work")
+    plan = json.loads(clipbuild("plan", "client", "--json").out)
+    assert plan["species"] == "client" and plan["steps"][0]["kind"] == "resolve-profile"
+    before = json.loads(clipbuild("--workdir", workdir, "plan", "client", "--explain", "--json").out)
+    assert [s["reason"] for s in before["status"]] == ["never built"]
+    assert clipbuild("--workdir", workdir, "run", "client").code == 0
+    after = clipbuild("--workdir", workdir, "plan", "client", "--explain")
+    assert "cached" in after.out
+
+
+def test_run_reports_progress_as_json_lines(clipbuild, tmp_path):
+    result = clipbuild("--workdir", str(tmp_path), "run", "gateway", "--json")
+    events = [json.loads(line) for line in result.err.splitlines()]
+    assert [e["event"] for e in events] == ["plan", "step-start", "step", "done"]
+    assert events[2]["status"] == "ran" and events[2]["reason"] == "never built"
+
+
+def test_a_failed_run_exits_1(clipbuild, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = clipbuild("--workdir", str(blocker), "run", "client")
+    assert result.code == 1
+    assert result.err == f"error: cannot use {blocker} as work directory: Not a directory\n"
+
+
+def test_installed_console_script():
+    script = Path(sys.executable).with_name("clipbuild")
+    result = run([script, "profile", "validate", "profiles/client.yaml"], cwd=ROOT)
+    assert result.stdout == "ok  profiles/client.yaml\n"
+    bad = run([script, "profile", "show", "nope"], cwd=ROOT, check=False)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")

@@ -1,0 +1,66 @@
+"""The one runner for external programs: missing tools name their Debian package, failures are pasteable."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipbuild.errors import ToolError
+from clipbuild.run import debian_package_for, format_command, host_tools, require, run
+
+
+def test_output_is_captured_with_a_c_locale():
+    result = run(["sh", "-c", 'echo "$LC_ALL"; echo err >&2'])
+    assert result.returncode == 0
+    assert result.stdout == "C.UTF-8\n" and result.stderr == "err\n"
+
+
+def test_a_missing_program_names_its_debian_package():
+    with pytest.raises(ToolError) as exc:
+        run(["sgdisk", "--version"], env={"PATH": "/nonexistent"})
+    assert exc.value.lines() == ["required program 'sgdisk' is not installed",
+                                 "  hint: install it with: apt-get install gdisk"]
+
+
+def test_an_unknown_missing_program_says_where_to_declare_it():
+    with pytest.raises(ToolError) as exc:
+        run(["clipbuild-no-such-tool"])
+    assert "add it to clipbuild/host-tools.tsv" in exc.value.hint
+
+
+def test_require_lists_every_missing_package(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ToolError) as exc:
+        require("mksquashfs", "veritysetup", "unsquashfs")
+    assert exc.value.hint == "install them with: apt-get install cryptsetup-bin squashfs-tools"
+
+
+def test_a_failure_shows_command_exit_status_and_stderr_tail(tmp_path):
+    script = "for i in $(seq 1 50); do echo line$i >&2; done; exit 7"
+    with pytest.raises(ToolError) as exc:
+        run(["sh", "-c", script], cwd=tmp_path, env={"FOO": "a b"})
+    err = exc.value
+    assert err.exit_status == 7
+    assert err.command == f"cd {tmp_path} && FOO='a b' sh -c '{script}'"
+    tail = err.stderr_tail.splitlines()
+    assert tail[0] == "line31" and tail[-1] == "line50" and len(tail) == 20
+
+
+def test_check_false_returns_the_status():
+    assert run(["sh", "-c", "exit 4"], check=False).returncode == 4
+
+
+def test_timeout_is_a_tool_error():
+    with pytest.raises(ToolError, match=r"did not finish within 0\.2 s"):
+        run(["sleep", "5"], timeout=0.2)
+
+
+def test_format_command_quotes_for_the_shell():
+    assert format_command(["echo", "it's"], {"A": "1"}) == "A=1 echo 'it'\"'\"'s'"
+
+
+def test_host_tools_table_is_well_formed():
+    tools = host_tools()
+    assert all(t.package and t.purpose for t in tools)
+    programs = [t.program for t in tools if t.program != "-"]
+    assert len(programs) == len(set(programs)), "a program is listed twice"
+    assert debian_package_for("/usr/sbin/mkfs.vfat") == "dosfstools"
