@@ -300,9 +300,12 @@ def _item_name(node: Node, index: int) -> str:
 
 
 def _plural(what: str) -> str:
+    """'a package atom' -> 'package atoms', 'a path inside the project' -> 'paths inside the project'."""
     for article in ("a ", "an "):
         if what.startswith(article):
-            noun = what[len(article):]
-            first, _, rest = noun.partition(" ")
-            return f"{first}s {rest}".rstrip() if not first.endswith("s") else noun
-    return what
+            words = what[len(article):].split(" ")
+            stop = next((i for i, w in enumerate(words) if w in {"inside", "of", "to", "or"} or w.startswith("(")),
+                        len(words))
+            words[stop - 1] += "" if words[stop - 1].endswith("s") else "s"
+            return " ".join(words)
+    return f"items, each {what}"
