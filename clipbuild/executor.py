@@ -31,8 +31,18 @@ from typing import Any
 
 from clipbuild import __version__
 from clipbuild.errors import CacheError, ClipbuildError, StepError
-from clipbuild.plan import STEP_KINDS, BuildPlan, Step, StepContext, StepKind, canonical_json, sha256_file
+from clipbuild.plan import (
+    STEP_KINDS,
+    BuildPlan,
+    Step,
+    StepContext,
+    StepKind,
+    canonical_json,
+    required_tools,
+    sha256_file,
+)
 from clipbuild.report import Reporter
+from clipbuild.run import require
 
 MANIFEST = "manifest.json"
 
@@ -113,6 +123,7 @@ class Executor:
 
     def run(self, plan: BuildPlan) -> list[Outcome]:
         """Run every step whose key is not cached; raise StepError on the first failure."""
+        require(*required_tools(plan, self.kinds))
         with self._locked():
             self._remove_leftovers()
             outcomes = []

@@ -119,7 +119,7 @@ def run(args: Sequence[str | os.PathLike[str]], *, cwd: Path | str | None = None
         raise ValueError("run() needs a program")
     full_env = dict(env or {}) if replace_env else clean_env(env)
     shown = format_command(argv, env, cwd)
-    log.debug("run: %s", shown)
+    log.info("run: %s", shown)
     if shutil.which(argv[0], path=full_env.get("PATH")) is None and not os.path.isfile(argv[0]):
         raise missing_tool_error(argv[0])
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.errors import CacheError, StepError
+from clipbuild.errors import CacheError, StepError, ToolError
 from clipbuild.executor import Executor
 from clipbuild.plan import BuildPlan, SourceFile, Step, StepContext, StepKind
 from clipbuild.run import run
@@ -258,3 +258,13 @@ def test_manifest_records_inputs_outputs_and_time(executor):
     assert manifest["components"]["inputs"] == {"a": executor.status(make_plan())[0].key}
     assert manifest["outputs"]["data.txt"].startswith("sha256:")
     assert manifest["seconds"] >= 0
+
+
+def test_missing_host_tools_stop_the_run_before_any_step(executor, monkeypatch):
+    class NeedsTools(Write):
+        tools = ("mksquashfs",)
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ToolError, match="'mksquashfs' is not installed"):
+        Executor(executor.workdir, {**KINDS, "test-write": NeedsTools}).run(make_plan())
+    assert RUNS == []
