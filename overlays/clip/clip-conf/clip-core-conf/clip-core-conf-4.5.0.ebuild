@@ -1,0 +1,30 @@
+# CLIP core configuration: the exact versions of the core (A/B slot) packages
+# Like CLIP OS 4's clip-conf packages: RDEPEND pins exact versions, under species USE conditionals; the
+# update repository of this (distribution, part) holds exactly these versions.
+EAPI=8
+
+DESCRIPTION="CLIP core configuration: the exact versions of the core (A/B slot) packages"
+HOMEPAGE="https://github.com/clipos-archive"
+S="${WORKDIR}"
+LICENSE="LGPL-2.1+"
+SLOT="0"
+KEYWORDS="amd64"
+IUSE="core-rm clip-gtw"
+
+RDEPEND="
+	=clip-layout/baselayout-clip-4.5.0
+	=sys-apps/busybox-1.35.0
+	=app-clip/clip-sysinfo-1.0.0
+	core-rm? ( =clip-layout/baselayout-clip-4.5.0[core-rm] )
+	clip-gtw? ( =clip-layout/baselayout-clip-4.5.0[clip-gtw] )
+"
+
+src_install() {
+	# The species flags this core was built with, as CLIP recorded them.
+	local flags=()
+	use core-rm && flags+=( core-rm )
+	use clip-gtw && flags+=( clip-gtw )
+	echo "${flags[*]}" > "${T}/clip-flags" || die
+	insinto /etc/shared
+	doins "${T}/clip-flags"
+}

@@ -1,0 +1,48 @@
+# The CLIP directory tree: the core's mount points, CLIP's /mounts layout (clipos4.md §4), jail roots, the
+# fstab template the image stage fills, os-release and clip-release.
+EAPI=8
+
+DESCRIPTION="CLIP base layout: directories, /mounts tree, fstab template, release files"
+HOMEPAGE="https://github.com/clipos-archive"
+S="${WORKDIR}"
+LICENSE="LGPL-2.1+"
+SLOT="0"
+KEYWORDS="amd64"
+IUSE="core-rm clip-gtw"
+REQUIRED_USE="?? ( core-rm clip-gtw )"
+
+clip_release_name() {
+	if use core-rm; then echo CLIP-RM; elif use clip-gtw; then echo CLIP-GTW; else echo CLIP; fi
+}
+
+src_install() {
+	local d
+	for d in bin sbin etc/shared etc/jails etc/admin etc/core etc/tcb dev proc sys tmp root boot home \
+		var/log var/pkg mounts update_root user admin audit update x11 ike altroot; do
+		keepdir "/${d}"
+	done
+	# CLIP's /mounts: the apps part (/mounts/usr seen as /usr/local, /mounts/var as /var), jail roots and
+	# private trees.
+	for d in usr var admin_root audit_root user_root admin_priv audit_priv user_priv update_priv viewers xauth; do
+		keepdir "/mounts/${d}"
+	done
+	if use core-rm; then
+		keepdir /vservers/rm_h /vservers/rm_b
+	fi
+	fperms 1777 /tmp
+
+	insinto /etc
+	doins "${FILESDIR}"/{fstab.tmpl,passwd,group}
+	local name=$(clip_release_name)
+	cat > "${T}/os-release" <<-EOT || die
+		NAME="${name}"
+		ID=clip
+		VERSION_ID=${PV}
+		PRETTY_NAME="${name} ${PV}"
+		HOME_URL="https://github.com/clipos-archive"
+	EOT
+	doins "${T}/os-release"
+	insinto /etc/shared
+	echo "${name} ${PVR}" > "${T}/clip-release" || die
+	doins "${T}/clip-release"
+}
