@@ -11,10 +11,12 @@ from typing import Any
 
 import click
 
-from clipbuild import __version__
+from clipbuild import __version__, buildroot, fetch, stages  # noqa: F401 (importing stages registers every stage)
+from clipbuild.build import OVERLAY
 from clipbuild.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClipbuildError
 from clipbuild.executor import Executor
-from clipbuild.plan import compile_plan
+from clipbuild.plan import BuildPlan, compile_plan
+from clipbuild.portage_config import REPO_PATH
 from clipbuild.profile import list_profiles, resolve, species_path, validate_paths
 from clipbuild.project import Project, find_project
 from clipbuild.report import stderr_reporter
@@ -164,7 +166,7 @@ def plan_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None:
     """
     project = opts.project
     plan = compile_plan(resolve(project, species), project)
-    statuses = Executor(opts.workdir).status(plan) if explain else None
+    statuses = Executor(opts.workdir, project_root=project.root).status(plan) if explain else None
     if as_json:
         data = plan.to_dict()
         if statuses is not None:
@@ -184,9 +186,151 @@ def run_cmd(opts: Options, species: str, as_json: bool) -> None:
     Steps whose inputs did not change are reused from the work directory (--workdir). Progress goes to
     stderr, one line per step (--json: one JSON object per line).
     """
+    _execute(opts, compile_plan(resolve(opts.project, species), opts.project), as_json)
+
+
+def _execute(opts: Options, plan: BuildPlan, as_json: bool) -> Executor:
+    executor = Executor(opts.workdir, reporter=stderr_reporter(as_json), project_root=opts.project.root)
+    executor.run(plan)
+    return executor
+
+
+@cli.group()
+def sdk() -> None:
+    """Create, inspect, use and remove build roots.
+
+    The embedded default is a minimal Debian root (mmdebstrap) with a pinned Portage; --stage3 imports a
+    Gentoo stage3 tarball instead. Build roots are cached under ~/.cache/clipbuild/sdk and shared by every
+    work directory. Commands run in bubblewrap with the root read-only and the network off.
+    """
+
+
+@sdk.command("create")
+@click.option("--stage3", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="A Gentoo (Hardened) stage3 tarball to use instead of the embedded default.")
+@click.option("--digest", help="The stage3's expected digest, sha512:HEX (required with --stage3).")
+def sdk_create(stage3: Path | None, digest: str | None) -> None:
+    """Make the build root (or find it cached) and print where it is."""
+    if stage3 is not None:
+        if not digest:
+            raise click.UsageError("--stage3 needs --digest sha512:HEX: clipbuild checks it before unpacking")
+        root = buildroot.import_stage3(stage3, digest, say=_say)
+    else:
+        root = buildroot.ensure(say=_say)
+    click.echo(f"{root.key}  {root.path}")
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@sdk.command("info")
+@json_option
+def sdk_info(as_json: bool) -> None:
+    """List the cached build roots: key, kind, Portage version, size of the package list."""
+    roots = buildroot.installed()
+    if as_json:
+        _emit_json([{**r.info, "path": str(r.path)} for r in roots])
+        return
+    if not roots:
+        click.echo("no build root yet: clipbuild sdk create")
+    for root in roots:
+        default = "  (default)" if root.recipe == buildroot.DEFAULT_RECIPE else ""
+        click.echo(f"{root.key}  {root.recipe.kind:7} {root.info.get('portage', '?').split(' (')[0]}  "
+                   f"{len(root.info.get('packages', []))} packages  {root.path}{default}")
+
+
+def _project_mounts(opts: Options) -> list[buildroot.Mount]:
+    fetch.store_dir().mkdir(parents=True, exist_ok=True)
+    return [buildroot.Mount(opts.project.root / OVERLAY, REPO_PATH),
+            buildroot.Mount(fetch.store_dir(), "/var/cache/distfiles")]
+
+
+@sdk.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--network", is_flag=True, help="Share the host's network (off by default).")
+@click.pass_obj
+def sdk_run(opts: Options, command: tuple[str, ...], network: bool) -> None:
+    """Run COMMAND in the default build root: clipbuild sdk run -- emerge --info
+
+    The overlay is mounted read-only at /var/db/repos/clip and the distfiles at /var/cache/distfiles.
+    """
+    root = buildroot.ensure(say=_say)
+    result = root.run(list(command), _project_mounts(opts), network=network, check=False, capture=False)
+    sys.exit(result.returncode)
+
+
+@sdk.command("shell")
+@click.option("--network", is_flag=True, help="Share the host's network (off by default).")
+@click.pass_obj
+def sdk_shell(opts: Options, network: bool) -> None:
+    """An interactive shell in the default build root (read-only; /tmp is writable)."""
+    root = buildroot.ensure(say=_say)
+    result = root.run(["bash", "-l"], _project_mounts(opts), {"PS1": "(clipbuild sdk) \\w# "},
+                      network=network, check=False, capture=False)
+    sys.exit(result.returncode)
+
+
+@sdk.command("destroy")
+@click.argument("keys", nargs=-1)
+def sdk_destroy(keys: tuple[str, ...]) -> None:
+    """Remove cached build roots: the ones named by KEY, or all of them."""
+    roots = [r for r in buildroot.installed() if not keys or r.key in keys]
+    unknown = set(keys) - {r.key for r in roots}
+    if unknown:
+        raise click.BadParameter(f"no build root {', '.join(sorted(unknown))} (see clipbuild sdk info)")
+    for root in roots:
+        buildroot.destroy(root)
+        click.echo(f"removed {root.key}  {root.path}")
+
+
+@cli.command("fetch")
+@click.argument("species")
+@click.pass_obj
+def fetch_cmd(opts: Options, species: str) -> None:
+    """Download every distfile of the overlay from SPECIES' mirrors and check it against its Manifest.
+
+    Distfiles are kept in ~/.cache/clipbuild/distfiles; builds only read them there, without network.
+    """
+    project = opts.project
+    profile = resolve(project, species)
+    wanted = fetch.read_manifests(project.root / OVERLAY).values()
+    fetched = fetch.fetch(wanted, profile.sources.mirrors, project.root, say=_say)
+    click.echo(f"{len(wanted)} distfiles verified, {len(fetched)} fetched now: {fetch.store_dir()}")
+
+
+@cli.command("build")
+@click.argument("species")
+@click.option("--explain", is_flag=True, help="List every package with why it was built or that it was reused.")
+@json_option
+@click.pass_obj
+def build_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None:
+    """Build every package set of SPECIES from source with emerge, each into its own ROOT.
+
+    Unchanged sets are cached; inside a set, a package whose inputs did not change is installed from the
+    package store instead of being rebuilt. Fetch distfiles first (clipbuild fetch SPECIES): builds have no
+    network.
+    """
     project = opts.project
     plan = compile_plan(resolve(project, species), project)
-    Executor(opts.workdir, reporter=stderr_reporter(as_json)).run(plan)
+    build_ids = [s.id for s in plan.steps if s.kind == "emerge-set"]
+    executor = _execute(opts, plan.subset(build_ids), as_json)
+    summary = _build_summary(executor, build_ids)
+    if as_json:
+        _emit_json(summary)
+        return
+    built = sum(r["status"] == "built" for rows in summary.values() for r in rows)
+    total = sum(len(rows) for rows in summary.values())
+    for step_id, rows in summary.items():
+        for row in rows if explain else ():
+            why = f"built: {row['reason']}" if row["status"] == "built" else "reused"
+            click.echo(f"{step_id}: {row['cpv']}: {why}")
+    click.echo(f"{species}: {total} packages in {len(summary)} sets; {built} built, {total - built} reused "
+               "(when this run last built each set)")
+
+
+def _build_summary(executor: Executor, step_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    return {step_id: json.loads((executor.output(step_id) / "packages.json").read_text()) for step_id in step_ids}
 
 
 def main(argv: list[str] | None = None) -> None:

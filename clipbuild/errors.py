@@ -107,15 +107,19 @@ class StepError(ClipbuildError):
     """A build step failed; names the step, the cause, and where its log and partial output are."""
 
     def __init__(self, step_id: str, message: str, *, detail: list[str] | None = None, log: str = "",
-                 kept: str = ""):
+                 kept: str = "", output_log: str = ""):
         self.step_id = step_id
         self.detail = detail or []
         self.log = log
         self.kept = kept
+        self.output_log = output_log  # a log inside the step's output folder, relative to it
         super().__init__(f"step {step_id} failed: {message}")
 
     def lines(self) -> list[str]:
         out = [str(self), *self.detail]
+        if self.output_log:
+            out.append(f"  package log: {self.kept}/{self.output_log}" if self.kept else
+                       f"  package log: {self.output_log} (in the step's output)")
         if self.log:
             out.append(f"  log: {self.log}")
         if self.kept:

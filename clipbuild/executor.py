@@ -82,8 +82,9 @@ def key_of(components: Mapping[str, Any]) -> str:
 
 class Executor:
     def __init__(self, workdir: Path, kinds: Mapping[str, type[StepKind]] = STEP_KINDS,
-                 reporter: Reporter | None = None):
+                 reporter: Reporter | None = None, project_root: Path | None = None):
         self.workdir = workdir
+        self.project_root = project_root or Path.cwd()
         self.kinds = kinds
         self.reporter = reporter or Reporter.silent()
         self.objects = workdir / "objects"
@@ -154,9 +155,12 @@ class Executor:
         tmp = self.objects / f".tmp-{status.key}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "out").mkdir(parents=True)
+        (tmp / "scratch").mkdir()
         ctx = StepContext(step=step, options=kind.parse_options(step.options),
                           inputs={name: self.objects / keys[name] / "out" for name in step.inputs},
-                          out=tmp / "out", log_path=tmp / "log.txt")
+                          out=tmp / "out", log_path=tmp / "log.txt", scratch=tmp / "scratch",
+                          project_root=self.project_root,
+                          progress=lambda message: self.reporter.step_progress(step, message))
         ctx.log_path.touch()
         started = time.monotonic()
         try:
@@ -175,6 +179,7 @@ class Executor:
             self._keep_failed(step.id, tmp)
             raise
         seconds = time.monotonic() - started
+        shutil.rmtree(tmp / "scratch")
         manifest = {
             "step": step.id,
             "key": status.key,

@@ -169,6 +169,20 @@ class Signing:
                               default=None)
 
 
+def _mirror_error(text: str) -> str | None:
+    kind, _, where = text.partition(":")
+    if text.startswith("/") or (kind in ("dir", "debian-source") and where):
+        return None
+    return f"'{text}' is not a mirror"
+
+
+@dataclass(frozen=True)
+class Sources:
+    mirrors: tuple[str, ...] = spec(
+        ListOf(Text("a mirror", validate=_mirror_error, hint="dir:PATH, an absolute path, or debian-source:SUITE")),
+        "Where `clipbuild fetch` looks for distfiles, in order.", default=())
+
+
 def _species_error(text: str) -> str | None:
     return None if re.fullmatch(r"[a-z][a-z0-9-]*", text) else f"'{text}' is not a species name"
 
@@ -192,6 +206,7 @@ class Profile:
     kernel: Kernel = spec(Struct(Kernel), "Kernel build.", default=Kernel())
     boot: Boot = spec(Struct(Boot), "Boot configuration.", default=Boot())
     signing: Signing = spec(Struct(Signing), "Package signing and trust.", default=Signing())
+    sources: Sources = spec(Struct(Sources), "Where distfiles come from.", default=Sources())
     # Not part of the schema: where the profile came from.
     files: tuple[str, ...] = field(default=(), compare=False)
     origins: dict[str, Location] = field(default_factory=dict, compare=False, repr=False)

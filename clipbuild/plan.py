@@ -105,23 +105,39 @@ class BuildPlan:
                 affected.add(step.id)
         return [s.id for s in self.steps if s.id in affected and s.id != step_id]
 
+    def subset(self, targets: list[str]) -> BuildPlan:
+        """The steps needed for `targets`: them and everything they read, in plan order."""
+        needed = set(targets)
+        for step in reversed(self.steps):
+            if step.id in needed:
+                needed.update(step.inputs)
+        return BuildPlan(self.species, self.version, tuple(s for s in self.steps if s.id in needed))
+
     def to_dict(self) -> dict[str, Any]:
         return {"species": self.species, "version": self.version, "steps": [s.to_dict() for s in self.steps]}
 
 
 @dataclass
 class StepContext:
-    """What a running step sees: its options, its inputs' output folders, and its own output folder."""
+    """What a running step sees: its options, its inputs' output folders, its own output folder, a scratch
+    folder removed before commit, and the project root its sources are relative to."""
 
     step: Step
     options: Any
     inputs: dict[str, Path]
     out: Path
     log_path: Path
+    scratch: Path
+    project_root: Path
+    progress: Callable[[str], None] = lambda message: None
 
     def log(self, message: str) -> None:
         with self.log_path.open("a", encoding="utf-8") as stream:
             stream.write(message.rstrip("\n") + "\n")
+
+    def source(self, path: str) -> Path:
+        """A source file of the step, by its project-relative path."""
+        return self.project_root / path
 
 
 class StepKind:

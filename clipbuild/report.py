@@ -40,6 +40,9 @@ class Reporter:
             self._emit(f"[{index}/{total}] {step.id}: running ({status.reason})", event="step-start",
                        step=step.id, kind=step.kind, reason=status.reason)
 
+    def step_progress(self, step: Step, message: str) -> None:
+        self._emit(f"    {step.id}: {message}", event="progress", step=step.id, message=message)
+
     def step_finished(self, index: int, total: int, step: Step, outcome: Outcome) -> None:
         text = (f"[{index}/{total}] {step.id}: cached" if outcome.status == "cached"
                 else f"[{index}/{total}] {step.id}: {outcome.status} in {outcome.seconds:.1f}s")

@@ -14,7 +14,8 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -134,6 +135,35 @@ def run(args: Sequence[str | os.PathLike[str]], *, cwd: Path | str | None = None
     if check and proc.returncode != 0:
         raise ToolError(f"{Path(argv[0]).name} failed", command=shown, exit_status=proc.returncode,
                         stderr_tail=_tail(result.stderr or result.stdout))
+    return result
+
+
+def run_streaming(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], None], *,
+                  env: Mapping[str, str] | None = None, cwd: Path | str | None = None,
+                  tail_lines: int = STDERR_TAIL_LINES) -> Result:
+    """Run a program, handing each line of its merged stdout and stderr to `on_line` as it comes.
+
+    Raises ToolError with the last `tail_lines` lines when it fails. The returned Result holds the tail only.
+    """
+    argv = tuple(str(a) for a in args)
+    full_env = clean_env(env)
+    shown = format_command(argv, env, cwd)
+    log.info("run: %s", shown)
+    if shutil.which(argv[0], path=full_env.get("PATH")) is None and not os.path.isfile(argv[0]):
+        raise missing_tool_error(argv[0])
+    tail: deque[str] = deque(maxlen=tail_lines)
+    with subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            on_line(line)
+        status = proc.wait()
+    result = Result(argv, status, "\n".join(tail), "")
+    if status != 0:
+        raise ToolError(f"{Path(argv[0]).name} failed", command=shown, exit_status=status,
+                        stderr_tail="\n".join(tail))
     return result
 
 

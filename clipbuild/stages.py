@@ -1,0 +1,5 @@
+"""The pipeline's stages, imported in order: importing a stage module registers its step kinds and planner."""
+
+from clipbuild import build, plan
+
+__all__ = ["build", "plan"]
