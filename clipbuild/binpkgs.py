@@ -30,7 +30,8 @@ from clipbuild.plan import canonical_json, sha256_file
 
 
 def store_dir() -> Path:
-    return cache_dir() / "binpkgs"
+    """~/.cache/clipbuild/binpkgs, or $CLIPBUILD_BINPKGS (tests use a fresh one to force builds from source)."""
+    return Path(os.environ["CLIPBUILD_BINPKGS"]) if os.environ.get("CLIPBUILD_BINPKGS") else cache_dir() / "binpkgs"
 
 
 def tree_digest(paths: list[Path], base: Path) -> str:

@@ -110,9 +110,8 @@ class BuildRoot:
                 *, network: bool = False, cwd: str = "/", writable_root: bool = False) -> list[str]:
         """The bubblewrap command line that runs `argv` in this root (read-only unless `writable_root`)."""
         cmd = ["bwrap", "--bind" if writable_root else "--ro-bind", str(self.root), "/", "--dev", "/dev",
-               "--proc", "/proc",
-               "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/build", "--unshare-all", "--die-with-parent", "--clearenv",
-               "--uid", "0", "--gid", "0", "--chdir", cwd]
+               "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/build", "--unshare-all",
+               "--die-with-parent", "--clearenv", "--uid", "0", "--gid", "0", "--chdir", cwd]
         if self.recipe.kind == "debian" and not writable_root:
             cmd += ["--tmpfs", "/opt/portage/var"]  # the "/" vardb of a pip-installed Portage
         if network:

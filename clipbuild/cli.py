@@ -14,13 +14,13 @@ import click
 from clipbuild import __version__, buildroot, fetch, stages  # noqa: F401 (importing stages registers every stage)
 from clipbuild.build import OVERLAY
 from clipbuild.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClipbuildError
-from clipbuild.executor import Executor
+from clipbuild.executor import Executor, Outcome
 from clipbuild.plan import BuildPlan, compile_plan
 from clipbuild.portage_config import REPO_PATH
 from clipbuild.profile import list_profiles, resolve, species_path, validate_paths
 from clipbuild.project import Project, find_project
 from clipbuild.report import stderr_reporter
-from clipbuild.show import format_plan, format_resolved
+from clipbuild.show import format_build_summary, format_plan, format_resolved
 from clipbuild.yamlnodes import load_file
 
 
@@ -178,21 +178,26 @@ def plan_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None:
 
 @cli.command("run")
 @click.argument("species")
+@click.option("--step", "steps", multiple=True, metavar="ID",
+              help="Run only this step and what it reads (repeatable); see clipbuild plan SPECIES.")
 @json_option
 @click.pass_obj
-def run_cmd(opts: Options, species: str, as_json: bool) -> None:
+def run_cmd(opts: Options, species: str, steps: tuple[str, ...], as_json: bool) -> None:
     """Run the plan of SPECIES: every step whose cache key changed, each with the reason it re-ran.
 
     Steps whose inputs did not change are reused from the work directory (--workdir). Progress goes to
     stderr, one line per step (--json: one JSON object per line).
     """
-    _execute(opts, compile_plan(resolve(opts.project, species), opts.project), as_json)
+    plan = compile_plan(resolve(opts.project, species), opts.project)
+    unknown = [s for s in steps if s not in {step.id for step in plan.steps}]
+    if unknown:
+        raise click.BadParameter(f"no step {', '.join(unknown)} in the plan of {species}", param_hint="--step")
+    _execute(opts, plan.subset(list(steps)) if steps else plan, as_json)
 
 
-def _execute(opts: Options, plan: BuildPlan, as_json: bool) -> Executor:
+def _execute(opts: Options, plan: BuildPlan, as_json: bool) -> tuple[Executor, list[Outcome]]:
     executor = Executor(opts.workdir, reporter=stderr_reporter(as_json), project_root=opts.project.root)
-    executor.run(plan)
-    return executor
+    return executor, executor.run(plan)
 
 
 @cli.group()
@@ -314,23 +319,16 @@ def build_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None
     project = opts.project
     plan = compile_plan(resolve(project, species), project)
     build_ids = [s.id for s in plan.steps if s.kind == "emerge-set"]
-    executor = _execute(opts, plan.subset(build_ids), as_json)
-    summary = _build_summary(executor, build_ids)
+    executor, outcomes = _execute(opts, plan.subset(build_ids), as_json)
+    sets = []
+    for outcome in outcomes:
+        if outcome.step_id in build_ids:
+            rows = json.loads((executor.output(outcome.step_id) / "packages.json").read_text())
+            sets.append({"step": outcome.step_id, "status": outcome.status, "packages": rows})
     if as_json:
-        _emit_json(summary)
+        _emit_json({"species": species, "sets": sets})
         return
-    built = sum(r["status"] == "built" for rows in summary.values() for r in rows)
-    total = sum(len(rows) for rows in summary.values())
-    for step_id, rows in summary.items():
-        for row in rows if explain else ():
-            why = f"built: {row['reason']}" if row["status"] == "built" else "reused"
-            click.echo(f"{step_id}: {row['cpv']}: {why}")
-    click.echo(f"{species}: {total} packages in {len(summary)} sets; {built} built, {total - built} reused "
-               "(when this run last built each set)")
-
-
-def _build_summary(executor: Executor, step_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-    return {step_id: json.loads((executor.output(step_id) / "packages.json").read_text()) for step_id in step_ids}
+    click.echo(format_build_summary(species, sets, explain), nl=False)
 
 
 def main(argv: list[str] | None = None) -> None:

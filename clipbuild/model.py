@@ -45,7 +45,7 @@ def _relative_path_error(text: str) -> str | None:
 ATOM = Text("a package atom", hint="like clip-conf/clip-core-conf or =app-clip/foo-1.2",
             validate=_atom_error)
 USE_FLAG = Text("a USE flag", r"-?[A-Za-z0-9][A-Za-z0-9+_@-]*", "like hardened or -nls")
-WORD = Text("a word", r"[A-Za-z0-9][A-Za-z0-9+_.@~-]*", "letters, digits and + _ . @ ~ -")
+KEYWORD = Text("a keyword", r"[-~]?[A-Za-z0-9][A-Za-z0-9_-]*|\*\*|~?\*|-\*", "like amd64, ~amd64 or **")
 ENV_NAME = Text("a variable name", r"[A-Z_][A-Z0-9_]*", "upper case, digits and _")
 ENV = MapOf(ENV_NAME, Text("a string"))
 PROJECT_PATH = Text("a path inside the project", validate=_relative_path_error,
@@ -67,14 +67,14 @@ class PortageSettings:
                                      "Portage FEATURES.", default=())
     cflags: str = spec(Text(), "CFLAGS (and CXXFLAGS) for every package.", default="")
     ldflags: str = spec(Text(), "LDFLAGS for every package.", default="")
-    accept_keywords: tuple[str, ...] = spec(ListOf(WORD), "ACCEPT_KEYWORDS, e.g. amd64.", default=())
+    accept_keywords: tuple[str, ...] = spec(ListOf(KEYWORD), "ACCEPT_KEYWORDS, e.g. amd64.", default=())
     package_use: dict[str, tuple[str, ...]] = spec(MapOf(ATOM, ListOf(USE_FLAG)),
                                                    "package.use: atom to USE flags.", default={})
     package_mask: tuple[str, ...] = spec(ListOf(ATOM), "package.mask: atoms never to build.", default=())
     package_unmask: tuple[str, ...] = spec(ListOf(ATOM), "package.unmask: atoms to allow despite a mask.",
                                            default=())
     package_accept_keywords: dict[str, tuple[str, ...]] = spec(
-        MapOf(ATOM, ListOf(WORD)), "package.accept_keywords: atom to keywords.", default={})
+        MapOf(ATOM, ListOf(KEYWORD)), "package.accept_keywords: atom to keywords.", default={})
     env: dict[str, str] = spec(ENV, "Extra make.conf variables (CLIP's DEB_* packaging variables...).",
                                default={})
 

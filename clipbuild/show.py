@@ -92,3 +92,27 @@ def format_plan(plan: BuildPlan, statuses: list[StepStatus] | None = None) -> st
             state = "cached" if status.cached else f"will run: {status.reason}"
             lines.append(f"      key {status.key[:16]}  {state}")
     return "\n".join(lines) + "\n"
+
+
+def format_build_summary(species: str, sets: list[dict[str, Any]], explain: bool) -> str:
+    """What `clipbuild build` did: per set cached or run, and in a run set, packages built (with why) or reused."""
+    lines = []
+    built = reused = cached = 0
+    for entry in sets:
+        packages = entry["packages"]
+        if entry["status"] == "cached":
+            cached += len(packages)
+            if explain:
+                lines.append(f"{entry['step']}: cached, {len(packages)} packages unchanged")
+            continue
+        for row in packages:
+            if row["status"] == "built":
+                built += 1
+                if explain:
+                    lines.append(f"{entry['step']}: {row['cpv']}: built ({row['reason']})")
+            else:
+                reused += 1
+                if explain:
+                    lines.append(f"{entry['step']}: {row['cpv']}: reused from the package store")
+    lines.append(f"{species}: {built} built, {reused} reused from the package store, {cached} in cached sets")
+    return "\n".join(lines) + "\n"

@@ -67,6 +67,8 @@ def test_unknown_species_is_bad_input(clipbuild):
 def test_usage_errors_exit_2(clipbuild):
     assert clipbuild("no-such-command").code == 2
     assert clipbuild("plan").code == 2
+    result = clipbuild("run", "client", "--step", "nope")
+    assert result.code == 2 and "no step nope in the plan of client" in result.err
 
 
 def test_validate_ok(clipbuild):
@@ -81,14 +83,15 @@ def test_plan_json_and_explain(clipbuild, tmp_path):
     plan = json.loads(clipbuild("plan", "client", "--json").out)
     assert plan["species"] == "client" and plan["steps"][0]["kind"] == "resolve-profile"
     before = json.loads(clipbuild("--workdir", workdir, "plan", "client", "--explain", "--json").out)
-    assert [s["reason"] for s in before["status"]] == ["never built"]
-    assert clipbuild("--workdir", workdir, "run", "client").code == 0
-    after = clipbuild("--workdir", workdir, "plan", "client", "--explain")
-    assert "cached" in after.out
+    assert [s["reason"] for s in before["status"]] == ["never built"] * 5
+    assert clipbuild("--workdir", workdir, "run", "client", "--step", "profile").code == 0
+    after = json.loads(clipbuild("--workdir", workdir, "plan", "client", "--explain", "--json").out)
+    assert after["status"][0]["reason"] == "cached"
+    assert [s["reason"] for s in after["status"][1:]] == ["never built"] * 4
 
 
 def test_run_reports_progress_as_json_lines(clipbuild, tmp_path):
-    result = clipbuild("--workdir", str(tmp_path), "run", "gateway", "--json")
+    result = clipbuild("--workdir", str(tmp_path), "run", "gateway", "--step", "profile", "--json")
     events = [json.loads(line) for line in result.err.splitlines()]
     assert [e["event"] for e in events] == ["plan", "step-start", "step", "done"]
     assert events[2]["status"] == "ran" and events[2]["reason"] == "never built"
@@ -97,7 +100,7 @@ def test_run_reports_progress_as_json_lines(clipbuild, tmp_path):
 def test_a_failed_run_exits_1(clipbuild, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    result = clipbuild("--workdir", str(blocker), "run", "client")
+    result = clipbuild("--workdir", str(blocker), "run", "client", "--step", "profile")
     assert result.code == 1
     assert result.err == f"error: cannot use {blocker} as work directory: Not a directory\n"
 
