@@ -323,7 +323,7 @@ def build_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None
     sets = []
     for outcome in outcomes:
         if outcome.step_id in build_ids:
-            rows = json.loads((executor.output(outcome.step_id) / "packages.json").read_text())
+            rows = json.loads((executor.output(species, outcome.step_id) / "packages.json").read_text())
             sets.append({"step": outcome.step_id, "status": outcome.status, "packages": rows})
     if as_json:
         _emit_json({"species": species, "sets": sets})

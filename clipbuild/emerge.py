@@ -23,7 +23,9 @@ _PROGRESS = re.compile(r"^>>> (?P<what>Emerging|Emerging binary|Installing|Compl
                        r"(?P<total>\d+)\) (?P<cpv>[^\s:]+)")
 _FAILED = re.compile(r"^>>> Failed to emerge (?P<cpv>[^\s,]+)")
 _LOG_FILE = re.compile(r"^>>>\s+'(?P<log>/var/log/portage/[^']+)'")
-_PHASE = re.compile(r"ERROR: (?P<cpv>\S+?)(?:::\S+)? failed \((?P<phase>\w+) phase\)")
+_PHASE = re.compile(r"ERROR: (?P<cpv>[^\s:]+)(?:::\S+)? failed \((?P<phase>\w+) phase\)")
+_BUILD_LOG = re.compile(r"The complete build log is located at '(?P<log>/var/log/portage/[^']+)'")
+OUTPUT_TAIL = 300  # lines of emerge's output kept to find which package failed
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class Emerge:
         cmd = self.sdk.command([self.sdk.emerge, "--buildpkg", "--usepkg", "--binpkg-respect-use=y",
                                 "--binpkg-changed-deps=n", "--color=n", "--nospinner", "--quiet-build=y",
                                 "--oneshot", *atoms], self.mounts, self.env)
-        run_streaming(cmd, line)
+        run_streaming(cmd, line, tail_lines=OUTPUT_TAIL)
 
 
 def _enabled(use: str) -> list[str]:
@@ -106,20 +108,19 @@ class Failure:
 
 
 def parse_failure(error: ToolError) -> Failure | None:
-    """The package emerge failed on, from the tail of its output."""
-    lines = error.stderr_tail.splitlines()
+    """The package emerge failed on, its phase and its log, from the tail of emerge's output."""
     cpv = log = phase = ""
+    lines = error.stderr_tail.splitlines()
     for index, text in enumerate(lines):
-        match = _FAILED.match(text)
-        if match:
+        if match := _FAILED.match(text):
             cpv = match["cpv"]
             for follow in lines[index + 1:index + 3]:
-                found = _LOG_FILE.match(follow)
-                if found:
+                if found := _LOG_FILE.match(follow):
                     log = found["log"]
-        phase_match = _PHASE.search(text)
-        if phase_match:
-            phase = phase_match["phase"]
+        if match := _PHASE.search(text):
+            cpv, phase = cpv or match["cpv"], match["phase"]
+        if match := _BUILD_LOG.search(text):
+            log = log or match["log"]
     return Failure(cpv, phase or "unknown", log) if cpv else None
 
 

@@ -5,8 +5,8 @@ Work directory layout (docs/architecture.md):
     objects/<key>/manifest.json   what went into the key, the outputs and their digests, the time taken
     objects/<key>/out/            the step's output, never modified once committed
     objects/<key>/log.txt         the step's log
-    steps/<step id>               symlink to the object of the step's latest successful run
-    failed/<step id>/             output and log of the step's last failed run, for inspection
+    steps/<species>/<step id>     symlink to the object of the step's latest successful run
+    failed/<species>/<step id>/   output and log of the step's last failed run, for inspection
     .lock                         one clipbuild run per work directory at a time
 
 A step's key is a SHA-256 over its kind, the kind's code version, its options, its inputs' keys and its source
@@ -107,12 +107,12 @@ class Executor:
         for step_id, comps in self.components(plan).items():
             key = key_of(comps)
             cached = (self.objects / key / MANIFEST).is_file()
-            reason = "cached" if cached else self._why(step_id, comps)
+            reason = "cached" if cached else self._why(self._link(plan.species, step_id), comps)
             result.append(StepStatus(step_id, key, cached, reason))
         return result
 
-    def _why(self, step_id: str, comps: Mapping[str, Any]) -> str:
-        link = self._link(step_id)
+    @staticmethod
+    def _why(link: Path, comps: Mapping[str, Any]) -> str:
         if not link.is_symlink():
             return "never built"
         previous = _read_manifest(link)
@@ -134,23 +134,23 @@ class Executor:
             for index, (step, status) in enumerate(zip(plan.steps, statuses, strict=True), 1):
                 self.reporter.step_started(index, len(plan.steps), step, status)
                 if status.cached:
-                    self._point_link(step.id, status.key)
+                    self._point_link(self._link(plan.species, step.id), status.key)
                     outcome = Outcome(step.id, status.key, "cached", 0.0, status.reason)
                 else:
-                    outcome = self._execute(step, status, keys)
+                    outcome = self._execute(plan.species, step, status, keys)
                 outcomes.append(outcome)
                 self.reporter.step_finished(index, len(plan.steps), step, outcome)
             self.reporter.plan_finished(outcomes)
             return outcomes
 
-    def output(self, step_id: str) -> Path:
-        """The output folder of the step's latest successful run."""
-        link = self._link(step_id)
+    def output(self, species: str, step_id: str) -> Path:
+        """The output folder of the latest successful run of a species' step."""
+        link = self._link(species, step_id)
         if not link.is_symlink():
-            raise CacheError(f"step {step_id} has no output in {self.workdir} yet")
+            raise CacheError(f"step {step_id} of {species} has no output in {self.workdir} yet")
         return link.resolve() / "out"
 
-    def _execute(self, step: Step, status: StepStatus, keys: Mapping[str, str]) -> Outcome:
+    def _execute(self, species: str, step: Step, status: StepStatus, keys: Mapping[str, str]) -> Outcome:
         kind = self._kind(step)()
         tmp = self.objects / f".tmp-{status.key}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -169,14 +169,14 @@ class Executor:
             if missing:
                 raise StepError(step.id, f"it did not produce {', '.join(missing)}")
         except ClipbuildError as exc:
-            kept = self._keep_failed(step.id, tmp)
+            kept = self._keep_failed(species, step.id, tmp)
             if isinstance(exc, StepError):
                 exc.log, exc.kept = str(kept / "log.txt"), str(kept / "out")
                 raise
             raise StepError(step.id, exc.lines()[0], detail=exc.lines()[1:],
                             log=str(kept / "log.txt"), kept=str(kept / "out")) from exc
         except BaseException:
-            self._keep_failed(step.id, tmp)
+            self._keep_failed(species, step.id, tmp)
             raise
         seconds = time.monotonic() - started
         shutil.rmtree(tmp / "scratch")
@@ -190,7 +190,7 @@ class Executor:
         }
         _write_json(tmp / MANIFEST, manifest)
         self._commit(tmp, self.objects / status.key)
-        self._point_link(step.id, status.key)
+        self._point_link(self._link(species, step.id), status.key)
         return Outcome(step.id, status.key, "ran", seconds, status.reason)
 
     def _commit(self, tmp: Path, final: Path) -> None:
@@ -204,16 +204,15 @@ class Executor:
             raise
         _fsync_dir(final.parent)
 
-    def _keep_failed(self, step_id: str, tmp: Path) -> Path:
-        kept = self.workdir / "failed" / step_id
+    def _keep_failed(self, species: str, step_id: str, tmp: Path) -> Path:
+        kept = self.workdir / "failed" / species / step_id
         shutil.rmtree(kept, ignore_errors=True)
         kept.parent.mkdir(parents=True, exist_ok=True)
         os.rename(tmp, kept)
         return kept
 
-    def _point_link(self, step_id: str, key: str) -> None:
-        """Atomically point steps/<id> at objects/<key>."""
-        link = self._link(step_id)
+    def _point_link(self, link: Path, key: str) -> None:
+        """Atomically point steps/<species>/<id> at objects/<key>."""
         link.parent.mkdir(parents=True, exist_ok=True)
         target = os.path.relpath(self.objects / key, link.parent)
         if link.is_symlink() and os.readlink(link) == target:
@@ -223,8 +222,8 @@ class Executor:
         tmp.symlink_to(target)
         os.replace(tmp, link)
 
-    def _link(self, step_id: str) -> Path:
-        return self.workdir / "steps" / step_id
+    def _link(self, species: str, step_id: str) -> Path:
+        return self.workdir / "steps" / species / step_id
 
     def _kind(self, step: Step) -> type[StepKind]:
         try:

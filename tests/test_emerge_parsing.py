@@ -36,3 +36,14 @@ def test_failure_names_package_phase_and_log():
 
 def test_emerge_is_a_dataclass_over_a_build_root():
     assert Emerge.__dataclass_fields__.keys() == {"sdk", "mounts", "env"}
+
+
+def test_failure_without_the_summary_line():
+    tail = "\n".join([
+        " * ERROR: app-clip/broken-tool-1.0::clip failed (compile phase):",
+        " * The complete build log is located at '/var/log/portage/build/app-clip:broken-tool-1.0:1.log'.",
+    ])
+    failure = parse_failure(ToolError("emerge failed", stderr_tail=tail))
+    assert failure == parse_failure(ToolError("x", stderr_tail=tail))
+    assert (failure.cpv, failure.phase, failure.log) == (
+        "app-clip/broken-tool-1.0", "compile", "/var/log/portage/build/app-clip:broken-tool-1.0:1.log")

@@ -107,7 +107,7 @@ def executor(tmp_path: Path) -> Executor:
 
 
 def data(executor: Executor, step_id: str) -> str:
-    return (executor.output(step_id) / "data.txt").read_text()
+    return (executor.output("test", step_id) / "data.txt").read_text()
 
 
 def test_first_run_runs_everything_second_run_nothing(executor):
@@ -183,7 +183,7 @@ def _run_in_child(workdir: Path, flag: str) -> None:
 
 def test_a_step_killed_midway_leaves_the_previous_output(executor, tmp_path):
     executor.run(make_plan(a="good"))
-    good_object = executor.output("a").parent
+    good_object = executor.output("test", "a").parent
     flag = tmp_path / "started"
     child = multiprocessing.get_context("fork").Process(target=_run_in_child, args=(executor.workdir, str(flag)))
     child.start()
@@ -196,7 +196,7 @@ def test_a_step_killed_midway_leaves_the_previous_output(executor, tmp_path):
     # The half-written object exists only under its temporary name; nothing points at it.
     leftovers = list((executor.workdir / "objects").glob(".tmp-*"))
     assert len(leftovers) == 1 and (leftovers[0] / "out" / "data.txt").read_text() == "partial"
-    assert executor.output("a").parent == good_object
+    assert executor.output("test", "a").parent == good_object
     assert data(executor, "a") == "good" and data(executor, "d") == "good|B"
     new_key = executor.status(make_plan(a="new"))[0].key
     assert not (executor.workdir / "objects" / new_key).exists()
@@ -216,14 +216,14 @@ def test_a_failed_step_keeps_previous_output_and_its_own_for_inspection(executor
     assert str(err) == "step e failed: sh failed"
     assert "  exit status: 3" in err.detail and "    no space left on device" in err.detail
     assert err.detail[0].startswith("  command: sh -c ")
-    failed = executor.workdir / "failed" / "e"
+    failed = executor.workdir / "failed" / "test" / "e"
     assert (failed / "out" / "data.txt").read_text() == "half"
     assert "about to fail" in (failed / "log.txt").read_text()
     assert err.log == str(failed / "log.txt")
     # Steps before it committed; the failed one has no steps/ link.
     assert data(executor, "d") == "A2|B"
     with pytest.raises(CacheError):
-        executor.output("e")
+        executor.output("test", "e")
 
 
 def test_a_step_must_produce_its_declared_outputs(executor):
@@ -253,7 +253,7 @@ def test_manifest_records_inputs_outputs_and_time(executor):
     import json
 
     executor.run(make_plan())
-    manifest = json.loads((executor.output("c").parent / "manifest.json").read_text())
+    manifest = json.loads((executor.output("test", "c").parent / "manifest.json").read_text())
     assert manifest["components"]["kind"] == "test-concat"
     assert manifest["components"]["inputs"] == {"a": executor.status(make_plan())[0].key}
     assert manifest["outputs"]["data.txt"].startswith("sha256:")

@@ -29,10 +29,17 @@ src_configure() {
 }
 
 bb_make() {
-	# The same variables for build and install: busybox re-links when its command line changes.
-	local link=$(usex static -static-pie -pie)
+	# The same variables for build and install: busybox re-links when its command line changes. Its final
+	# link reads CFLAGS_busybox, then LDFLAGS from the environment (also used by partial links), so the
+	# profile's -pie leaves LDFLAGS and -static-pie goes to CFLAGS_busybox.
+	local -x LDFLAGS=" ${LDFLAGS} "
+	local link=-pie
+	if use static; then
+		LDFLAGS=${LDFLAGS// -pie / }
+		link=-static-pie
+	fi
 	emake V=1 CC="${CC:-gcc}" HOSTCC="${BUILD_CC:-gcc}" EXTRA_CFLAGS="${CFLAGS}" \
-		CFLAGS_busybox="${LDFLAGS} ${link}" SKIP_STRIP=y "$@"
+		CFLAGS_busybox="${link}" SKIP_STRIP=y "$@"
 }
 
 src_compile() {

@@ -1,0 +1,162 @@
+"""End to end: real emerge of the species package sets in the real build root, from source.
+
+Runs the installed `clipbuild` command on a copy of the project, with a fresh binary package store (so the
+first build compiles everything) and the machine's shared build root and distfiles (~/.cache/clipbuild).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clipbuild.run import Result, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+ROOT = Path(__file__).resolve().parent.parent
+CLIPBUILD = Path(sys.executable).with_name("clipbuild")
+
+
+class Project:
+    def __init__(self, base: Path):
+        self.root = base / "proj"
+        for sub in ("profiles", "jails", "kernel-patches", "overlays"):
+            shutil.copytree(ROOT / sub, self.root / sub)
+        self.env = {"CLIPBUILD_BINPKGS": str(base / "binpkgs")}
+        self.workdir = base / "work"
+
+    def clipbuild(self, *args: str, workdir: Path | None = None) -> Result:
+        return run([CLIPBUILD, "--project", self.root, "--workdir", workdir or self.workdir, *args],
+                   env=self.env, check=False, timeout=1800)
+
+    def build(self, species: str, workdir: Path | None = None) -> dict:
+        result = self.clipbuild("build", species, "--json", workdir=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout)
+
+
+def statuses(report: dict) -> dict[str, str]:
+    """'set cpv' -> built / reused, or the set's own status when it was cached."""
+    out = {}
+    for entry in report["sets"]:
+        for row in entry["packages"]:
+            status = "cached" if entry["status"] == "cached" else row["status"]
+            out[f"{entry['step']} {row['cpv']}"] = status
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Project:
+    proj = Project(tmp_path_factory.mktemp("e2e"))
+    fetched = proj.clipbuild("fetch", "client")
+    assert fetched.returncode == 0, fetched.stderr
+    return proj
+
+
+@pytest.fixture(scope="module")
+def client(project) -> dict:
+    return project.build("client")
+
+
+def test_client_builds_every_package_from_source(client):
+    assert statuses(client) == {
+        "build/clip-core clip-layout/baselayout-clip-4.5.0": "built",
+        "build/clip-core sys-apps/busybox-1.35.0": "built",
+        "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
+        "build/clip-core clip-conf/clip-core-conf-4.5.0": "built",
+        "build/clip-apps clip-conf/clip-apps-conf-4.5.0": "built",
+        # rm-core's busybox has the same inputs as clip-core's: installed from the store, not rebuilt
+        "build/rm-core sys-apps/busybox-1.35.0": "reused",
+        "build/rm-core clip-conf/rm-core-conf-4.5.0": "built",
+        "build/rm-apps clip-conf/rm-apps-conf-4.5.0": "built",
+    }
+
+
+def _elf(path: Path) -> tuple[str, str, str]:
+    header = run(["readelf", "-h", path]).stdout
+    dynamic = run(["readelf", "-d", path]).stdout
+    segments = run(["readelf", "-lW", path]).stdout
+    return header, dynamic, segments
+
+
+@pytest.mark.parametrize("binary", ["bin/busybox", "usr/bin/clip-sysinfo"])
+def test_binaries_are_hardened_static_pie(project, client, binary):
+    path = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root" / binary
+    header, dynamic, segments = _elf(path)
+    assert "DYN (Position-Independent Executable file)" in header
+    assert "BIND_NOW" in dynamic and "PIE" in dynamic
+    assert "GNU_RELRO" in segments
+    assert "INTERP" not in segments and "NEEDED" not in dynamic  # static-pie: no C library at run time
+
+
+def test_the_c_tool_runs_and_the_layout_is_clip(project, client):
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    assert run([root / "usr" / "bin" / "clip-sysinfo"]).stdout.startswith("clip-sysinfo: release=")
+    assert (root / "etc" / "shared" / "clip-release").read_text() == "CLIP-RM 4.5.0\n"
+    for sub in ("mounts/usr", "mounts/admin_priv", "vservers/rm_h", "update_root"):
+        assert (root / sub).is_dir(), sub
+    apps = project.workdir / "steps" / "client" / "build" / "clip-apps" / "out" / "root"
+    assert (apps / "usr" / "local" / "share" / "clip" / "clip-apps-release").is_file()
+
+
+def test_config_and_logs_are_on_disk(project, client):
+    out = project.workdir / "steps" / "client" / "build" / "rm-apps" / "out"
+    assert 'CPREFIX="/usr/local"' in (out / "portage" / "make.conf" / "00-profile.conf").read_text()
+    assert list((out / "logs" / "build").glob("clip-conf:rm-apps-conf-4.5.0:*.log"))
+
+
+def test_a_second_build_rebuilds_nothing(project, client, tmp_path):
+    started = time.monotonic()
+    again = project.build("client")
+    assert set(statuses(again).values()) == {"cached"}
+    assert time.monotonic() - started < 30
+    fresh = project.build("client", workdir=tmp_path / "other-work")  # new work directory, same store
+    assert set(statuses(fresh).values()) == {"reused"}
+
+
+def test_gateway_shares_what_it_can(project, client):
+    gateway = statuses(project.build("gateway"))
+    assert gateway["build/clip-core sys-apps/busybox-1.35.0"] == "reused"
+    assert gateway["build/clip-core app-clip/clip-sysinfo-1.0.0"] == "reused"
+    assert gateway["build/clip-core clip-layout/baselayout-clip-4.5.0"] == "built"  # USE clip-gtw
+    assert not any(key.startswith("build/rm-") for key in gateway)
+
+
+def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
+    ebuild = project.root / "overlays" / "clip" / "app-clip" / "clip-sysinfo" / "clip-sysinfo-1.0.0.ebuild"
+    ebuild.write_text(ebuild.read_text() + f"\n# edited by a test at {time.time_ns()}\n")
+    report = project.build("client")
+    built = {k: v for k, v in statuses(report).items() if v == "built"}
+    assert built == {"build/clip-core app-clip/clip-sysinfo-1.0.0": "built"}
+    row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.0.0")
+    assert row["reason"] == "ebuild or its files changed"
+    explained = project.clipbuild("build", "client", "--explain")
+    assert "build/clip-core: cached, 4 packages unchanged" in explained.stdout
+
+
+def test_a_broken_ebuild_fails_with_its_name_and_log_tail(project, client):
+    pkg = project.root / "overlays" / "clip" / "app-clip" / "broken-tool"
+    pkg.mkdir()
+    (pkg / "broken-tool-1.0.ebuild").write_text(
+        'EAPI=8\nDESCRIPTION="fails on purpose"\nHOMEPAGE="https://example.invalid"\nS="${WORKDIR}"\n'
+        'LICENSE="MIT"\nSLOT="0"\nKEYWORDS="amd64"\n'
+        'src_compile() {\n\techo "about to fail"\n\tdie "deliberately broken for a test"\n}\n')
+    (project.root / "profiles" / "broken.yaml").write_text(
+        "inherits: base\ndescription: a species with a broken package\n"
+        "packages: {clip: {apps: [app-clip/broken-tool]}}\n")
+    result = project.clipbuild("build", "broken")
+    assert result.returncode == 1
+    err = result.stderr
+    assert "error: step build/clip-apps failed: app-clip/broken-tool-1.0 failed in the compile phase" in err
+    assert "deliberately broken for a test" in err and "about to fail" in err
+    log_line = next(line for line in err.splitlines() if line.startswith("  package log: "))
+    assert Path(log_line.removeprefix("  package log: ")).is_file()
+    # The set built before it succeeded and stays usable; the failed set left no steps/ link.
+    assert (project.workdir / "steps" / "broken" / "build" / "clip-core").is_symlink()
+    assert not (project.workdir / "steps" / "broken" / "build" / "clip-apps").exists()
+    assert os.path.isdir(project.workdir / "failed" / "broken" / "build" / "clip-apps" / "out" / "logs")
