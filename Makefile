@@ -38,7 +38,7 @@ test: setup
 	$(VENV)/bin/python -m pytest
 
 lint: setup
-	$(VENV)/bin/ruff check clipbuild tests
+	$(VENV)/bin/ruff check clipbuild tests bench
 
 image: setup
 	@echo "make image: not yet. Building the client image arrives with issue P6 (A/B disk images);" >&2
