@@ -28,7 +28,16 @@ from clipbuild.buildroot import BuildRoot, Mount, Recipe
 from clipbuild.emerge import Emerge, build_deps, log_tail, parse_failure
 from clipbuild.errors import StepError, ToolError
 from clipbuild.model import Profile
-from clipbuild.plan import SourceFile, Step, StepContext, StepKind, planner, sha256_file, step_kind
+from clipbuild.plan import (
+    PlanSettings,
+    SourceFile,
+    Step,
+    StepContext,
+    StepKind,
+    planner,
+    sha256_file,
+    step_kind,
+)
 from clipbuild.portage_config import REPO_PATH, host_conf, render
 from clipbuild.project import Project
 
@@ -211,8 +220,8 @@ def overlay_sources(project: Project) -> tuple[SourceFile, ...]:
 
 
 @planner
-def plan_build(profile: Profile, project: Project) -> list[Step]:
-    recipe = asdict(buildroot.DEFAULT_RECIPE)
+def plan_build(profile: Profile, project: Project, settings: PlanSettings) -> list[Step]:
+    recipe = settings.buildroot or asdict(buildroot.DEFAULT_RECIPE)
     sources = overlay_sources(project)
     steps = []
     for dist, part, pset in profile.packages.sets():

@@ -151,6 +151,15 @@ def installed() -> list[BuildRoot]:
     return roots
 
 
+def by_key(key: str) -> BuildRoot:
+    """The cached build root named by `key` (as `clipbuild sdk info` lists them)."""
+    for root in installed():
+        if root.key == key:
+            return root
+    known = ", ".join(r.key for r in installed()) or "none"
+    raise InputError(f"no build root {key} (cached: {known}); see clipbuild sdk info, or sdk create")
+
+
 def ensure(recipe: Recipe = DEFAULT_RECIPE, say=print) -> BuildRoot:
     """The build root of `recipe`, made first if it is not cached (only the embedded default can be)."""
     existing = find(recipe)

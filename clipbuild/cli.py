@@ -15,7 +15,7 @@ from clipbuild import __version__, buildroot, fetch, stages  # noqa: F401 (impor
 from clipbuild.build import OVERLAY
 from clipbuild.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClipbuildError
 from clipbuild.executor import Executor, Outcome
-from clipbuild.plan import BuildPlan, compile_plan
+from clipbuild.plan import BuildPlan, PlanSettings, compile_plan
 from clipbuild.portage_config import REPO_PATH
 from clipbuild.profile import list_profiles, resolve, species_path, validate_paths
 from clipbuild.project import Project, find_project
@@ -29,10 +29,16 @@ class Options:
     workdir: Path
     project_dir: Path | None
     verbose: int
+    sdk: str | None = None
 
     @property
     def project(self) -> Project:
         return find_project(self.project_dir)
+
+    def plan(self, species: str) -> BuildPlan:
+        """The plan of `species`, built in the chosen build root."""
+        settings = PlanSettings(asdict(buildroot.by_key(self.sdk).recipe) if self.sdk else {})
+        return compile_plan(resolve(self.project, species), self.project, settings)
 
 
 def _emit_json(data: Any) -> None:
@@ -49,9 +55,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 @click.option("--project", "project_dir", type=click.Path(path_type=Path, file_okay=False),
               envvar="CLIPBUILD_PROJECT",
               help="Project root holding profiles/ and jails/ [default: nearest above the current folder].")
+@click.option("--sdk", metavar="KEY", envvar="CLIPBUILD_SDK",
+              help="Build in this cached build root (clipbuild sdk info) [default: the embedded default].")
 @click.option("-v", "--verbose", count=True, help="More output: -v shows commands run, -vv debug details.")
 @click.pass_context
-def cli(ctx: click.Context, workdir: Path, project_dir: Path | None, verbose: int) -> None:
+def cli(ctx: click.Context, workdir: Path, project_dir: Path | None, sdk: str | None, verbose: int) -> None:
     """Build hardened, multi-level OS images the CLIP OS 4 way.
 
     A species profile (profiles/SPECIES.yaml) says what goes into a system. clipbuild compiles it into a
@@ -66,7 +74,7 @@ def cli(ctx: click.Context, workdir: Path, project_dir: Path | None, verbose: in
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ctx.obj = Options(workdir, project_dir, verbose)
+    ctx.obj = Options(workdir, project_dir, verbose, sdk)
 
 
 @cli.group()
@@ -164,9 +172,8 @@ def plan_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None:
     With --explain, compare each step's cache key with the work directory and say what changed since the
     step last ran (an option, an input, a source file, the step's code).
     """
-    project = opts.project
-    plan = compile_plan(resolve(project, species), project)
-    statuses = Executor(opts.workdir, project_root=project.root).status(plan) if explain else None
+    plan = opts.plan(species)
+    statuses = Executor(opts.workdir, project_root=opts.project.root).status(plan) if explain else None
     if as_json:
         data = plan.to_dict()
         if statuses is not None:
@@ -188,7 +195,7 @@ def run_cmd(opts: Options, species: str, steps: tuple[str, ...], as_json: bool) 
     Steps whose inputs did not change are reused from the work directory (--workdir). Progress goes to
     stderr, one line per step (--json: one JSON object per line).
     """
-    plan = compile_plan(resolve(opts.project, species), opts.project)
+    plan = opts.plan(species)
     unknown = [s for s in steps if s not in {step.id for step in plan.steps}]
     if unknown:
         raise click.BadParameter(f"no step {', '.join(unknown)} in the plan of {species}", param_hint="--step")
@@ -316,8 +323,7 @@ def build_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None
     package store instead of being rebuilt. Fetch distfiles first (clipbuild fetch SPECIES): builds have no
     network.
     """
-    project = opts.project
-    plan = compile_plan(resolve(project, species), project)
+    plan = opts.plan(species)
     build_ids = [s.id for s in plan.steps if s.kind == "emerge-set"]
     executor, outcomes = _execute(opts, plan.subset(build_ids), as_json)
     sets = []

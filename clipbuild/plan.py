@@ -175,7 +175,14 @@ def step_kind(cls: type[StepKind]) -> type[StepKind]:
     return cls
 
 
-Planner = Callable[[Profile, Project], list[Step]]
+@dataclass(frozen=True)
+class PlanSettings:
+    """Choices made on the command line rather than in the profile."""
+
+    buildroot: dict[str, Any] = field(default_factory=dict)  # a build root Recipe; empty: the embedded default
+
+
+Planner = Callable[[Profile, Project, PlanSettings], list[Step]]
 PLANNERS: list[Planner] = []
 
 
@@ -204,20 +211,22 @@ class ResolveProfile(StepKind):
 
 
 @planner
-def plan_profile(profile: Profile, project: Project) -> list[Step]:
+def plan_profile(profile: Profile, project: Project, settings: PlanSettings) -> list[Step]:
     data = profile.to_dict()
     data.pop("files")
     return [ResolveProfile.step("profile", _ProfileOptions(data),
                                 description=f"resolved profile of {profile.species}")]
 
 
-def compile_plan(profile: Profile, project: Project) -> BuildPlan:
+def compile_plan(profile: Profile, project: Project, settings: PlanSettings | None = None) -> BuildPlan:
     """The frozen plan for a species: every registered stage's steps, in pipeline order."""
     if profile.abstract:
         raise InputError(f"{profile.species} is abstract: it exists to be inherited, not built")
+    import clipbuild.stages  # noqa: F401  (registers every stage's planner; imported late: stages import this module)
+
     steps: list[Step] = []
     for plan_stage in PLANNERS:
-        steps.extend(plan_stage(profile, project))
+        steps.extend(plan_stage(profile, project, settings or PlanSettings()))
     return BuildPlan(profile.species, profile.version, tuple(steps))
 
 

@@ -111,3 +111,8 @@ def test_installed_console_script():
     assert result.stdout == "ok  profiles/client.yaml\n"
     bad = run([script, "profile", "show", "nope"], cwd=ROOT, check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+def test_an_unknown_build_root_is_bad_input(clipbuild):
+    result = clipbuild("--sdk", "0123abc", "plan", "client")
+    assert result.code == 2 and result.err.startswith("error: no build root 0123abc (cached: ")
