@@ -304,26 +304,32 @@ def fetch_cmd(opts: Options, species: str) -> None:
 
     Distfiles are kept in ~/.cache/clipbuild/distfiles; builds only read them there, without network.
     """
+    wanted, fetched = _fetch(opts, species)
+    click.echo(f"{wanted} distfiles verified, {fetched} fetched now: {fetch.store_dir()}")
+
+
+def _fetch(opts: Options, species: str) -> tuple[int, int]:
     project = opts.project
-    profile = resolve(project, species)
-    wanted = fetch.read_manifests(project.root / OVERLAY).values()
-    fetched = fetch.fetch(wanted, profile.sources.mirrors, project.root, say=_say)
-    click.echo(f"{len(wanted)} distfiles verified, {len(fetched)} fetched now: {fetch.store_dir()}")
+    wanted = list(fetch.read_manifests(project.root / OVERLAY).values())
+    return len(wanted), len(fetch.fetch(wanted, resolve(project, species).sources.mirrors, project.root, say=_say))
 
 
 @cli.command("build")
 @click.argument("species")
 @click.option("--explain", is_flag=True, help="List every package with why it was built or that it was reused.")
+@click.option("--offline", is_flag=True, help="Do not fetch missing distfiles first; fail instead.")
 @json_option
 @click.pass_obj
-def build_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None:
+def build_cmd(opts: Options, species: str, explain: bool, offline: bool, as_json: bool) -> None:
     """Build every package set of SPECIES from source with emerge, each into its own ROOT.
 
-    Unchanged sets are cached; inside a set, a package whose inputs did not change is installed from the
-    package store instead of being rebuilt. Fetch distfiles first (clipbuild fetch SPECIES): builds have no
-    network.
+    First, missing distfiles are fetched (as clipbuild fetch does; --offline skips it); then the builds run
+    with no network at all. Unchanged sets are cached; inside a set, a package whose inputs did not change is
+    installed from the package store instead of being rebuilt.
     """
     plan = opts.plan(species)
+    if not offline:
+        _fetch(opts, species)
     build_ids = [s.id for s in plan.steps if s.kind == "emerge-set"]
     executor, outcomes = _execute(opts, plan.subset(build_ids), as_json)
     sets = []

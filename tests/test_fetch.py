@@ -84,3 +84,16 @@ def test_a_tampered_store_file_is_detected(overlay, tmp_path):
 def test_debian_source_names_need_a_version(overlay):
     dist = fetch.Distfile("weird.bin", 1, {"SHA512": "0"}, "M:1")
     assert fetch._from_debian_source(dist, "bookworm", Path("/nonexistent"), print).startswith("not NAME-VERSION")
+
+
+def test_a_build_refuses_to_start_without_its_distfiles(overlay):
+    from clipbuild.build import _check_distfiles
+    from clipbuild.errors import StepError
+
+    with pytest.raises(StepError) as exc:
+        _check_distfiles("build/clip-core", overlay, "client")
+    assert exc.value.lines() == [
+        "step build/clip-core failed: distfiles are missing or wrong; builds never download",
+        "  tool-1.0.tar.gz: missing",
+        "  hint: run clipbuild fetch client",
+    ]
