@@ -71,6 +71,7 @@ def cli(ctx: click.Context, workdir: Path, project_dir: Path | None, sdk: str | 
       clipbuild profile list              the species and what they inherit
       clipbuild profile show client --resolved
       clipbuild plan client --explain     what would run, and why
+      clipbuild build client --explain    build every package, saying why each was (re)built
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
