@@ -202,8 +202,17 @@ def create_debian(recipe: Recipe = DEFAULT_RECIPE, say=print) -> BuildRoot:
     started = time.monotonic()
     say(f"sdk: mmdebstrap {recipe.suite} with {len(recipe.packages)} packages (about 30 s)")
     mode = "root" if os.geteuid() == 0 else "unshare"
+    # --mode=unshare leaves a directory owned by subordinate ids, which the user can neither write nor remove and
+    # bwrap (which maps only the user's own id) shows as nobody's: make a tarball instead and unpack it as the user.
+    target = tmp / ("root" if mode == "root" else "root.tar")
+    if mode == "unshare":
+        require("newuidmap", "newgidmap")
     run(["mmdebstrap", "--variant=minbase", f"--mode={mode}", "--include=" + ",".join(recipe.packages),
-         "--aptopt=Acquire::Retries=3", recipe.suite, str(tmp / "root"), DEBIAN_MIRROR], timeout=1800)
+         "--aptopt=Acquire::Retries=3", recipe.suite, str(target), DEBIAN_MIRROR], timeout=1800)
+    if mode == "unshare":  # device nodes cannot be made without root; bwrap mounts /dev anyway
+        (tmp / "root").mkdir()
+        run(["tar", "-xpf", str(target), "-C", str(tmp / "root"), "--no-same-owner", "--exclude=./dev/*"])
+        target.unlink()
     _prepare_mount_points(tmp / "root", debian=True)
     sdk = BuildRoot(tmp, recipe)
     say(f"sdk: installing Portage {recipe.portage} offline")
@@ -268,7 +277,8 @@ def import_stage3(tarball: Path, digest: str, say=print) -> BuildRoot:
     say(f"sdk: unpacking {tarball.name} (digest verified)")
     run(["bwrap", "--bind", "/", "/", "--dev", "/dev", "--unshare-user", "--uid", "0", "--gid", "0",
          "tar", "-xpf", str(tarball.resolve()), "-C", str(tmp / "root"), "--xattrs-include=*.*", "--numeric-owner",
-         "--no-same-owner" if os.geteuid() != 0 else "--same-owner"])
+         "--no-same-owner" if os.geteuid() != 0 else "--same-owner",
+         *(["--exclude=./dev/*"] if os.geteuid() != 0 else [])])  # no mknod in a user namespace
     _prepare_mount_points(tmp / "root", debian=False)
     return _commit(tmp, recipe, started, say)
 
