@@ -13,6 +13,7 @@ import click
 
 from clipbuild import __version__, buildroot, fetch, stages  # noqa: F401 (importing stages registers every stage)
 from clipbuild.build import OVERLAY
+from clipbuild.cli_signing import COMMANDS
 from clipbuild.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClipbuildError
 from clipbuild.executor import Executor, Outcome
 from clipbuild.plan import BuildPlan, PlanSettings, compile_plan
@@ -342,6 +343,10 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, as_json
         _emit_json({"species": species, "sets": sets})
         return
     click.echo(format_build_summary(species, sets, explain), nl=False)
+
+
+for _command in COMMANDS:
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:
