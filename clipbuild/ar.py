@@ -67,7 +67,8 @@ def parse(data: bytes | memoryview, *, what: str = "archive") -> list[Member]:
         if header[58:60] != FMAG:
             raise ArError(f"{what}: member header at byte {offset} does not end in `\\n")
         name = _name(header[0:16], offset)
-        _number(header[16:28], "date", offset)
+        for start, end, what in ((16, 28, "date"), (28, 34, "uid"), (34, 40, "gid"), (40, 48, "mode")):
+            _number(header[start:end], what, offset)
         size = _number(header[48:58], "size", offset)
         data_offset = offset + HEADER
         if data_offset + size > len(view):

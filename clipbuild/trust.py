@@ -226,11 +226,17 @@ def _revocation(cert: x509.Certificate, ca: x509.Certificate, policy: RolePolicy
 
 
 def _check_signature(sig: clipsig.Signature, policy: RolePolicy, view: memoryview, at: dt.datetime) -> SignerCheck:
-    member = sig.member.name
     try:
-        cert = _certificate(sig.certificate)
-    except ValueError:
-        return SignerCheck(sig.role, False, (f"{member}: the certificate is not DER X.509",))
+        return _check_signature_unsafe(sig, policy, view, at)
+    except Exception as exc:  # the certificate is attacker-controlled: any failure to read it refuses
+        return SignerCheck(sig.role, False, (f"{sig.member.name}: the certificate cannot be read "
+                                             f"({type(exc).__name__}: {exc})",))
+
+
+def _check_signature_unsafe(sig: clipsig.Signature, policy: RolePolicy, view: memoryview,
+                            at: dt.datetime) -> SignerCheck:
+    member = sig.member.name
+    cert = _certificate(sig.certificate)
     subject = cert.subject.rfc4514_string()
     fingerprint = hashlib.sha256(sig.certificate).hexdigest()
     try:
