@@ -237,6 +237,10 @@ def _check_signature_unsafe(sig: clipsig.Signature, policy: RolePolicy, view: me
                             at: dt.datetime) -> SignerCheck:
     member = sig.member.name
     cert = _certificate(sig.certificate)
+    if not sig.certificate.endswith(b"\x00" + cert.signature):
+        # OpenSSL tolerates a non-zero "unused bits" octet in the signature BIT STRING; DER does not, and a
+        # certificate that can change without its signature changing is refused.
+        return SignerCheck(sig.role, False, (f"{member}: the certificate is not in canonical DER",))
     subject = cert.subject.rfc4514_string()
     fingerprint = hashlib.sha256(sig.certificate).hexdigest()
     try:
