@@ -38,7 +38,8 @@ class Options:
 
     def plan(self, species: str) -> BuildPlan:
         """The plan of `species`, built in the chosen build root."""
-        settings = PlanSettings(asdict(buildroot.by_key(self.sdk).recipe) if self.sdk else {})
+        settings = PlanSettings(asdict(buildroot.by_key(self.sdk).recipe) if self.sdk else {},
+                                self.project.source_date_epoch())
         return compile_plan(resolve(self.project, species), self.project, settings)
 
 
@@ -347,6 +348,29 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, as_json
 
 for _command in COMMANDS:
     cli.add_command(_command)
+
+
+@cli.command("package")
+@click.argument("species")
+@json_option
+@click.pass_obj
+def package_cmd(opts: Options, species: str, as_json: bool) -> None:
+    """Build SPECIES (as clipbuild build does) and wrap every binpkg as a CLIP .deb, unsigned.
+
+    Prints each package set's folder of .debs. Sign them with clipbuild sign --role developer, then hand a
+    batch to a controller (clipbuild countersign).
+    """
+    plan = opts.plan(species)
+    _fetch(opts, species)
+    ids = [s.id for s in plan.steps if s.kind == "deb-set"]
+    executor, _ = _execute(opts, plan.subset(ids), as_json)
+    executor.output(species, ids[0])  # raises if the step left no output
+    folders = {step_id: opts.workdir / "steps" / species / step_id / "out" / "debs" for step_id in ids}
+    if as_json:
+        _emit_json({step_id: sorted(p.name for p in folder.glob("*.deb")) for step_id, folder in folders.items()})
+    else:
+        for step_id, folder in folders.items():
+            click.echo(f"{step_id}: {len(list(folder.glob('*.deb')))} packages in {folder}")
 
 
 def main(argv: list[str] | None = None) -> None:

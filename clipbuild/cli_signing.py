@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from clipbuild import batch, pki, signer, trust
+from clipbuild import batch, pki, repository, signer, trust
 from clipbuild.errors import EXIT_FAILED, InputError
 
 ROLE = click.Choice(["developer", "controller"])
@@ -152,4 +152,25 @@ def verify_cmd(debs: tuple[Path, ...], policy: Path, at: dt.datetime | None, as_
         sys.exit(EXIT_FAILED)
 
 
-COMMANDS = (pki_group, sign_cmd, countersign_cmd, verify_cmd)
+@click.group("repo")
+def repo_group() -> None:
+    """Update repositories in CLIP's layout, from countersigned packages."""
+
+
+@repo_group.command("publish")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@policy_option
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Where OUT/<dist>/<conf>/{pool,dists} are written.")
+def repo_publish(sources: tuple[Path, ...], policy: Path, out: Path) -> None:
+    """Publish countersigned packages (files, or batch directories) as CLIP update repositories.
+
+    One repository per conf package (clip-core-conf, clip-apps-conf, rm-core-conf, rm-apps-conf), holding it
+    and exactly the versions it pins. Every package must verify; otherwise nothing is published.
+    """
+    debs = sorted({deb for src in sources for deb in ([src] if src.is_file() else src.glob("*.deb"))})
+    for path in repository.publish(debs, trust.load_policy(policy), out):
+        click.echo(path)
+
+
+COMMANDS = (pki_group, sign_cmd, countersign_cmd, verify_cmd, repo_group)

@@ -180,6 +180,7 @@ class PlanSettings:
     """Choices made on the command line rather than in the profile."""
 
     buildroot: dict[str, Any] = field(default_factory=dict)  # a build root Recipe; empty: the embedded default
+    source_date_epoch: int = 0  # the date written into packages and images
 
 
 Planner = Callable[[Profile, Project, PlanSettings], list[Step]]

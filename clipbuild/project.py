@@ -38,6 +38,19 @@ class Project:
         except ValueError:
             return str(path)
 
+    def source_date_epoch(self) -> int:
+        """$SOURCE_DATE_EPOCH, else the date of the project's last commit, else 0: dates written into
+        packages and images, so that the same checkout builds the same bytes."""
+        if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
+            return int(os.environ["SOURCE_DATE_EPOCH"])
+        if (self.root / ".git").exists():
+            from clipbuild.run import run
+
+            result = run(["git", "-C", str(self.root), "log", "-1", "--format=%ct"], check=False)
+            if result.returncode == 0 and result.stdout.strip().isdigit():
+                return int(result.stdout.strip())
+        return 0
+
     def species_files(self) -> list[Path]:
         return sorted(self.profiles_dir.glob("*.yaml"))
 

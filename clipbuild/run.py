@@ -138,6 +138,20 @@ def run(args: Sequence[str | os.PathLike[str]], *, cwd: Path | str | None = None
     return result
 
 
+def run_bytes(args: Sequence[str | os.PathLike[str]], data: bytes, *, timeout: float | None = None) -> bytes:
+    """Run a filter program on binary data: `data` in, its standard output back."""
+    argv = tuple(str(a) for a in args)
+    shown = format_command(argv)
+    log.info("run: %s", shown)
+    if shutil.which(argv[0]) is None:
+        raise missing_tool_error(argv[0])
+    proc = subprocess.run(argv, input=data, capture_output=True, env=clean_env(), timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise ToolError(f"{Path(argv[0]).name} failed", command=shown, exit_status=proc.returncode,
+                        stderr_tail=_tail(proc.stderr.decode(errors="replace")))
+    return proc.stdout
+
+
 def run_streaming(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], None], *,
                   env: Mapping[str, str] | None = None, cwd: Path | str | None = None,
                   tail_lines: int = STDERR_TAIL_LINES) -> Result:

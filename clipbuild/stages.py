@@ -1,5 +1,5 @@
 """The pipeline's stages, imported in order: importing a stage module registers its step kinds and planner."""
 
-from clipbuild import build, plan
+from clipbuild import build, packaging, plan
 
-__all__ = ["build", "plan"]
+__all__ = ["build", "packaging", "plan"]

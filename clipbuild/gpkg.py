@@ -1,0 +1,129 @@
+"""Reading Portage gpkg binary packages: metadata, and the image tree extracted safely.
+
+A gpkg is a tar of `<PF>-<BUILD_ID>/{gpkg-1, metadata.tar.zst, image.tar.zst, Manifest}`. Every member of
+image.tar is checked before anything is written: no absolute path, no `..`, no link pointing outside the
+tree (absolute symlinks are resolved as the installed system would, from its root), no device or FIFO, no
+path through a symlink, nothing but regular files, directories and links.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from clipbuild.errors import ClipbuildError
+from clipbuild.run import run_bytes
+
+
+class UnsafeArchive(ClipbuildError):
+    """An archive member would escape or corrupt the tree it is extracted into."""
+
+
+@dataclass(frozen=True)
+class Gpkg:
+    path: Path
+    metadata: dict[str, str]
+
+    @property
+    def cpv(self) -> str:
+        return f"{self.metadata['CATEGORY']}/{self.metadata['PF']}"
+
+
+def _member(outer: tarfile.TarFile, suffix: str) -> bytes:
+    for info in outer.getmembers():
+        if info.name.count("/") == 1 and info.name.endswith("/" + suffix) and info.isfile():
+            stream = outer.extractfile(info)
+            assert stream is not None
+            return stream.read()
+    raise ClipbuildError(f"{outer.name}: no {suffix} member: not a gpkg")
+
+
+def _zstd(data: bytes) -> bytes:
+    """Decompressed with the zstd program (Python 3.11 has no zstd module)."""
+    return run_bytes(["zstd", "-dc"], data)
+
+
+def read(path: Path) -> tuple[Gpkg, bytes]:
+    """The package's metadata and its image.tar (uncompressed)."""
+    with tarfile.open(path) as outer:
+        metadata_tar = _zstd(_member(outer, "metadata.tar.zst"))
+        image_tar = _zstd(_member(outer, "image.tar.zst"))
+    metadata = {}
+    with tarfile.open(fileobj=io.BytesIO(metadata_tar)) as meta:
+        for info in meta.getmembers():
+            if info.isfile() and info.name.startswith("metadata/") and not info.name.endswith((".bz2", ".ebuild")):
+                stream = meta.extractfile(info)
+                assert stream is not None
+                metadata[info.name.removeprefix("metadata/")] = stream.read().decode(errors="replace").strip()
+    return Gpkg(path, metadata), image_tar
+
+
+def check_members(members: list[tarfile.TarInfo], prefix: str = "image") -> list[tuple[tarfile.TarInfo, str]]:
+    """(member, path relative to the tree) for each member; raises UnsafeArchive on the first bad one."""
+    out = []
+    links: set[str] = set()
+    for info in members:
+        name = info.name
+        if name.startswith("/") or ".." in name.split("/"):
+            raise UnsafeArchive(f"member {name!r}: absolute paths and '..' are refused")
+        if name.rstrip("/") == prefix:
+            continue
+        if not name.startswith(prefix + "/"):
+            raise UnsafeArchive(f"member {name!r} lies outside {prefix}/")
+        relative = posixpath.normpath(name[len(prefix) + 1:])
+        parents = relative.split("/")[:-1]
+        for depth in range(1, len(parents) + 1):
+            if "/".join(parents[:depth]) in links:
+                raise UnsafeArchive(f"member {name!r} goes through the symlink {'/'.join(parents[:depth])}")
+        if not (info.isfile() or info.isdir() or info.issym() or info.islnk()):
+            raise UnsafeArchive(f"member {name!r}: devices, FIFOs and other special files are refused")
+        if info.issym():
+            if _climbs_out(relative, info.linkname):
+                raise UnsafeArchive(f"symlink {name!r} -> {info.linkname!r} escapes the root")
+            links.add(relative)
+        if info.islnk():
+            linked = posixpath.normpath(info.linkname)
+            if linked.startswith("/") or ".." in linked.split("/") or not linked.startswith(prefix + "/"):
+                raise UnsafeArchive(f"hard link {name!r} -> {info.linkname!r} escapes the tree")
+        out.append((info, relative))
+    return out
+
+
+def _climbs_out(relative: str, link: str) -> bool:
+    """Whether a symlink at `relative` climbs above the root with '..' (normpath would hide it: /.. is /)."""
+    depth = 0 if link.startswith("/") else len(relative.split("/")) - 1
+    for part in link.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
+def extract(image_tar: bytes, target: Path) -> None:
+    """Extract image.tar into `target` after checking every member; owners are not kept (root:root in .debs)."""
+    with tarfile.open(fileobj=io.BytesIO(image_tar)) as image:
+        checked = check_members(image.getmembers())
+        target.mkdir(parents=True, exist_ok=True)
+        for info, relative in checked:
+            destination = target / relative
+            if info.isdir():
+                destination.mkdir(parents=True, exist_ok=True)
+                destination.chmod(info.mode & 0o7777)
+            elif info.issym():
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.symlink_to(info.linkname)
+            elif info.islnk():
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.hardlink_to(target / posixpath.normpath(info.linkname)[len("image/"):])
+            else:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                stream = image.extractfile(info)
+                assert stream is not None
+                destination.write_bytes(stream.read())
+                destination.chmod(info.mode & 0o7777)
