@@ -77,7 +77,8 @@ def control(pkg: Gpkg, options: DebOptions, installed_kib: int) -> Deb822:
     use = meta.get("USE", "").split()
     rel = relations(meta.get("RDEPEND", ""), use)
     fields: list[tuple[str, str]] = [
-        ("Package", deb_name(pn, options.name_suffix)),
+        ("Package", deb_name(pn, meta.get("DEB_NAME_SUFFIX") or options.name_suffix)),
+        ("Essential", "yes" if meta.get("DEB_ESSENTIAL") in ("y", "yes") else ""),
         ("Source", meta["PF"]),
         ("Version", deb_version(pvr)),
         ("Priority", PRIORITY[options.part]),
@@ -88,6 +89,8 @@ def control(pkg: Gpkg, options: DebOptions, installed_kib: int) -> Deb822:
         ("Architecture", ARCH.get(meta.get("CHOST", "x86_64").split("-")[0], "amd64")),
         ("Depends", ", ".join(rel.depends)),
         ("Conflicts", ", ".join(rel.conflicts)),
+        ("Suggests", ", ".join(relations(meta.get("DEB_SUGGESTS", ""), use).depends)),
+        ("ConfDepends", ", ".join(relations(meta.get("CONF_DEPENDS", ""), use).depends)),
         ("Maintainer", options.maintainer),
         ("Installed-Size", str(installed_kib)),
         ("Built-By", options.built_by),
@@ -95,7 +98,7 @@ def control(pkg: Gpkg, options: DebOptions, installed_kib: int) -> Deb822:
     ]
     if meta["CATEGORY"] == "clip-conf":
         fields.append(("Release-Date", rfc2822(options.date)))
-    fields += [("Distribution", options.distribution), ("CLIP-Jails", options.jails),
+    fields += [("Distribution", options.distribution), ("CLIP-Jails", meta.get("DEB_JAILS") or options.jails),
                ("Description", meta.get("DESCRIPTION") or "Automatically generated for CLIP"),
                ("Homepage", meta.get("HOMEPAGE", "").split()[0] if meta.get("HOMEPAGE") else "")]
     paragraph = Deb822()

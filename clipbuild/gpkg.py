@@ -8,8 +8,10 @@ path through a symlink, nothing but regular files, directories and links.
 
 from __future__ import annotations
 
+import bz2
 import io
 import posixpath
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +56,27 @@ def read(path: Path) -> tuple[Gpkg, bytes]:
     metadata = {}
     with tarfile.open(fileobj=io.BytesIO(metadata_tar)) as meta:
         for info in meta.getmembers():
-            if info.isfile() and info.name.startswith("metadata/") and not info.name.endswith((".bz2", ".ebuild")):
-                stream = meta.extractfile(info)
-                assert stream is not None
-                metadata[info.name.removeprefix("metadata/")] = stream.read().decode(errors="replace").strip()
+            if not info.isfile() or not info.name.startswith("metadata/") or info.name.endswith(".ebuild"):
+                continue
+            stream = meta.extractfile(info)
+            assert stream is not None
+            raw = stream.read()
+            if info.name == "metadata/environment.bz2":
+                metadata.update(ebuild_variables(bz2.decompress(raw).decode(errors="replace")))
+            else:
+                metadata[info.name.removeprefix("metadata/")] = raw.decode(errors="replace").strip()
     return Gpkg(path, metadata), image_tar
+
+
+# CLIP's per-ebuild packaging variables (clipos4.md §1.6), read from the saved ebuild environment. Those of
+# make.conf (DEB_DISTRIBUTION, DEB_PRIORITY, DEB_IMPACT, DEB_URGENCY) come from the plan instead: a binpkg is
+# shared by sets whose make.conf differ only there.
+EBUILD_VARIABLES = ("DEB_SUGGESTS", "CONF_DEPENDS", "DEB_JAILS", "DEB_NAME_SUFFIX", "DEB_ESSENTIAL")
+_DECLARE = re.compile(r'^declare -[-a-zA-Z]* (?P<name>[A-Z_]+)="(?P<value>[^"]*)"$', re.M)
+
+
+def ebuild_variables(environment: str) -> dict[str, str]:
+    return {m["name"]: m["value"].strip() for m in _DECLARE.finditer(environment) if m["name"] in EBUILD_VARIABLES}
 
 
 def check_members(members: list[tarfile.TarInfo], prefix: str = "image") -> list[tuple[tarfile.TarInfo, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bz2
 import io
 import re
 import tarfile
@@ -79,7 +80,8 @@ def test_safe_links_pass():
     assert [rel for _, rel in checked] == ["bin", "bin/sh", "usr/bin/x", "usr/bin/y", "bin/busybox"]
 
 
-def _fake_gpkg(tmp: Path, category: str, pf: str, metadata: dict[str, str], files: dict[str, bytes]) -> Path:
+def _fake_gpkg(tmp: Path, category: str, pf: str, metadata: dict[str, str], files: dict[str, bytes],
+               environment: str = "") -> Path:
     def tar_bytes(entries: dict[str, bytes]) -> bytes:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -90,7 +92,8 @@ def _fake_gpkg(tmp: Path, category: str, pf: str, metadata: dict[str, str], file
                 tar.addfile(info, io.BytesIO(data))
         return buffer.getvalue()
 
-    meta = tar_bytes({f"metadata/{k}": v.encode() for k, v in {**metadata, "CATEGORY": category, "PF": pf}.items()})
+    meta = tar_bytes({**{f"metadata/{k}": v.encode() for k, v in {**metadata, "CATEGORY": category, "PF": pf}.items()},
+                      "metadata/environment.bz2": bz2.compress(environment.encode())})
     image = tar_bytes({f"image/{k}": v for k, v in files.items()})
     outer = {f"{pf}-1/gpkg-1": b"", f"{pf}-1/metadata.tar.zst": run_bytes(["zstd", "-q", "-c"], meta),
              f"{pf}-1/image.tar.zst": run_bytes(["zstd", "-q", "-c"], image)}
@@ -100,10 +103,13 @@ def _fake_gpkg(tmp: Path, category: str, pf: str, metadata: dict[str, str], file
 
 
 def test_control_fields_in_clip_order_and_reproducible(tmp_path):
+    environment = ('declare -x DEB_SUGGESTS="=app-clip/extra-1.1"\ndeclare -- CONF_DEPENDS='
+                   '">=clip-conf/clip-core-conf-4.4.2-r70"\ndeclare -x DEB_JAILS="rm_h rm_b"\n'
+                   'declare -x DEB_DISTRIBUTION="rm"\n')
     path = _fake_gpkg(tmp_path, "clip-conf", "demo-conf-1.0_p2-r1",
                       {"RDEPEND": "=app-clip/tool-2.0 !app-clip/old", "USE": "amd64", "LICENSE": "LGPL-2.1+",
                        "DESCRIPTION": "A demo conf package", "CHOST": "x86_64-pc-linux-gnu"},
-                      {"etc/demo.conf": b"x=1\n", "usr/bin/demo": b"#!/bin/sh\n"})
+                      {"etc/demo.conf": b"x=1\n", "usr/bin/demo": b"#!/bin/sh\n"}, environment)
     package, image = gpkg.read(path)
     options = debpkg.DebOptions("clip", "core", 1700000000)
     first = debpkg.build(package, image, options, tmp_path / "a")
@@ -113,10 +119,13 @@ def test_control_fields_in_clip_order_and_reproducible(tmp_path):
     fields = run(["dpkg-deb", "--field", first]).stdout.splitlines()
     assert [line.split(":")[0] for line in fields] == [
         "Package", "Source", "Version", "Priority", "Impact", "Urgency", "License", "Section", "Architecture",
-        "Depends", "Conflicts", "Maintainer", "Installed-Size", "Built-By", "Build-Date", "Release-Date",
-        "Distribution", "Description"]
+        "Depends", "Conflicts", "Suggests", "ConfDepends", "Maintainer", "Installed-Size", "Built-By",
+        "Build-Date", "Release-Date", "Distribution", "CLIP-Jails", "Description"]
     assert "Depends: tool (= 2.0)" in fields and "Conflicts: old" in fields and "Priority: Required" in fields
     assert "Build-Date: Tue, 14 Nov 2023 22:13:20 +0000" in fields
+    assert "Suggests: extra (= 1.1)" in fields and "ConfDepends: clip-core-conf (>= 4.4.2-r70)" in fields
+    assert "CLIP-Jails: rm_h rm_b" in fields
+    assert "Distribution: clip" in fields  # the plan's, not the environment's: binpkgs are shared by sets
     control = run(["dpkg-deb", "--info", first, "conffiles"]).stdout
     assert control == "/etc/demo.conf\n"
     sums = run(["dpkg-deb", "--info", first, "sha2sums"]).stdout

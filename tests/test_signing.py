@@ -268,3 +268,39 @@ def test_der_certificate_export(our_pki):
     key = _signer(our_pki, "developer-1")
     assert key.cert_der == key.cert.public_bytes(Encoding.DER)
     shutil.rmtree(our_pki / "unused", ignore_errors=True)
+
+
+@pytest.mark.parametrize(("curve", "digest"), [("p256", "sha256"), ("p384", "sha512"),
+                                               ("brainpoolP256r1", "sha256")])
+def test_every_curve_and_digest_round_trips(tmp_path, curve, digest):
+    directory = tmp_path / "pki"
+    pki.init(directory, SECRET, pki.PkiSettings(curve=curve, digest=digest))
+    verdict = trust.verify_bytes(_signed(directory), trust.load_policy(directory / "policy.yaml"))
+    assert verdict.ok, verdict.reasons
+    assert [s.digest for s in verdict.signers] == [digest, digest]
+
+
+def test_a_signer_with_the_wrong_key_usage_is_refused(our_pki, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = x509.load_pem_x509_certificate((our_pki / "developer-ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((our_pki / "developer-ca.key").read_bytes(), SECRET)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                          encipher_only=False, decipher_only=False)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name.from_rfc4514_string("CN=developer-9"))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=365))
+            .add_extension(usage, critical=True).sign(ca_key, ca.signature_hash_algorithm))
+    wrong = signer.SigningKey(key, cert)
+    unsigned = (VECTORS / "vectortest_1.0_all.unsigned.deb").read_bytes()
+    data = signer.sign_bytes(signer.sign_bytes(unsigned, "developer", wrong), "controller",
+                             _signer(our_pki, "controller-1"))
+    verdict = trust.verify_bytes(data, trust.load_policy(our_pki / "policy.yaml"))
+    assert verdict.reasons == ("dev_sign: key usage is digital_signature, key_encipherment, not digitalSignature "
+                               "only",)
+    with pytest.raises(signer.SigningError, match="not digitalSignature only"):
+        signer.check_fit(wrong, "developer", trust.load_policy(our_pki / "policy.yaml").developer)
