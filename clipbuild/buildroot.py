@@ -171,7 +171,16 @@ def ensure(recipe: Recipe = DEFAULT_RECIPE, say=print) -> BuildRoot:
     return create_debian(recipe, say)
 
 
+def _remove_leftovers(sdk_dir: Path) -> None:
+    """Half-made or half-removed build roots of processes that no longer run."""
+    for leftover in [*sdk_dir.glob(".tmp-*"), *sdk_dir.glob(".doomed-*")]:
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _fresh_tmp(recipe: Recipe) -> Path:
+    _remove_leftovers(cache_dir() / "sdk")
     tmp = cache_dir() / "sdk" / f".tmp-{recipe.key}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

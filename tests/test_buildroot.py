@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import socket
 import tarfile
@@ -91,3 +92,14 @@ def test_no_network_even_to_the_host_loopback(sdk):
 def test_the_pinned_portage_runs(sdk):
     assert sdk.info["portage"].startswith(f"Portage {buildroot.PORTAGE_VERSION} ")
     assert sdk.run([sdk.emerge, "--version"]).stdout.startswith("Portage 3.0.83")
+
+
+def test_leftovers_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPBUILD_CACHE", str(tmp_path))
+    sdk_dir = tmp_path / "sdk"
+    dead = sdk_dir / ".tmp-abc-999999999" / "root"
+    alive = sdk_dir / f".tmp-abc-{os.getpid()}" / "root"
+    for path in (dead, alive):
+        path.mkdir(parents=True)
+    buildroot._remove_leftovers(sdk_dir)
+    assert not dead.parent.exists() and alive.exists()
