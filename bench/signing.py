@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--large-mib", type=int, default=100)
     parser.add_argument("--curve", choices=list(pki.CURVES), default="p256")
     args = parser.parse_args()
-    vector = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "gencrypt-bp256" / \
+    vector = Path(__file__).resolve().parents[1] / "tests" / "data" / "vectors" / "gencrypt-bp256" / \
         "vectortest_1.0_all.unsigned.deb"
     with tempfile.TemporaryDirectory(prefix="clipbuild-bench-") as tmp:
         work = Path(tmp)

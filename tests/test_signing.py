@@ -13,9 +13,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from clipbuild import ar, batch, clipsig, pki, signer, trust
 from clipbuild.errors import InputError
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors" / "gencrypt-bp256"
-if not VECTORS.is_dir():  # CI clones the project beside a copy of shared/
-    VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "gencrypt-bp256"
+# A copy of shared/vectors/gencrypt-bp256: packages signed and checked by the original CLIP OS 4 tools.
+VECTORS = Path(__file__).resolve().parent / "data" / "vectors" / "gencrypt-bp256"
 AT = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 SECRET = b"correct horse battery staple"
 
