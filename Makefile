@@ -41,8 +41,8 @@ lint: setup
 	$(VENV)/bin/ruff check clipbuild tests bench
 
 image: setup
-	@echo "make image: not yet. Building the client image arrives with issue P6 (A/B disk images);" >&2
-	@echo "until then: $(VENV)/bin/clipbuild profile show client --resolved, $(VENV)/bin/clipbuild plan client" >&2
+	@echo "make image: not yet. The client image needs jails (P4), the kernel (P5) and image assembly (P6)." >&2
+	@echo "Until then: $(VENV)/bin/clipbuild package client builds and packages every package set." >&2
 	@exit 1
 
 clean:
