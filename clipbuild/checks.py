@@ -156,9 +156,9 @@ def check_jails(profile: Profile, project: Project) -> Iterator[Issue]:
     for name, count in Counter(profile.jails).items():
         if count > 1:
             yield _issue(profile, "jails", f"jail '{name}' is listed {count} times")
-    available = sorted(p.stem for p in project.jails_dir.glob("*.yaml") if p.stem != "defaults")
+    available = sorted(p.stem for p in project.jails_dir.glob("*.yaml") if not p.stem.startswith("_"))
     for index, name in enumerate(profile.jails):
-        if name == "defaults" or not (project.jails_dir / f"{name}.yaml").is_file():
+        if not (project.jails_dir / f"{name}.yaml").is_file():
             yield _issue(profile, f"jails[{index}]", f"jail '{name}' has no template "
                          f"({project.display(project.jails_dir / (name + '.yaml'))} does not exist)",
                          f"jails available: {', '.join(available) or 'none'}")

@@ -13,6 +13,7 @@ import click
 
 from clipbuild import __version__, buildroot, fetch, stages  # noqa: F401 (importing stages registers every stage)
 from clipbuild.build import OVERLAY
+from clipbuild.cli_jails import COMMANDS as JAIL_COMMANDS
 from clipbuild.cli_signing import COMMANDS
 from clipbuild.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClipbuildError
 from clipbuild.executor import Executor, Outcome
@@ -346,7 +347,7 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, as_json
     click.echo(format_build_summary(species, sets, explain), nl=False)
 
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, *JAIL_COMMANDS):
     cli.add_command(_command)
 
 
