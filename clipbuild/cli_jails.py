@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from clipbuild import jailcheck, jails
+from clipbuild import jailcheck, jailrun, jails
 from clipbuild.errors import EXIT_BAD_INPUT, ProfileError
 from clipbuild.profile import resolve
 from clipbuild.project import Project
@@ -97,6 +97,28 @@ def show_cmd(opts, species: str, name: str, as_json: bool) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@jails_group.command("run", context_settings={"ignore_unknown_options": True})
+@click.argument("species")
+@click.argument("name")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--userland", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="A tree to put in the jail's root (e.g. a built ROOT) [default: busybox-static].")
+@click.pass_obj
+def run_cmd(opts, species: str, name: str, command: tuple[str, ...], userland: Path | None) -> None:
+    """Run COMMAND in jail NAME of SPECIES, realised for real without root.
+
+    Namespaces, the jail's fstab mounts with their ro/nosuid/nodev/noexec flags, its capability bounding set:
+    clipbuild jails run client user -- sh -c 'grep CapBnd /proc/self/status'
+    """
+    loaded, _ = checked(opts.project, species)
+    jail = next((j for j in loaded if j.name == name), None)
+    if jail is None:
+        raise click.BadParameter(f"{species} has no jail {name} ({', '.join(j.name for j in loaded)})")
+    rendered = jails.render(opts.project, loaded, species)
+    result = jailrun.run_in_jail(jail, rendered, command, userland, capture=False)
+    sys.exit(result.returncode)
 
 
 COMMANDS = (jails_group,)
