@@ -42,6 +42,8 @@ from clipbuild.portage_config import REPO_PATH, host_conf, render
 from clipbuild.project import Project
 
 OVERLAY = "overlays/clip"
+JAILS = "jails"  # the render-jails step, read by the clip/core set
+JAILS_MOUNT = "/build/jails"
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,14 @@ class EmergeSet(StepKind):
                   Mount(ctx.out / "logs", "/var/log/portage", writable=True),
                   Mount(ctx.scratch / "tmp", "/var/tmp", writable=True)]
         env = {"ROOT": "/build/roots/set", "PORTAGE_REPOSITORIES": opts.config["repos.conf/clip.conf"]}
+        extra: dict[str, str] = {}
+        if JAILS in ctx.inputs:  # the rendered jails, for clip-layout/clip-jails (inherits clip-jails.eclass)
+            tree = ctx.inputs[JAILS] / "tree"
+            mounts.append(Mount(tree, JAILS_MOUNT))
+            env["CLIP_JAILS_TREE"] = JAILS_MOUNT
+            extra[JAILS] = binpkgs.tree_digest(list(tree.rglob("*")), tree)
         emerge = Emerge(sdk, mounts, env)
-        plan = _key_packages(emerge, opts, overlay, sdk)
+        plan = _key_packages(emerge, opts, overlay, sdk, extra)
         seeded = _seed(plan, ctx.out / "binpkgs")
         if seeded:
             sdk.run(["emaint", "--fix", "binhost"], mounts, env)
@@ -122,7 +130,10 @@ def _write_config(target: Path, opts: EmergeOptions) -> Path:
     return target
 
 
-def _key_packages(emerge: Emerge, opts: EmergeOptions, overlay: Path, sdk: BuildRoot) -> list[binpkgs.PackageKey]:
+def _key_packages(emerge: Emerge, opts: EmergeOptions, overlay: Path, sdk: BuildRoot,
+                  extra: dict[str, str]) -> list[binpkgs.PackageKey]:
+    """Each package's key; `extra` digests (the rendered jails) count only for packages inheriting the eclass
+    of the same name, so a jail change rebuilds clip-jails and nothing else."""
     items = emerge.merge_list(opts.atoms)
     meta = emerge.metadata([i.cpv for i in items])
     shared = {
@@ -142,6 +153,9 @@ def _key_packages(emerge: Emerge, opts: EmergeOptions, overlay: Path, sdk: Build
                                                 meta[item.cpv]["inherited"], shared,
                                                 {d: keys[d] for d in deps if d in keys})
         components["pn"] = pn
+        for name, digest in extra.items():
+            if f"clip-{name}" in meta[item.cpv]["inherited"]:
+                components[name] = digest
         pkg = binpkgs.PackageKey(item.cpv, components)
         keys[item.cpv] = pkg.key
         plan.append(pkg)
@@ -229,6 +243,7 @@ def plan_build(profile: Profile, project: Project, settings: PlanSettings) -> li
         files = {k: v for k, v in config.files.items() if k != "make.conf/90-host.conf"}
         options = EmergeOptions(profile.species, dist, part, pset.atoms, files, config.profile_link,
                                 OVERLAY, recipe)
-        steps.append(EmergeSet.step(f"build/{dist}-{part}", options, sources=sources,
+        reads = (JAILS,) if profile.jails and (dist, part) == ("clip", "core") else ()
+        steps.append(EmergeSet.step(f"build/{dist}-{part}", options, inputs=reads, sources=sources,
                                     description=f"emerge {' '.join(pset.atoms)} into ROOT ({dist}/{part})"))
     return steps

@@ -68,6 +68,7 @@ def test_client_builds_every_package_from_source(client):
         "build/clip-core clip-layout/baselayout-clip-4.5.0": "built",
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
+        "build/clip-core clip-layout/clip-jails-4.5.0": "built",
         "build/clip-core clip-conf/clip-core-conf-4.5.0": "built",
         "build/clip-apps clip-conf/clip-apps-conf-4.5.0": "built",
         # rm-core's busybox has the same inputs as clip-core's: installed from the store, not rebuilt
@@ -136,7 +137,18 @@ def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
     row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.0.0")
     assert row["reason"] == "ebuild or its files changed"
     explained = project.clipbuild("build", "client", "--explain")
-    assert "build/clip-core: cached, 4 packages unchanged" in explained.stdout
+    assert "build/clip-core: cached, 5 packages unchanged" in explained.stdout
+
+
+def test_editing_a_jail_rebuilds_the_jails_package_only(project, client):
+    user = project.root / "jails" / "user.yaml"
+    user.write_text(user.read_text() + "hostname: user-edited\n")
+    report = project.build("client")
+    built = {k for k, v in statuses(report).items() if v == "built"}
+    assert built == {"build/clip-core clip-layout/clip-jails-4.5.0"}
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    assert (root / "etc" / "jails" / "user" / "hostname").read_text() == "user-edited\n"
+    assert (root / "etc" / "jails" / "admin" / "context").read_text() == "504\n"
 
 
 def test_a_broken_ebuild_fails_with_its_name_and_log_tail(project, client):
@@ -175,7 +187,8 @@ def test_packages_are_reproducible(project, client, tmp_path):
     project.env["SOURCE_DATE_EPOCH"] = "1700000000"
     first = _package(project, project.workdir)
     assert sorted(first["package/clip-core"]) == ["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb",
-                                                  "clip-core-conf_4.5.0_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
+                                                  "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
+                                                  "clip-sysinfo_1.0.0_amd64.deb"]
     _package(project, tmp_path / "again")
     for step in first:
         for name in first[step]:
@@ -208,7 +221,7 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     core = repo / "clip" / "clip-core-conf"
     assert sorted(p.name for p in (core / "pool").iterdir()) == [
         "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
-        "clip-sysinfo_1.0.0_amd64.deb"]
+        "clip-jails_4.5.0_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
     # Debian's own indexer reads the same packages and agrees on every field it writes.
     from debian.deb822 import Packages
 
@@ -226,6 +239,7 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     run(["dpkg", f"--root={root}", f"--log={root}/dpkg.log", "--force-not-root", "--force-script-chrootless",
          "-i", *sorted((core / "pool").glob("*.deb"))])
     assert (root / "bin" / "busybox").is_file() and (root / "usr" / "bin" / "clip-sysinfo").is_file()
+    assert (root / "etc" / "jails" / "admin" / "fstab.external").is_file()  # the signed jails package
     # A tampered package in the pool is refused by publishing, naming it.
     victim = Path(batches[0]) / "busybox_1.35.0_amd64.deb"
     data = bytearray(victim.read_bytes())
