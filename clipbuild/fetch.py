@@ -6,6 +6,10 @@ Mirrors, tried in the order the profile lists them (`sources.mirrors`):
 - `debian-source:SUITE`: Debian's source archive, the practical upstream on machines that only reach Debian's
   archive. A distfile NAME-VERSION.tar.EXT is the `.orig` tarball of the Debian source package NAME, which is
   the unmodified upstream release (same bytes, so the Manifest keeps upstream's name and digests).
+- `debian-binary:SUITE`: a file shipped under /usr/src by a Debian binary package of the same name: the
+  distfile linux-source-6.1.tar.xz is /usr/src/linux-source-6.1.tar.xz of the package linux-source-6.1.
+  Debian replaces such packages with each update, so the Manifest pins one build of it; keep a copy in a
+  `dir:` mirror to survive the next update.
 """
 
 from __future__ import annotations
@@ -131,8 +135,9 @@ def _try_mirror(dist: Distfile, mirror: str, project_root: Path, store: Path, sa
             if not candidate.is_file():
                 return "not there"
             shutil.copyfile(candidate, Path(tmp) / dist.name)
-        elif kind == "debian-source":
-            problem = _from_debian_source(dist, where, Path(tmp), say)
+        elif kind in ("debian-source", "debian-binary"):
+            fetcher = _from_debian_source if kind == "debian-source" else _from_debian_binary
+            problem = fetcher(dist, where, Path(tmp), say)
             if problem:
                 return problem
         else:
@@ -153,22 +158,44 @@ def _debian_uri() -> str:
     return DEFAULT_DEBIAN_URI
 
 
+def _apt_options(suite: str, types: str, say: Say) -> list[str]:
+    """apt-get options for a private index of Debian's `types` (deb or deb-src) for `suite` (and its updates)."""
+    require("apt-get")
+    state = cache_dir() / f"apt-{types}" / suite
+    (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (state / "sources").mkdir(exist_ok=True)
+    suites = suite if types == "deb-src" else f"{suite} {suite}-updates"
+    (state / "sources" / "clipbuild.sources").write_text(
+        f"Types: {types}\nURIs: {_debian_uri()}\nSuites: {suites}\nComponents: main\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    options = ["-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={state / 'sources'}",
+               "-o", f"Dir::State::Lists={state / 'lists'}", "-o", "Dir::Cache=" + str(state / "cache"),
+               "-o", "Acquire::Retries=3", "-q"]
+    if not any((state / "lists").glob("*_Packages*" if types == "deb" else "*Sources*")):
+        say(f"fetch: reading Debian {suite} {types} index")
+        run(["apt-get", *options, "update"], timeout=600)
+    return options
+
+
+def _from_debian_binary(dist: Distfile, suite: str, tmp: Path, say: Say) -> str | None:
+    package = dist.name.split(".tar.")[0]
+    options = _apt_options(suite, "deb", say)
+    result = run(["apt-get", *options, "download", package], cwd=tmp, check=False, timeout=1800)
+    debs = sorted(tmp.glob(f"{package}_*.deb"))
+    if not debs:
+        return f"Debian {suite} has no binary package {package} ({result.stderr.strip()[-200:]})"
+    member = f"./usr/src/{dist.name}"
+    run(["sh", "-c", f"dpkg-deb --fsys-tarfile {debs[0].name} | tar -xf - {member}"], cwd=tmp)
+    (tmp / member).rename(tmp / dist.name)
+    say(f"fetch: {dist.name} from {debs[0].name}")
+    return None
+
+
 def _from_debian_source(dist: Distfile, suite: str, tmp: Path, say: Say) -> str | None:
     match = _UPSTREAM.fullmatch(dist.name)
     if not match:
         return "not NAME-VERSION.tar.*, so no Debian source package to map it to"
-    require("apt-get")
-    state = cache_dir() / "apt-src" / suite
-    (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
-    (state / "sources").mkdir(exist_ok=True)
-    (state / "sources" / "deb-src.sources").write_text(
-        f"Types: deb-src\nURIs: {_debian_uri()}\nSuites: {suite}\nComponents: main\n"
-        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
-    options = ["-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={state / 'sources'}",
-               "-o", f"Dir::State::Lists={state / 'lists'}", "-o", "Acquire::Retries=3", "-q"]
-    if not any((state / "lists").glob("*Sources*")):
-        say(f"fetch: reading Debian {suite} source index")
-        run(["apt-get", *options, "update"], timeout=600)
+    options = _apt_options(suite, "deb-src", say)
     name, version, ext = match["name"], match["version"], match["ext"]
     result = run(["apt-get", *options, "source", "--download-only", name], cwd=tmp, check=False, timeout=1800)
     orig = tmp / f"{name}_{version}.orig.{ext}"

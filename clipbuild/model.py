@@ -171,7 +171,7 @@ class Signing:
 
 def _mirror_error(text: str) -> str | None:
     kind, _, where = text.partition(":")
-    if text.startswith("/") or (kind in ("dir", "debian-source") and where):
+    if text.startswith("/") or (kind in ("dir", "debian-source", "debian-binary") and where):
         return None
     return f"'{text}' is not a mirror"
 
@@ -179,7 +179,8 @@ def _mirror_error(text: str) -> str | None:
 @dataclass(frozen=True)
 class Sources:
     mirrors: tuple[str, ...] = spec(
-        ListOf(Text("a mirror", validate=_mirror_error, hint="dir:PATH, an absolute path, or debian-source:SUITE")),
+        ListOf(Text("a mirror", validate=_mirror_error,
+                    hint="dir:PATH, an absolute path, debian-source:SUITE or debian-binary:SUITE")),
         "Where `clipbuild fetch` looks for distfiles, in order.", default=())
 
 
