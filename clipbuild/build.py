@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ from clipbuild.project import Project
 OVERLAY = "overlays/clip"
 JAILS = "jails"  # the render-jails step, read by the clip/core set
 JAILS_MOUNT = "/build/jails"
+KERNEL_DIR = "kernel-patches"  # the project's patch series and configuration fragments, read by clip/core
+KERNEL_MOUNT = "/build/kernel-patches"
+KCONFIG = Path(__file__).with_name("kconfig.py")
+KCONFIG_MOUNT = "/build/clipbuild/kconfig.py"
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class EmergeOptions:
     profile_link: str = ""
     overlay: str = OVERLAY
     recipe: dict[str, Any] = field(default_factory=dict)
+    kernel_fragments: tuple[str, ...] = ()  # for the core set: the profile's kernel configuration fragments
 
     @property
     def set_name(self) -> str:
@@ -73,7 +78,8 @@ class EmergeSet(StepKind):
     def parse_options(self, options: dict[str, Any]) -> EmergeOptions:
         recipe = dict(options["recipe"])
         recipe["packages"] = tuple(recipe.get("packages", ()))
-        return EmergeOptions(**{**options, "atoms": tuple(options["atoms"]), "recipe": recipe})
+        return EmergeOptions(**{**options, "atoms": tuple(options["atoms"]), "recipe": recipe,
+                                 "kernel_fragments": tuple(options.get("kernel_fragments", ()))})
 
     def run(self, ctx: StepContext) -> None:
         opts: EmergeOptions = ctx.options
@@ -97,6 +103,13 @@ class EmergeSet(StepKind):
             mounts.append(Mount(tree, JAILS_MOUNT))
             env["CLIP_JAILS_TREE"] = JAILS_MOUNT
             extra[JAILS] = binpkgs.tree_digest(list(tree.rglob("*")), tree)
+        if opts.kernel_fragments:  # the kernel's patches, fragments and checker, for clip-kernel.eclass
+            patches = ctx.source(KERNEL_DIR)
+            mounts += [Mount(patches, KERNEL_MOUNT), Mount(KCONFIG, KCONFIG_MOUNT)]
+            env.update({"CLIP_KERNEL_DIR": KERNEL_MOUNT, "CLIP_KERNEL_FRAGMENTS": " ".join(opts.kernel_fragments),
+                        "CLIP_KCONFIG": KCONFIG_MOUNT})
+            extra["kernel"] = binpkgs.tree_digest([*patches.rglob("*"), KCONFIG], patches.parent) + \
+                " " + " ".join(opts.kernel_fragments)
         emerge = Emerge(sdk, mounts, env)
         plan = _key_packages(emerge, opts, overlay, sdk, extra)
         seeded = _seed(plan, ctx.out / "binpkgs")
@@ -227,10 +240,18 @@ def _write_report(path: Path, plan: list[binpkgs.PackageKey], reasons: dict[str,
     path.write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def overlay_sources(project: Project) -> tuple[SourceFile, ...]:
-    root = project.root / OVERLAY
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+def _tree_sources(project: Project, relative: str) -> tuple[SourceFile, ...]:
+    files = sorted(p for p in (project.root / relative).rglob("*") if p.is_file())
     return tuple(SourceFile(p.relative_to(project.root).as_posix(), sha256_file(p)) for p in files)
+
+
+def overlay_sources(project: Project) -> tuple[SourceFile, ...]:
+    return _tree_sources(project, OVERLAY)
+
+
+def kernel_sources(project: Project) -> tuple[SourceFile, ...]:
+    """kernel-patches/ and the fragment checker: what the core set's kernel build reads besides the overlay."""
+    return (*_tree_sources(project, KERNEL_DIR), SourceFile("clipbuild:kconfig.py", sha256_file(KCONFIG)))
 
 
 @planner
@@ -243,7 +264,11 @@ def plan_build(profile: Profile, project: Project, settings: PlanSettings) -> li
         files = {k: v for k, v in config.files.items() if k != "make.conf/90-host.conf"}
         options = EmergeOptions(profile.species, dist, part, pset.atoms, files, config.profile_link,
                                 OVERLAY, recipe)
-        reads = (JAILS,) if profile.jails and (dist, part) == ("clip", "core") else ()
-        steps.append(EmergeSet.step(f"build/{dist}-{part}", options, inputs=reads, sources=sources,
+        core = (dist, part) == ("clip", "core")
+        reads = (JAILS,) if profile.jails and core else ()
+        if core:
+            options = replace(options, kernel_fragments=profile.kernel.fragments)
+        step_sources = sources + kernel_sources(project) if core else sources
+        steps.append(EmergeSet.step(f"build/{dist}-{part}", options, inputs=reads, sources=step_sources,
                                     description=f"emerge {' '.join(pset.atoms)} into ROOT ({dist}/{part})"))
     return steps

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from debian.deb822 import Deb822
+
 from clipbuild.buildroot import cache_dir
 from clipbuild.errors import ClipbuildError, InputError
 from clipbuild.run import require, run
@@ -29,6 +31,7 @@ from clipbuild.run import require, run
 HASHES = {"BLAKE2B": hashlib.blake2b, "SHA512": hashlib.sha512, "SHA256": hashlib.sha256}
 DEBIAN_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 DEFAULT_DEBIAN_URI = "http://deb.debian.org/debian"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 _UPSTREAM = re.compile(r"(?P<name>[A-Za-z0-9+_.-]+?)-(?P<version>\d[A-Za-z0-9.+~_]*)\.(?P<ext>tar\.(?:gz|bz2|xz|zst))")
 
 
@@ -150,12 +153,23 @@ def _try_mirror(dist: Distfile, mirror: str, project_root: Path, store: Path, sa
         return None
 
 
-def _debian_uri() -> str:
+def _debian_stanzas(suite: str, types: str) -> str:
+    """The machine's own Debian sources for `suite` (and its -updates and -security suites), as `types`;
+    Debian's defaults where the machine has none."""
+    stanzas = []
     if DEBIAN_SOURCES.is_file():
-        for line in DEBIAN_SOURCES.read_text().splitlines():
-            if line.startswith("URIs:") and line.split()[1:]:
-                return line.split()[1]
-    return DEFAULT_DEBIAN_URI
+        for paragraph in Deb822.iter_paragraphs(DEBIAN_SOURCES.read_text().splitlines(), use_apt_pkg=False):
+            suites = [s for s in paragraph.get("Suites", "").split() if s.split("-")[0] == suite]
+            if types == "deb-src":
+                suites = [s for s in suites if s == suite]
+            if suites and paragraph.get("URIs"):
+                stanzas.append(f"Types: {types}\nURIs: {paragraph['URIs']}\nSuites: {' '.join(suites)}\n"
+                               f"Components: main\nSigned-By: {KEYRING}\n")
+    if not stanzas:
+        suites = suite if types == "deb-src" else f"{suite} {suite}-updates"
+        stanzas.append(f"Types: {types}\nURIs: {DEFAULT_DEBIAN_URI}\nSuites: {suites}\nComponents: main\n"
+                       f"Signed-By: {KEYRING}\n")
+    return "\n".join(stanzas)
 
 
 def _apt_options(suite: str, types: str, say: Say) -> list[str]:
@@ -164,10 +178,12 @@ def _apt_options(suite: str, types: str, say: Say) -> list[str]:
     state = cache_dir() / f"apt-{types}" / suite
     (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
     (state / "sources").mkdir(exist_ok=True)
-    suites = suite if types == "deb-src" else f"{suite} {suite}-updates"
-    (state / "sources" / "clipbuild.sources").write_text(
-        f"Types: {types}\nURIs: {_debian_uri()}\nSuites: {suites}\nComponents: main\n"
-        "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    sources = state / "sources" / "clipbuild.sources"
+    stanzas = _debian_stanzas(suite, types)
+    if not sources.is_file() or sources.read_text() != stanzas:
+        sources.write_text(stanzas)
+        for old in (state / "lists").glob("*_*"):  # another set of sources: read the indexes anew
+            old.unlink()
     options = ["-o", "Dir::Etc::SourceList=/dev/null", "-o", f"Dir::Etc::SourceParts={state / 'sources'}",
                "-o", f"Dir::State::Lists={state / 'lists'}", "-o", "Dir::Cache=" + str(state / "cache"),
                "-o", "Acquire::Retries=3", "-q"]

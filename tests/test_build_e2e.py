@@ -69,6 +69,7 @@ def test_client_builds_every_package_from_source(client):
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
         "build/clip-core clip-layout/clip-jails-4.5.0": "built",
+        "build/clip-core sys-kernel/clip-kernel-6.1.192": "built",
         "build/clip-core clip-conf/clip-core-conf-4.5.0": "built",
         "build/clip-apps clip-conf/clip-apps-conf-4.5.0": "built",
         # rm-core's busybox has the same inputs as clip-core's: installed from the store, not rebuilt
@@ -137,7 +138,7 @@ def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
     row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.0.0")
     assert row["reason"] == "ebuild or its files changed"
     explained = project.clipbuild("build", "client", "--explain")
-    assert "build/clip-core: cached, 5 packages unchanged" in explained.stdout
+    assert "build/clip-core: cached, 6 packages unchanged" in explained.stdout
 
 
 def test_editing_a_jail_rebuilds_the_jails_package_only(project, client):
@@ -188,7 +189,7 @@ def test_packages_are_reproducible(project, client, tmp_path):
     first = _package(project, project.workdir)
     assert sorted(first["package/clip-core"]) == ["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb",
                                                   "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
-                                                  "clip-sysinfo_1.0.0_amd64.deb"]
+                                                  "clip-kernel_6.1.192_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
     _package(project, tmp_path / "again")
     for step in first:
         for name in first[step]:
@@ -221,7 +222,7 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     core = repo / "clip" / "clip-core-conf"
     assert sorted(p.name for p in (core / "pool").iterdir()) == [
         "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
-        "clip-jails_4.5.0_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
+        "clip-jails_4.5.0_amd64.deb", "clip-kernel_6.1.192_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
     # Debian's own indexer reads the same packages and agrees on every field it writes.
     from debian.deb822 import Packages
 
@@ -247,3 +248,64 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     victim.write_bytes(bytes(data))
     refused = project.clipbuild("repo", "publish", *batches, "--policy", policy, "--out", str(tmp_path / "r2"))
     assert refused.returncode == 1 and "busybox_1.35.0_amd64.deb: " in refused.stderr
+
+
+def _verity_root(tmp_path: Path, busybox: Path) -> tuple[Path, Path, str, str, int]:
+    """A squashfs root whose /init prints a marker, under dm-verity: (data, hash, root hash, salt, blocks)."""
+    tree = tmp_path / "root"
+    (tree / "bin").mkdir(parents=True)
+    for sub in ("dev", "proc", "sys"):
+        (tree / sub).mkdir()
+    shutil.copy(busybox, tree / "bin" / "busybox")
+    (tree / "init").write_text("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
+                               "echo CLIP-VERITY-ROOT-OK $(/bin/busybox cat /proc/cmdline | /bin/busybox wc -c)\n"
+                               "/bin/busybox reboot -f\n")
+    (tree / "init").chmod(0o755)
+    data, hashes = tmp_path / "data.img", tmp_path / "hash.img"
+    run(["mksquashfs", tree, data, "-noappend", "-all-root", "-comp", "zstd", "-quiet"])
+    salt = "00" * 32
+    out = run(["veritysetup", "format", f"--salt={salt}", data, hashes]).stdout
+    root_hash = next(line.split()[-1] for line in out.splitlines() if line.startswith("Root hash"))
+    return data, hashes, root_hash, salt, data.stat().st_size // 4096
+
+
+def _boot(kernel: Path, data: Path, hashes: Path, root_hash: str, salt: str, blocks: int) -> str:
+    table = (f"root,,,ro,0 {blocks * 8} verity 1 /dev/vda /dev/vdb 4096 4096 {blocks} 1 sha256 {root_hash} {salt} "
+             "1 panic_on_corruption")
+    cmdline = (f'console=ttyS0 panic=-1 dm-mod.waitfor=/dev/vda,/dev/vdb dm-mod.create="{table}" root=/dev/dm-0 '
+               "rootfstype=squashfs ro init=/init")
+    result = run(["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-kernel", kernel,
+                  "-drive", f"file={data},if=virtio,format=raw,readonly=on",
+                  "-drive", f"file={hashes},if=virtio,format=raw,readonly=on", "-append", cmdline],
+                 check=False, timeout=180)
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def kernel_root(project, client) -> Path:
+    return project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+
+
+def test_the_kernel_is_built_with_its_configuration(kernel_root):
+    config = (kernel_root / "boot" / "config-6.1.192-clip").read_text()
+    for line in ("CONFIG_DM_VERITY=y", "CONFIG_DM_INIT=y", 'CONFIG_CLIP_SPECIES="client"', "CONFIG_SECURITY_YAMA=y",
+                 "# CONFIG_MODULES is not set", "# CONFIG_DEVMEM is not set"):
+        assert line in config.splitlines(), line
+    assert (kernel_root / "boot" / "vmlinuz-clip").stat().st_size > 1_000_000
+
+
+def test_the_kernel_boots_a_verity_root_and_announces_itself(kernel_root, tmp_path):
+    data, hashes, root_hash, salt, blocks = _verity_root(tmp_path, kernel_root / "bin" / "busybox")
+    console = _boot(kernel_root / "boot" / "vmlinuz-clip", data, hashes, root_hash, salt, blocks)
+    assert "CLIP: species client, build 6.1.192" in console
+    assert "CLIP-VERITY-ROOT-OK" in console, console[-3000:]
+
+
+def test_a_corrupted_root_block_does_not_boot(kernel_root, tmp_path):
+    data, hashes, root_hash, salt, blocks = _verity_root(tmp_path, kernel_root / "bin" / "busybox")
+    image = bytearray(data.read_bytes())
+    image[len(image) // 2] ^= 0xFF  # inside the compressed data of the root
+    data.write_bytes(bytes(image))
+    console = _boot(kernel_root / "boot" / "vmlinuz-clip", data, hashes, root_hash, salt, blocks)
+    assert "CLIP-VERITY-ROOT-OK" not in console
+    assert "is corrupted" in console, console[-3000:]
