@@ -41,7 +41,7 @@ lint: setup
 	$(VENV)/bin/ruff check clipbuild tests bench
 
 image: setup
-	@echo "make image: not yet. The client image needs jails (P4), the kernel (P5) and image assembly (P6)." >&2
+	@echo "make image: not yet. Jails and the kernel are built; image assembly (P6) is still to come." >&2
 	@echo "Until then: $(VENV)/bin/clipbuild package client builds and packages every package set." >&2
 	@exit 1
 

@@ -108,8 +108,8 @@ class EmergeSet(StepKind):
             mounts += [Mount(patches, KERNEL_MOUNT), Mount(KCONFIG, KCONFIG_MOUNT)]
             env.update({"CLIP_KERNEL_DIR": KERNEL_MOUNT, "CLIP_KERNEL_FRAGMENTS": " ".join(opts.kernel_fragments),
                         "CLIP_KCONFIG": KCONFIG_MOUNT})
-            extra["kernel"] = binpkgs.tree_digest([*patches.rglob("*"), KCONFIG], patches.parent) + \
-                " " + " ".join(opts.kernel_fragments)
+            extra["kernel"] = " ".join([binpkgs.tree_digest(list(patches.rglob("*")), patches),
+                                        sha256_file(KCONFIG), *opts.kernel_fragments])
         emerge = Emerge(sdk, mounts, env)
         plan = _key_packages(emerge, opts, overlay, sdk, extra)
         seeded = _seed(plan, ctx.out / "binpkgs")

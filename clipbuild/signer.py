@@ -39,9 +39,7 @@ class SigningKey:
 
     @property
     def cert_der(self) -> bytes:
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        return self.cert.public_bytes(Encoding.DER)
+        return self.cert.public_bytes(serialization.Encoding.DER)
 
 
 def passphrase(file: Path | None) -> bytes | None:
