@@ -259,6 +259,7 @@ def _verity_root(tmp_path: Path, busybox: Path) -> tuple[Path, Path, str, str, i
     shutil.copy(busybox, tree / "bin" / "busybox")
     (tree / "init").write_text("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
                                "echo CLIP-VERITY-ROOT-OK $(/bin/busybox cat /proc/cmdline | /bin/busybox wc -c)\n"
+                               "echo YAMA-PTRACE-SCOPE=$(/bin/busybox cat /proc/sys/kernel/yama/ptrace_scope)\n"
                                "/bin/busybox reboot -f\n")
     (tree / "init").chmod(0o755)
     data, hashes = tmp_path / "data.img", tmp_path / "hash.img"
@@ -299,6 +300,7 @@ def test_the_kernel_boots_a_verity_root_and_announces_itself(kernel_root, tmp_pa
     console = _boot(kernel_root / "boot" / "vmlinuz-clip", data, hashes, root_hash, salt, blocks)
     assert "CLIP: species client, build 6.1.192" in console
     assert "CLIP-VERITY-ROOT-OK" in console, console[-3000:]
+    assert "YAMA-PTRACE-SCOPE=1" in console  # the hardening patch: relational by default, not disabled
 
 
 def test_a_corrupted_root_block_does_not_boot(kernel_root, tmp_path):
