@@ -21,7 +21,7 @@ import jinja2
 from clipbuild.errors import InputError, Issue, Location, ProfileError
 from clipbuild.merge import merge
 from clipbuild.project import Project
-from clipbuild.schema import INVALID, Checker, Integer, ListOf, MapOf, Nullable, Struct, Text, spec
+from clipbuild.schema import INVALID, Checker, Integer, ListOf, MapOf, Nullable, Struct, Text, nearest_origin, spec
 from clipbuild.yamlnodes import Node, load_file
 
 DEFAULTS = "_defaults.yaml"
@@ -100,11 +100,7 @@ class Jail:
     origins: dict[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
     def origin(self, key: str) -> Location | None:
-        while key:
-            if key in self.origins:
-                return self.origins[key]
-            key = key.rsplit(".", 1)[0] if "." in key else ""
-        return None
+        return nearest_origin(self.origins, key)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -14,7 +14,19 @@ from portage.dep import isvalidatom
 from portage.versions import ververify
 
 from clipbuild.errors import Location
-from clipbuild.schema import Choice, Flag, Integer, ListOf, MapOf, Nullable, Size, Struct, Text, spec
+from clipbuild.schema import (
+    Choice,
+    Flag,
+    Integer,
+    ListOf,
+    MapOf,
+    Nullable,
+    Size,
+    Struct,
+    Text,
+    nearest_origin,
+    spec,
+)
 
 DISTRIBUTIONS = ("clip", "rm")
 PARTS = ("core", "apps")
@@ -215,11 +227,7 @@ class Profile:
 
     def origin(self, path: str) -> Location | None:
         """Where the value at key path `path` was written (the nearest written ancestor)."""
-        while path:
-            if path in self.origins:
-                return self.origins[path]
-            path = path.rsplit(".", 1)[0] if "." in path else ""
-        return None
+        return nearest_origin(self.origins, path)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict

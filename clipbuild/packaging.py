@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from clipbuild import debpkg, gpkg
 from clipbuild.model import Profile
@@ -47,10 +46,6 @@ class DebSet(StepKind):
             rows.append({"file": deb.name, "cpv": package.cpv,
                          "sha256": hashlib.sha256(deb.read_bytes()).hexdigest()})
         (ctx.out / "debs.json").write_text(json.dumps(rows, indent=2) + "\n")
-
-
-def debs_of(output: Path) -> list[Path]:
-    return sorted((output / "debs").glob("*.deb"))
 
 
 @planner

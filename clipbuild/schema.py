@@ -54,6 +54,15 @@ class Checker:
         return INVALID
 
 
+def nearest_origin(origins: dict[str, Location], path: str) -> Location | None:
+    """Where the value at key path `path` was written: its own origin, else its nearest written ancestor's."""
+    while path:
+        if path in origins:
+            return origins[path]
+        path = path.rsplit(".", 1)[0] if "." in path else ""
+    return None
+
+
 def describe(value: Any) -> str:
     """A value as a user would call it in a message."""
     if value is None:
