@@ -129,3 +129,18 @@ class StepError(ClipbuildError):
 
 class CacheError(ClipbuildError):
     """The work directory or object cache cannot be used (locked, corrupt, unwritable)."""
+
+
+class ImageError(ClipbuildError):
+    """A disk image cannot be assembled, read or trusted as asked; says what to change."""
+
+    def __init__(self, message: str, *, hint: str = ""):
+        self.hint = hint
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        return [str(self), *([f"  hint: {self.hint}"] if self.hint else [])]
+
+
+class VmCheckError(ClipbuildError):
+    """A booted image did not reach its marker: says what the console showed and where the log is."""

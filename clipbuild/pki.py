@@ -148,6 +148,16 @@ def revoke(directory: Path, cert_path: Path, secret: bytes) -> str:
     return role
 
 
+def refresh_crl(directory: Path, role: str, secret: bytes) -> x509.CertificateRevocationList:
+    """Re-issue a role's CRL with the same entries, numbered up, valid from now for CRL_DAYS."""
+    ca = x509.load_pem_x509_certificate((directory / f"{role}-ca.pem").read_bytes())
+    crl = x509.load_pem_x509_crl((directory / f"{role}-ca.crl.pem").read_bytes())
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    _write_crl(directory, role, _load_key(directory / f"{role}-ca.key", secret), ca, list(crl), number,
+               dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+    return x509.load_pem_x509_crl((directory / f"{role}-ca.crl.pem").read_bytes())
+
+
 POLICY = """\
 # Trust policy of the clipbuild test PKI: for each role, the CA a signer must be issued by, its CRL, a
 # pattern searched in the signer's RFC 4514 subject, and the validity a certificate must have left to sign.

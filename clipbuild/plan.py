@@ -181,6 +181,9 @@ class PlanSettings:
 
     buildroot: dict[str, Any] = field(default_factory=dict)  # a build root Recipe; empty: the embedded default
     source_date_epoch: int = 0  # the date written into packages and images
+    release: bool = False  # take countersigned packages from controller batches instead of development signing
+    batches: tuple[str, ...] = ()  # release: controller batch folders
+    policy: str = ""  # release: trust policy file (default: the profile's signing.policy)
 
 
 Planner = Callable[[Profile, Project, PlanSettings], list[Step]]

@@ -1,8 +1,9 @@
-# The CLIP directory tree: the core's mount points, CLIP's /mounts layout (clipos4.md §4), jail roots, the
-# fstab template the image stage fills, os-release and clip-release.
+# The CLIP directory tree: the core's mount points, CLIP's /mounts layout (clipos4.md §4), jail roots, the boot
+# scripts (busybox init: inittab and rcS), os-release and clip-release. /etc/fstab is written by the image
+# stage from the profile's partitions.
 EAPI=8
 
-DESCRIPTION="CLIP base layout: directories, /mounts tree, fstab template, release files"
+DESCRIPTION="CLIP base layout: directories, /mounts tree, boot scripts, release files"
 HOMEPAGE="https://github.com/clipos-archive"
 S="${WORKDIR}"
 LICENSE="LGPL-2.1+"
@@ -17,8 +18,8 @@ clip_release_name() {
 
 src_install() {
 	local d
-	for d in bin sbin etc/shared etc/jails etc/admin etc/core etc/tcb dev proc sys tmp root boot home \
-		var/log var/pkg mounts update_root user admin audit update x11 ike altroot; do
+	for d in bin sbin etc/init.d etc/shared etc/jails etc/admin etc/core etc/tcb dev proc sys tmp root boot \
+		home var/log var/pkg mounts update_root user admin audit update x11 ike altroot; do
 		keepdir "/${d}"
 	done
 	# CLIP's /mounts: the apps part (/mounts/usr seen as /usr/local, /mounts/var as /var), jail roots and
@@ -32,7 +33,9 @@ src_install() {
 	fperms 1777 /tmp
 
 	insinto /etc
-	doins "${FILESDIR}"/{fstab.tmpl,passwd,group}
+	doins "${FILESDIR}"/{passwd,group,inittab}
+	exeinto /etc/init.d
+	doexe "${FILESDIR}"/rcS
 	local name=$(clip_release_name)
 	cat > "${T}/os-release" <<-EOT || die
 		NAME="${name}"

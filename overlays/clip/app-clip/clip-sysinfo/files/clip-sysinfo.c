@@ -2,15 +2,22 @@
  * clip-sysinfo: say what a CLIP system booted, and check that it booted the way CLIP requires.
  *
  * Prints one line: species and version (/etc/shared/clip-release), the A/B slot (clip.slot= on the kernel
- * command line), whether / is mounted read-only and from which device (a device-mapper device for a verity
- * root), and the number of jails configured under /etc/jails. With --check it exits 1 unless the root is
- * read-only on device-mapper and the slot is known, and prints CLIP_BOOT_OK when all holds.
+ * command line), whether / is mounted read-only and from which device, the device-mapper target under / and
+ * its state (asked from the kernel with the DM_TABLE_STATUS ioctl: "verity" and "V" when every block read so
+ * far matched the hash tree, "C" once one did not), the verity root hash, and the number of jails configured
+ * under /etc/jails. With --check it exits 1 unless the root is read-only on an intact verity target, the slot
+ * is known and jails are configured; it prints CLIP_BOOT_OK when all holds, else CLIP_BOOT_FAILED and why.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <fcntl.h>
+#include <linux/dm-ioctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define LINE 4096
 
@@ -61,6 +68,50 @@ static int root_mount(char *device, size_t len, int *read_only)
 	return found;
 }
 
+/* The first device-mapper target of the device holding "/": its type, and its status (table == 0) or its
+ * table line (table == 1). */
+static int dm_root(int table, char *type, size_t tlen, char *text, size_t len)
+{
+	union {
+		struct dm_ioctl io;
+		char buf[16384];
+	} u;
+	struct stat st;
+	if (stat("/", &st) != 0)
+		return -1;
+	int fd = open("/dev/mapper/control", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	memset(&u, 0, sizeof(u));
+	u.io.version[0] = DM_VERSION_MAJOR;
+	u.io.data_size = sizeof(u);
+	u.io.data_start = sizeof(struct dm_ioctl);
+	u.io.dev = st.st_dev;
+	u.io.flags = table ? DM_STATUS_TABLE_FLAG : 0;
+	int rc = ioctl(fd, DM_TABLE_STATUS, &u.io);
+	close(fd);
+	if (rc != 0 || u.io.target_count < 1 || (u.io.flags & DM_BUFFER_FULL_FLAG))
+		return -1;
+	struct dm_target_spec *spec = (struct dm_target_spec *)(u.buf + u.io.data_start);
+	snprintf(type, tlen, "%.*s", DM_MAX_TYPE_NAME, spec->target_type);
+	snprintf(text, len, "%s", (char *)(spec + 1));
+	return 0;
+}
+
+/* The verity root hash: the 9th word of the table line (version data hash dbs hbs blocks start alg HASH). */
+static void verity_root_hash(char *out, size_t len)
+{
+	char type[DM_MAX_TYPE_NAME + 1], table[LINE];
+	snprintf(out, len, "none");
+	if (dm_root(1, type, sizeof(type), table, sizeof(table)) != 0 || strcmp(type, "verity") != 0)
+		return;
+	char *save = NULL, *tok = strtok_r(table, " ", &save);
+	for (int i = 0; tok && i < 8; i++)
+		tok = strtok_r(NULL, " ", &save);
+	if (tok)
+		snprintf(out, len, "%s", tok);
+}
+
 static int count_jails(void)
 {
 	int n = 0;
@@ -76,7 +127,8 @@ static int count_jails(void)
 
 int main(int argc, char **argv)
 {
-	char release[256] = "unknown", slot[32], device[LINE] = "unknown";
+	char release[256] = "unknown", slot[32], device[LINE] = "unknown", target[DM_MAX_TYPE_NAME + 1] = "none";
+	char state[LINE] = "-", root_hash[256];
 	int read_only = 0, check = argc > 1 && strcmp(argv[1], "--check") == 0;
 
 	if (argc > 1 && !check) {
@@ -86,16 +138,29 @@ int main(int argc, char **argv)
 	read_line("/etc/shared/clip-release", release, sizeof(release));
 	cmdline_value("clip.slot", slot, sizeof(slot));
 	root_mount(device, sizeof(device), &read_only);
-	int on_dm = strncmp(device, "/dev/dm-", 8) == 0 || strncmp(device, "/dev/mapper/", 12) == 0;
+	dm_root(0, target, sizeof(target), state, sizeof(state));
+	verity_root_hash(root_hash, sizeof(root_hash));
+	int jails = count_jails();
 
-	printf("clip-sysinfo: release=\"%s\" slot=%s root=%s device=%s verity=%s jails=%d\n", release, slot,
-	       read_only ? "ro" : "rw", device, on_dm ? "dm" : "none", count_jails());
+	printf("clip-sysinfo: release=\"%s\" slot=%s root=%s device=%s target=%s state=%s roothash=%s jails=%d\n",
+	       release, slot, read_only ? "ro" : "rw", device, target, state, root_hash, jails);
 	if (!check)
 		return 0;
-	if (!read_only || !on_dm || strcmp(slot, "unknown") == 0) {
-		printf("CLIP_BOOT_FAILED\n");
+	const char *why = NULL;
+	if (!read_only)
+		why = "the root is not read-only";
+	else if (strcmp(target, "verity") != 0)
+		why = "the root is not on a dm-verity target";
+	else if (strcmp(state, "V") != 0)
+		why = "dm-verity reports corruption";
+	else if (strcmp(slot, "unknown") == 0)
+		why = "no clip.slot= on the kernel command line";
+	else if (jails == 0)
+		why = "no jails under /etc/jails";
+	if (why) {
+		printf("CLIP_BOOT_FAILED %s\n", why);
 		return 1;
 	}
-	printf("CLIP_BOOT_OK slot=%s\n", slot);
+	printf("CLIP_BOOT_OK slot=%s release=\"%s\" roothash=%s\n", slot, release, root_hash);
 	return 0;
 }

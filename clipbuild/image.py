@@ -1,0 +1,334 @@
+"""The image stage: an A/B GPT disk image assembled from the signed pools, rootless and reproducible.
+
+Step `image` reads every `sign/<dist>-<part>` pool and:
+
+1. verifies both signatures of every package against the trust policy (the development PKI's, or the
+   release policy); one failure stops the build, naming the package and the rule;
+2. installs clip/core and clip/apps with `dpkg --root` into one tree, then splits it the way CLIP OS 4 laid it
+   out (clipbuild.install): the read-only root, the mounts partition (/mounts, /usr/local, /var), /var/log;
+   the rm distribution goes into each RM partition (/vservers/rm_h, /vservers/rm_b), with its own database;
+3. writes /etc/fstab from the profile's partitions and marks a development image in /etc/os-release;
+4. builds every filesystem as a file (clipbuild.fsimage) and the root's dm-verity hash tree, fills the boot
+   partition (kernels, the A/B syslinux configuration, the manifest) and copies all of it into a GPT disk.
+
+Slot B at first install is a copy of slot A (same packages; its own salt, so its own root hash): the
+"version precedente" entry then boots a complete system, and an update (P7) overwrites B first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipbuild import bootloader, fsimage, gpt, install, trust
+from clipbuild.errors import InputError, StepError
+from clipbuild.model import Profile
+from clipbuild.plan import PlanSettings, Step, StepContext, StepKind, planner, sha256_file, step_kind
+from clipbuild.project import Project
+from clipbuild.signstage import DEVELOPMENT
+
+STEP = "image"
+MANIFEST = "manifest.json"
+EMBEDDED_MANIFEST = "clip/manifest.json"  # on the boot partition
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    species: str
+    version: str
+    date: int
+    mode: str
+    policy: str  # trust policy file (absolute)
+    policy_digest: str  # over the policy and every CA and CRL file it names
+    disk_size: int
+    slices: tuple[dict[str, Any], ...]
+    cmdline: tuple[str, ...]
+    timeout: int
+    sets: tuple[str, ...]
+    description: str = ""
+    rm_partitions: tuple[str, ...] = field(default=())
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.species}-{self.version}.img"
+
+
+def image_name(species: str, version: str) -> str:
+    return f"{species}-{version}.img"
+
+
+@step_kind
+class AssembleImage(StepKind):
+    name = "assemble-image"
+    version = 1
+    Options = ImageOptions
+    outputs = (MANIFEST,)
+    tools = ("dpkg", "dpkg-deb", "mksquashfs", "veritysetup", "mkfs.ext4", "debugfs", "mkfs.vfat", "mcopy",
+             "mmd", "syslinux", "sgdisk", "dd")
+
+    def parse_options(self, options: dict) -> ImageOptions:
+        data = dict(options)
+        for key in ("slices", "cmdline", "sets", "rm_partitions"):
+            data[key] = tuple(data[key])
+        return ImageOptions(**data)
+
+    def run(self, ctx: StepContext) -> None:
+        Assembly(ctx, ctx.options).run()
+
+
+class Assembly:
+    """One run of the image step; each method is one stage of the assembly, in order."""
+
+    def __init__(self, ctx: StepContext, opts: ImageOptions):
+        self.ctx, self.opts = ctx, opts
+        self.slices = [gpt.Slice(**{**s, "options": tuple(s["options"])}) for s in opts.slices]
+        self.scratch = ctx.scratch
+        self.work = ctx.scratch / "fs"
+        self.work.mkdir()
+
+    def run(self) -> None:
+        pool = self.verified_pool()
+        trees = self.install(pool)
+        self.write_configuration(trees["root"])
+        release = (trees["root"] / "etc" / "shared" / "clip-release").read_text().strip()
+        for tree in trees.values():
+            install.normalise_tree(tree, self.opts.date)
+        files, slots = self.filesystems(trees)
+        manifest = self.manifest(pool, slots, release)
+        files["boot"] = self.boot_partition(trees["root"], slots, manifest, release)
+        image = self.ctx.out / self.opts.file_name
+        self.disk(image, files)
+        self.ctx.progress(f"hashing {image.name}")
+        manifest["image"] = {"file": image.name, "size": image.stat().st_size, "sha256": sha256_file(image)}
+        (self.ctx.out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+    # -- packages --------------------------------------------------------------------------------------
+
+    def verified_pool(self) -> dict[str, list[tuple[Path, trust.Verdict]]]:
+        policy = trust.load_policy(Path(self.opts.policy))
+        pool: dict[str, list[tuple[Path, trust.Verdict]]] = {}
+        failures = []
+        for set_name in self.opts.sets:
+            debs = sorted((self.ctx.inputs[f"sign/{set_name}"] / "debs").glob("*.deb"))
+            for deb in debs:
+                verdict = trust.verify_file(deb, policy)
+                if not verdict.ok:
+                    failures.append(f"  {set_name}/{deb.name}: " + "; ".join(verdict.reasons))
+                pool.setdefault(set_name, []).append((deb, verdict))
+        if failures:
+            raise StepError(self.ctx.step.id, f"{len(failures)} package(s) fail the trust policy "
+                            f"{self.opts.policy}; nothing was installed", detail=failures)
+        self.ctx.progress(f"{sum(len(v) for v in pool.values())} packages verified (developer and controller)")
+        return pool
+
+    def install(self, pool: dict[str, list[tuple[Path, trust.Verdict]]]) -> dict[str, Path]:
+        trees = {name: self.scratch / name for name in ("root", "mounts", "log")}
+        for tree in trees.values():
+            tree.mkdir()
+        clip = [deb for s in ("clip-core", "clip-apps") for deb, _ in pool.get(s, [])]
+        self.ctx.progress(f"dpkg --root: {len(clip)} clip packages")
+        install.install(clip, trees["root"], self.scratch / "dpkg-clip.log")
+        install.split_core(trees["root"], trees["mounts"], trees["log"])
+        rm = [deb for s in ("rm-core", "rm-apps") for deb, _ in pool.get(s, [])]
+        for name in self.opts.rm_partitions:
+            trees[name] = self.scratch / name
+            trees[name].mkdir()
+            self.ctx.progress(f"dpkg --root: {len(rm)} rm packages into {name}")
+            install.install(rm, trees[name], self.scratch / f"dpkg-{name}.log")
+        mirror = trees["mounts"] / "var" / "pkg" / "mirrors"
+        for set_name, entries in pool.items():
+            target = mirror / set_name.split("-")[0]
+            target.mkdir(parents=True, exist_ok=True)
+            for deb, _ in entries:
+                shutil.copyfile(deb, target / deb.name)
+        return trees
+
+    def write_configuration(self, root: Path) -> None:
+        (root / "etc" / "fstab").write_text(fstab(self.slices))
+        os_release = root / "etc" / "os-release"
+        text = os_release.read_text() if os_release.exists() else ""
+        if self.opts.mode == DEVELOPMENT:
+            text += 'VARIANT="development image (packages signed by the clipbuild development PKI)"\nVARIANT_ID=dev\n'
+        text += f'IMAGE_ID={self.opts.species}\nIMAGE_VERSION={self.opts.version}\n'
+        os_release.unlink(missing_ok=True)
+        os_release.write_text(text)
+
+    # -- filesystems -----------------------------------------------------------------------------------
+
+    def _slice(self, label: str) -> gpt.Slice:
+        return next(s for s in self.slices if s.label == label)
+
+    def filesystems(self, trees: dict[str, Path]) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+        files: dict[str, Path] = {}
+        slots: dict[str, dict[str, Any]] = {}
+        date = self.opts.date
+        for part in self.slices:
+            if part.role != "data" or part.fs in ("vfat", "swap"):
+                continue
+            out = self.work / f"{part.label}.img"
+            self.ctx.progress(f"filesystem {part.label} ({part.fs})")
+            if part.mount == "/":
+                uuid = gpt.stable_guid(self.opts.species, "fs", part.label).lower()
+                if part.fs == "erofs":
+                    fsimage.erofs(trees["root"], out, date, part.size, uuid)
+                else:
+                    fsimage.squashfs(trees["root"], out, date, part.size)
+                hashes = self.work / f"{part.label}_verity.img"
+                salt = hashlib.sha256(f"clipbuild:{self.opts.species}:salt:{part.label}".encode()).hexdigest()
+                verity = fsimage.verity_format(out, hashes, salt, uuid)
+                files[f"{part.label}_verity"] = hashes
+                slots[part.slot] = {"version": self.opts.version, "fs": part.fs, "root_partition": part.label,
+                                    "verity_partition": f"{part.label}_verity", "root_hash": verity.root_hash,
+                                    "salt": salt, "data_blocks": verity.data_blocks,
+                                    "kernel_sha256": sha256_file(trees["root"] / "boot" / "vmlinuz-clip")}
+            else:
+                tree = self._tree_for(part, trees)
+                fsimage.ext4(tree, out, date, part.size, gpt.stable_guid(self.opts.species, "fs", part.label).lower(),
+                             label=part.label)
+            files[part.label] = out
+        return files, slots
+
+    def _tree_for(self, part: gpt.Slice, trees: dict[str, Path]) -> Path | None:
+        if part.name in trees:
+            return trees[part.name]
+        return {"/mounts": trees["mounts"], "/var/log": trees["log"]}.get(part.mount or "")
+
+    def _slot_boot(self, slots: dict[str, dict[str, Any]], slot: str) -> bootloader.SlotBoot:
+        info = slots[slot]
+        verity = fsimage.Verity(info["root_hash"], info["salt"], info["data_blocks"], 0)
+        return bootloader.SlotBoot(slot, info["version"], verity, self._slice(info["root_partition"]).guid,
+                                   self._slice(info["verity_partition"]).guid, info["fs"])
+
+    def boot_partition(self, root: Path, slots: dict[str, dict[str, Any]], manifest: dict[str, Any],
+                       release: str) -> Path:
+        part = next(s for s in self.slices if s.mount == "/boot")
+        names = sorted(slots)
+        configs = {}
+        for slot in names:
+            other = next((o for o in names if o != slot), slot)
+            configs[slot] = bootloader.slot_config(f"{release} ({self.opts.species})", self.opts.timeout,
+                                                   self._slot_boot(slots, slot), self._slot_boot(slots, other),
+                                                   self.opts.cmdline)
+            manifest["slots"][slot]["cmdline"] = self._slot_boot(slots, slot).cmdline(self.opts.cmdline)
+        kernels = {slot: root / "boot" / "vmlinuz-clip" for slot in names}
+        embedded = self.scratch / "manifest.json"
+        embedded.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        files = bootloader.files(configs, kernels, names[0], self.scratch)
+        files[EMBEDDED_MANIFEST] = embedded
+        out = self.work / f"{part.label}.img"
+        volume_id = gpt.stable_guid(self.opts.species, "fs", part.label).replace("-", "")[:8]
+        fsimage.vfat(out, part.size, volume_id, "CLIPBOOT", files, self.opts.date)
+        bootloader.install(out, self.opts.date)
+        return out
+
+    # -- the disk --------------------------------------------------------------------------------------
+
+    def disk(self, image: Path, files: dict[str, Path]) -> None:
+        boot = next(s for s in self.slices if s.mount == "/boot")
+        self.ctx.progress(f"GPT disk {image.name}, {self.opts.disk_size / 2**30:.1f} GiB sparse")
+        gpt.write_table(image, self.opts.disk_size, self.slices, self.opts.species, boot.label)
+        gpt.write_mbr_code(image, bootloader.mbr_code())
+        for part in self.slices:
+            source = files.get(part.label)
+            if source is None and part.role == "data" and part.slot == "b":
+                source = files.get(f"{part.name}_a")
+            if source is not None:
+                gpt.copy_into(image, part, source)
+
+    def manifest(self, pool: dict[str, list[tuple[Path, trust.Verdict]]], slots: dict[str, dict[str, Any]],
+                 release: str) -> dict[str, Any]:
+        packages, signers = [], {}
+        for set_name, entries in pool.items():
+            for deb, verdict in entries:
+                fields = install.control_fields(deb)
+                packages.append({"set": set_name, "package": fields["Package"], "version": fields["Version"],
+                                 "file": deb.name, "sha256": sha256_file(deb),
+                                 "signers": {s.role: s.fingerprint for s in verdict.signers}})
+                for s in verdict.signers:
+                    signers[s.fingerprint] = {"role": s.role, "subject": s.subject, "fingerprint": s.fingerprint,
+                                              "digest": s.digest}
+        return {
+            "format": MANIFEST_FORMAT, "species": self.opts.species, "version": self.opts.version,
+            "release": release, "description": self.opts.description, "signing": self.opts.mode,
+            "source_date_epoch": self.opts.date, "active_slot": sorted(slots)[0],
+            "disk": {"size": self.opts.disk_size, "guid": gpt.stable_guid(self.opts.species, "disk")},
+            "partitions": [s.to_dict() for s in self.slices], "slots": slots, "packages": packages,
+            "signers": sorted(signers.values(), key=lambda s: (s["role"], s["fingerprint"])),
+        }
+
+
+def fstab(slices: list[gpt.Slice]) -> str:
+    """CLIP's fstab (clipos4.md §4) from the profile's partitions: slotted ones by /dev/clip/<name> (the
+    booted slot's, linked by rcS), shared ones by GPT label; binds of /mounts/var and /mounts/usr after
+    /mounts; /var/log after the /var bind."""
+    lines = ["# /etc/fstab written by clipbuild from the species profile's partitions.",
+             "# <device>\t<mount point>\t<type>\t<options>\t<dump>\t<pass>"]
+    seen: set[str] = set()
+    data = [s for s in slices if s.role == "data" and s.mount and s.fs != "swap"]
+    order = sorted(data, key=lambda s: (s.mount != "/", s.mount == "/var/log", s.mount.count("/"), s.mount))
+    for part in order:
+        if part.name in seen:
+            continue
+        seen.add(part.name)
+        device = f"/dev/clip/{part.name}" if part.slot else f"/dev/disk/by-partlabel/{part.label}"
+        if part.mount == "/":
+            device = "/dev/dm-0"
+        options = ",".join(part.options) or "defaults"
+        if part.mount == "/boot":
+            options += ",noauto"
+        fs = part.fs
+        lines.append(f"{device}\t{part.mount}\t{fs}\t{options}\t0\t{0 if part.mount in ('/', '/boot') else 2}")
+        if part.mount == "/mounts":
+            lines += ["/mounts/var\t/var\tnone\tbind,nosuid,nodev\t0\t0",
+                      "/mounts/usr\t/usr/local\tnone\tbind,nodev\t0\t0"]
+    lines.append("tmpfs\t/tmp\ttmpfs\tnosuid,nodev,noexec,mode=1777\t0\t0")
+    return "\n".join(lines) + "\n"
+
+
+def policy_digest(policy_path: Path) -> str:
+    """A digest of the policy file and of every CA and CRL file it names."""
+    import yaml
+
+    digest = hashlib.sha256(policy_path.read_bytes())
+    data = yaml.safe_load(policy_path.read_text()) or {}
+    for role in ("developer", "controller"):
+        for key in ("ca", "crl"):
+            for name in (data.get(role) or {}).get(key) or []:
+                path = policy_path.parent / name
+                digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
+    return digest.hexdigest()
+
+
+def _policy(profile: Profile, project: Project, settings: PlanSettings) -> Path:
+    if not settings.release:
+        from clipbuild import devpki
+
+        return devpki.ensure().policy_path
+    if settings.policy:
+        return Path(settings.policy).resolve()
+    if profile.signing.policy:
+        return project.root / profile.signing.policy
+    raise InputError("a release image needs a trust policy: give --policy FILE or set signing.policy in the "
+                     "profile")
+
+
+@planner
+def plan_image(profile: Profile, project: Project, settings: PlanSettings) -> list[Step]:
+    disk_size, slices = gpt.plan(profile.disk, profile.species)
+    sets = tuple(f"{dist}-{part}" for dist, part, _ in profile.packages.sets())
+    rm_partitions = tuple(s.name for s in slices if (s.mount or "").startswith("/vservers/"))
+    policy = _policy(profile, project, settings)
+    options = ImageOptions(
+        species=profile.species, version=profile.version, date=settings.source_date_epoch,
+        mode="release" if settings.release else DEVELOPMENT, policy=str(policy),
+        policy_digest=policy_digest(policy) if policy.is_file() else "", disk_size=disk_size,
+        slices=tuple(s.to_dict() for s in slices), cmdline=tuple(profile.boot.cmdline),
+        timeout=profile.boot.timeout, sets=sets, description=profile.description, rm_partitions=rm_partitions)
+    return [AssembleImage.step(STEP, options, inputs=tuple(f"sign/{s}" for s in sets),
+                               description=f"assemble {image_name(profile.species, profile.version)}")]
+
