@@ -13,6 +13,7 @@ import click
 
 from clipbuild import __version__, buildroot, fetch, stages  # noqa: F401 (importing stages registers every stage)
 from clipbuild.build import OVERLAY
+from clipbuild.cli_image import COMMANDS as IMAGE_COMMANDS
 from clipbuild.cli_jails import COMMANDS as JAIL_COMMANDS
 from clipbuild.cli_signing import COMMANDS
 from clipbuild.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClipbuildError
@@ -37,11 +38,23 @@ class Options:
     def project(self) -> Project:
         return find_project(self.project_dir)
 
-    def plan(self, species: str) -> BuildPlan:
-        """The plan of `species`, built in the chosen build root."""
+    def plan(self, species: str, **choices: Any) -> BuildPlan:
+        """The plan of `species`, built in the chosen build root; `choices` are more PlanSettings."""
         settings = PlanSettings(asdict(buildroot.by_key(self.sdk).recipe) if self.sdk else {},
-                                self.project.source_date_epoch())
+                                self.project.source_date_epoch(), **choices)
         return compile_plan(resolve(self.project, species), self.project, settings)
+
+    def execute(self, plan: BuildPlan, as_json: bool) -> tuple[Executor, list[Outcome]]:
+        """Run the plan in the work directory, progress on stderr."""
+        executor = Executor(self.workdir, reporter=stderr_reporter(as_json), project_root=self.project.root)
+        return executor, executor.run(plan)
+
+    def fetch(self, species: str) -> tuple[int, int]:
+        """Every distfile of the overlay, fetched when missing: (wanted, fetched now)."""
+        project = self.project
+        wanted = list(fetch.read_manifests(project.root / OVERLAY).values())
+        mirrors = resolve(project, species).sources.mirrors
+        return len(wanted), len(fetch.fetch(wanted, mirrors, project.root, say=_say))
 
 
 def _emit_json(data: Any) -> None:
@@ -203,12 +216,7 @@ def run_cmd(opts: Options, species: str, steps: tuple[str, ...], as_json: bool) 
     unknown = [s for s in steps if s not in {step.id for step in plan.steps}]
     if unknown:
         raise click.BadParameter(f"no step {', '.join(unknown)} in the plan of {species}", param_hint="--step")
-    _execute(opts, plan.subset(list(steps)) if steps else plan, as_json)
-
-
-def _execute(opts: Options, plan: BuildPlan, as_json: bool) -> tuple[Executor, list[Outcome]]:
-    executor = Executor(opts.workdir, reporter=stderr_reporter(as_json), project_root=opts.project.root)
-    return executor, executor.run(plan)
+    opts.execute(plan.subset(list(steps)) if steps else plan, as_json)
 
 
 @cli.group()
@@ -308,14 +316,8 @@ def fetch_cmd(opts: Options, species: str) -> None:
 
     Distfiles are kept in ~/.cache/clipbuild/distfiles; builds only read them there, without network.
     """
-    wanted, fetched = _fetch(opts, species)
+    wanted, fetched = opts.fetch(species)
     click.echo(f"{wanted} distfiles verified, {fetched} fetched now: {fetch.store_dir()}")
-
-
-def _fetch(opts: Options, species: str) -> tuple[int, int]:
-    project = opts.project
-    wanted = list(fetch.read_manifests(project.root / OVERLAY).values())
-    return len(wanted), len(fetch.fetch(wanted, resolve(project, species).sources.mirrors, project.root, say=_say))
 
 
 @cli.command("build")
@@ -333,9 +335,9 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, as_json
     """
     plan = opts.plan(species)
     if not offline:
-        _fetch(opts, species)
+        opts.fetch(species)
     build_ids = [s.id for s in plan.steps if s.kind == "emerge-set"]
-    executor, outcomes = _execute(opts, plan.subset(build_ids), as_json)
+    executor, outcomes = opts.execute(plan.subset(build_ids), as_json)
     sets = []
     for outcome in outcomes:
         if outcome.step_id in build_ids:
@@ -347,7 +349,7 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, as_json
     click.echo(format_build_summary(species, sets, explain), nl=False)
 
 
-for _command in (*COMMANDS, *JAIL_COMMANDS):
+for _command in (*COMMANDS, *JAIL_COMMANDS, *IMAGE_COMMANDS):
     cli.add_command(_command)
 
 
@@ -362,9 +364,9 @@ def package_cmd(opts: Options, species: str, as_json: bool) -> None:
     batch to a controller (clipbuild countersign).
     """
     plan = opts.plan(species)
-    _fetch(opts, species)
+    opts.fetch(species)
     ids = [s.id for s in plan.steps if s.kind == "deb-set"]
-    executor, _ = _execute(opts, plan.subset(ids), as_json)
+    executor, _ = opts.execute(plan.subset(ids), as_json)
     executor.output(species, ids[0])  # raises if the step left no output
     folders = {step_id: opts.workdir / "steps" / species / step_id / "out" / "debs" for step_id in ids}
     if as_json:

@@ -27,7 +27,7 @@ VERITY_BLOCK = 4096
 def _fit(what: str, used: int, size: int) -> None:
     if used > size:
         raise ImageError(f"{what} needs {used / 2**20:.1f} MiB but its partition has {size / 2**20:.1f} "
-                              "MiB", hint=f"raise the partition's size in the profile (disk.partitions)")
+                              "MiB", hint="raise the partition's size in the profile (disk.partitions)")
 
 
 def squashfs(tree: Path, out: Path, date: int, size: int, *, label: str = "root") -> None:
@@ -107,12 +107,12 @@ def vfat(out: Path, size: int, volume_id: str, label: str, files: dict[str, Path
             if directory not in made:
                 run(["mmd", "-i", out, f"::/{directory}"], env=env)
                 made.add(directory)
-        run(["mcopy", "-m", "-i", out, files[target], f"::/{target}"], env=env)
+        run(["mcopy", "-i", out, files[target], f"::/{target}"], env=env)
 
 
 def vfat_replace(image: str, target: str, source: Path, date: int) -> None:
     """Overwrite one file of a FAT image (`image` may carry mtools' @@OFFSET)."""
-    run(["mcopy", "-o", "-m", "-i", image, source, f"::/{target}"],
+    run(["mcopy", "-o", "-i", image, source, f"::/{target}"],
         env={"SOURCE_DATE_EPOCH": str(date), "MTOOLS_SKIP_CHECK": "1"})
 
 

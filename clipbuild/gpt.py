@@ -129,6 +129,12 @@ def copy_into(image: Path, part: Slice, source: Path) -> None:
          "conv=notrunc,sparse", "status=none"])
 
 
+def copy_out(image: Path, start: int, length: int, out: Path) -> None:
+    """Bytes [start, start+length) of the disk into a file (holes stay holes)."""
+    run(["dd", f"if={image}", f"of={out}", "bs=1M", f"skip={start}", f"count={length}",
+         "iflag=skip_bytes,count_bytes", "conv=sparse", "status=none"])
+
+
 def write_mbr_code(image: Path, code: bytes) -> None:
     """The boot code of the protective MBR (syslinux's gptmbr.bin): its first 440 bytes only."""
     if len(code) > 440:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import shlex
 import shutil
 import subprocess
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -179,6 +181,50 @@ def run_streaming(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str
         raise ToolError(f"{Path(argv[0]).name} failed", command=shown, exit_status=status,
                         stderr_tail="\n".join(tail))
     return result
+
+
+def run_watch(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], bool], *, timeout: float,
+              env: Mapping[str, str] | None = None) -> tuple[str, int | None]:
+    """Run a program, handing each line of its merged output to `on_line` until `on_line` returns True.
+
+    Then the program is terminated. Returns ("stopped", None), ("exited", status) or ("timeout", None); a
+    program still running at the end is terminated, then killed.
+    """
+    argv = tuple(str(a) for a in args)
+    full_env = clean_env(env)
+    log.info("run: %s", format_command(argv, env))
+    if shutil.which(argv[0], path=full_env.get("PATH")) is None and not os.path.isfile(argv[0]):
+        raise missing_tool_error(argv[0])
+    deadline = time.monotonic() + timeout
+    with subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        outcome: tuple[str, int | None] = ("timeout", None)
+        pending = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            while (left := deadline - time.monotonic()) > 0:
+                if not selector.select(timeout=min(left, 1.0)):
+                    continue
+                chunk = proc.stdout.read() or b""
+                if not chunk:
+                    outcome = ("exited", proc.wait())
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                if any(on_line(line.decode(errors="replace").rstrip("\r")) for line in lines):
+                    outcome = ("stopped", None)
+                    break
+        if pending and outcome[0] != "stopped":
+            on_line(pending.decode(errors="replace").rstrip("\r"))
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return outcome
 
 
 def _as_text(data: bytes | str | None) -> str:
