@@ -127,6 +127,36 @@ def check_verity_read_only(profile: Profile, project: Project) -> Iterator[Issue
 
 
 @check
+def check_bootable_layout(profile: Profile, project: Project) -> Iterator[Issue]:
+    """What image assembly and the boot chain need: an A/B verity root on a read-only filesystem, an A/B
+    /mounts, a FAT /boot for SYSLINUX, and a partition under /vservers/ for each RM level when the rm
+    distribution has packages."""
+    if profile.abstract or any(key.startswith("disk.partitions") for key in profile.invalid):
+        return
+    parts = {p.mount: p for p in profile.disk.partitions if p.mount}
+    root = parts.get("/")
+    if root is not None and (not root.verity or not root.slots):
+        yield _issue(profile, _part_key(root), "the root must be under dm-verity in both slots",
+                     f"fs: {' or '.join(READ_ONLY_FILESYSTEMS)}, verity: true, slots: [a, b]")
+    elif root is not None and root.fs not in READ_ONLY_FILESYSTEMS and "ro" in root.options:
+        yield _issue(profile, _part_key(root, "fs"), f"clipbuild builds the verity root as "
+                     f"{' or '.join(READ_ONLY_FILESYSTEMS)}, not {root.fs}", "fs: squashfs")
+    mounts = parts.get("/mounts")
+    if mounts is None or mounts.fs != "ext4" or not mounts.slots:
+        key = _part_key(mounts) if mounts else "disk.partitions"
+        yield _issue(profile, key, "CLIP needs an ext4 /mounts partition in both slots (the apps part: "
+                     "/usr/local and /var)", "{name: mounts, fs: ext4, mount: /mounts, slots: [a, b], size: ...}")
+    boot = parts.get("/boot")
+    if boot is None or boot.fs != "vfat":
+        key = _part_key(boot) if boot else "disk.partitions"
+        yield _issue(profile, key, "SYSLINUX needs a vfat partition mounted on /boot",
+                     "{name: boot, fs: vfat, mount: /boot, size: 64MiB}")
+    if profile.packages.rm is not None and not any(m.startswith("/vservers/") for m in parts):
+        yield _issue(profile, "packages.rm", "the rm distribution needs the RM levels' partitions",
+                     "add {name: rm_h, fs: ext4, mount: /vservers/rm_h, size: ...} (and rm_b)")
+
+
+@check
 def check_partitions_fit_disk(profile: Profile, project: Project) -> Iterator[Issue]:
     disk = profile.disk
     growing = [p for p in disk.partitions if p.grow]

@@ -25,6 +25,7 @@ disk:
     - {name: boot, size: 32MiB, fs: vfat, mount: /boot}
     - {name: root, size: 128MiB, fs: squashfs, mount: /, slots: [a, b], verity: true}
     - {name: log, size: 32MiB, fs: ext4, mount: /var/log, options: [nodev]}
+    - {name: mounts, size: 64MiB, fs: ext4, mount: /mounts, slots: [a, b]}
 """
 
 
@@ -67,7 +68,7 @@ def test_remove_drops_an_inherited_item(tree):
 
 def test_remove_a_partition_by_name(tree):
     tree.write("leaf", "inherits: base\ndisk: {partitions: [!remove log]}\n")
-    assert [p.name for p in resolve(tree.project, "leaf").disk.partitions] == ["boot", "root"]
+    assert [p.name for p in resolve(tree.project, "leaf").disk.partitions] == ["boot", "root", "mounts"]
 
 
 def test_replace_takes_the_child_value_as_written(tree):
@@ -86,7 +87,7 @@ def test_list_items_with_a_name_merge_by_name(tree):
             - {name: home, size: 64MiB, fs: ext4, mount: /home}
         """)
     parts = resolve(tree.project, "leaf").disk.partitions
-    assert [p.name for p in parts] == ["boot", "root", "log", "home"]
+    assert [p.name for p in parts] == ["boot", "root", "log", "mounts", "home"]
     log = parts[2]
     assert (log.size, log.fs, log.mount, log.options) == (64 << 20, "ext4", "/var/log", ("nodev", "noexec"))
 

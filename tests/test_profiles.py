@@ -58,10 +58,16 @@ def test_layout_follows_clip(project, species):
     assert minimum_disk_size(prof.disk) <= prof.disk.size
 
 
+MACHINE_VALUES = {"sha256": "<sha256>", "policy_digest": "<sha256>", "policy": "<development PKI>/policy.yaml",
+                  "signers": "<development PKI fingerprints>"}
+
+
 def _without_digests(data):
-    """Golden plans keep every option and source path, not the sources' digests (ebuild edits would churn)."""
+    """Golden plans keep every option and source path, not the sources' digests (ebuild edits would churn),
+    nor what differs between machines (the development PKI's fingerprints and place)."""
     if isinstance(data, dict):
-        return {k: ("<sha256>" if k == "sha256" else _without_digests(v)) for k, v in data.items()}
+        return {k: MACHINE_VALUES[k] if k in MACHINE_VALUES and v is not None else _without_digests(v)
+                for k, v in data.items()}
     if isinstance(data, list):
         return [_without_digests(v) for v in data]
     return data
