@@ -27,6 +27,8 @@ from clipbuild.project import Project
 from clipbuild.signer import sign_bytes
 
 DEVELOPMENT, RELEASE = "development", "release"
+RELEASE_HINT = ("  a release takes only the packages this build made, as a controller countersigned them "
+                "(clipbuild countersign); pass every batch with --batch")
 
 
 @dataclass(frozen=True)
@@ -85,35 +87,46 @@ def _developer_signed_digest(path: Path) -> str | None:
 
 
 def _gather_release(ctx: StepContext, opts: SignOptions, built: list[dict]) -> list[dict]:
-    found: dict[str, tuple[Path, str]] = {}
+    candidates: dict[str, list[tuple[Path, str, dict | None]]] = {}
     for folder, digests in opts.batches.items():
         report = {row["file"]: row for row in json.loads((Path(folder) / f"{REPORT}.json").read_text())}
         for name, digest in digests.items():
-            path = Path(folder) / name
-            if sha256_file(path) != digest:
-                raise StepError(ctx.step.id, f"{path} changed since the plan was made; run the command again")
-            listed = report.get(name)
-            if listed is None or listed["sha256_after"] != digest:
-                continue  # not countersigned in this batch (or changed since): not a candidate
-            unsigned = _developer_signed_digest(path)
-            if unsigned:
-                found.setdefault(unsigned, (path, digest))
-    rows, missing = [], []
+            candidates.setdefault(name, []).append((Path(folder) / name, digest, report.get(name)))
+    rows, problems = [], []
     for row in built:
-        match = found.get(row["sha256"])
+        match, why = _pick(row, candidates.get(row["file"], []))
         if match is None:
-            missing.append(row["file"])
+            problems.append(f"  {row['file']}: {why}")
             continue
-        shutil.copyfile(match[0], ctx.out / "debs" / row["file"])
-        ctx.progress(f"{row['file']} from controller batch {match[0].parent}")
-        rows.append({"file": row["file"], "unsigned_sha256": row["sha256"], "sha256": match[1],
-                     "source": str(match[0].parent)})
-    if missing:
-        raise StepError(ctx.step.id, f"{len(missing)} package(s) of this build are in no countersigned controller "
-                        "batch", detail=[f"  {name}" for name in missing] + [
-                            "  a release takes only packages a controller countersigned (clipbuild countersign) "
-                            "from exactly these builds; sign them, send the batch, and pass it with --batch"])
+        shutil.copyfile(match, ctx.out / "debs" / row["file"])
+        ctx.progress(f"{row['file']} from controller batch {match.parent}")
+        rows.append({"file": row["file"], "unsigned_sha256": row["sha256"], "sha256": sha256_file(match),
+                     "source": str(match.parent)})
+    if problems:
+        raise StepError(ctx.step.id, f"{len(problems)} package(s) of this build cannot be taken from the "
+                        "controller batches; nothing was installed", detail=[*problems, RELEASE_HINT])
     return rows
+
+
+def _pick(row: dict, found: list[tuple[Path, str, dict | None]]) -> tuple[Path | None, str]:
+    """The batch copy of a built package, or why there is none (the first rule it breaks)."""
+    if not found:
+        return None, "in no batch given with --batch"
+    reasons = []  # a package of the same name may be in several batches (busybox in clip and rm)
+    for path, digest, listed in found:
+        if sha256_file(path) != digest:
+            return None, f"{path} changed since the plan was made; run the command again"
+        if listed is None:
+            reasons.append(f"{path}: not in the batch report: the controller did not countersign it")
+        elif listed["sha256_after"] != digest:
+            reasons.append(f"{path}: changed after the controller countersigned it (sha256 {digest[:16]}..., "
+                           f"the batch report says {listed['sha256_after'][:16]}...)")
+        elif _developer_signed_digest(path) != row["sha256"]:
+            reasons.append(f"{path}: not the package this build made (the bytes the developer signed differ)")
+        else:
+            return path, ""
+    reasons.sort(key=lambda reason: "not the package this build made" in reason)
+    return None, reasons[0]
 
 
 def batch_digests(folders: tuple[str, ...]) -> dict[str, dict[str, str]]:
