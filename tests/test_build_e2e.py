@@ -9,35 +9,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from clipbuild.run import Result, run
+from clipbuild.run import run
+from tests.e2e import Project
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-ROOT = Path(__file__).resolve().parent.parent
-CLIPBUILD = Path(sys.executable).with_name("clipbuild")
-
-
-class Project:
-    def __init__(self, base: Path):
-        self.root = base / "proj"
-        for sub in ("profiles", "jails", "kernel-patches", "overlays"):
-            shutil.copytree(ROOT / sub, self.root / sub)
-        self.env = {"CLIPBUILD_BINPKGS": str(base / "binpkgs")}
-        self.workdir = base / "work"
-
-    def clipbuild(self, *args: str, workdir: Path | None = None) -> Result:
-        return run([CLIPBUILD, "--project", self.root, "--workdir", workdir or self.workdir, *args],
-                   env=self.env, check=False, timeout=1800)
-
-    def build(self, species: str, workdir: Path | None = None) -> dict:
-        result = self.clipbuild("build", species, "--json", workdir=workdir)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return json.loads(result.stdout)
 
 
 def statuses(report: dict) -> dict[str, str]:
@@ -51,11 +31,8 @@ def statuses(report: dict) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Project:
-    proj = Project(tmp_path_factory.mktemp("e2e"))
-    fetched = proj.clipbuild("fetch", "client")
-    assert fetched.returncode == 0, fetched.stderr
-    return proj
+def project(e2e_project) -> Project:
+    return e2e_project
 
 
 @pytest.fixture(scope="module")

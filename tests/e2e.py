@@ -1,0 +1,38 @@
+"""End-to-end support: a copy of the project driven through the installed `clipbuild` command.
+
+One copy per test session (the `e2e_project` fixture), with its own fresh binary package store (so the first
+build compiles everything) and the machine's shared build root and distfiles (~/.cache/clipbuild). The build
+tests run first (files sort that way); the image tests then reuse what they built.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from clipbuild.run import Result, run
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIPBUILD = Path(sys.executable).with_name("clipbuild")
+
+
+class Project:
+    """A project copy with its own package store and work directory."""
+
+    def __init__(self, base: Path):
+        self.root = base / "proj"
+        for sub in ("profiles", "jails", "kernel-patches", "overlays"):
+            shutil.copytree(ROOT / sub, self.root / sub)
+        self.env = {"CLIPBUILD_BINPKGS": str(base / "binpkgs")}
+        self.workdir = base / "work"
+
+    def clipbuild(self, *args: str, workdir: Path | None = None) -> Result:
+        return run([CLIPBUILD, "--project", self.root, "--workdir", workdir or self.workdir, *args],
+                   env=self.env, check=False, timeout=1800)
+
+    def build(self, species: str, workdir: Path | None = None) -> dict:
+        result = self.clipbuild("build", species, "--json", workdir=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout)
