@@ -184,7 +184,7 @@ class Executor:
             "step": step.id,
             "key": status.key,
             "components": key_components(step, kind.version, keys),
-            "outputs": _digests(ctx.out),
+            "outputs": _digests(ctx.out, ctx.digests),
             "seconds": round(seconds, 3),
             "clipbuild": __version__,
         }
@@ -310,14 +310,15 @@ def _read_manifest(object_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def _digests(root: Path) -> dict[str, str]:
+def _digests(root: Path, known: Mapping[str, str]) -> dict[str, str]:
+    """Every output file's digest; `known` ones (the step hashed them already, e.g. a disk image) are reused."""
     out = {}
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
         if path.is_symlink():
             out[rel] = "symlink:" + os.readlink(path)
         elif path.is_file():
-            out[rel] = "sha256:" + sha256_file(path)
+            out[rel] = "sha256:" + (known.get(rel) or sha256_file(path))
     return out
 
 

@@ -8,6 +8,7 @@ root set in partitions 10 and 11.
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid
 import zlib
@@ -19,6 +20,7 @@ from typing import Any
 from clipbuild.errors import ImageError
 from clipbuild.layout import ALIGNMENT, GPT_HEAD, GPT_TAIL, align, verity_hash_size
 from clipbuild.model import Disk
+from clipbuild.plan import extents
 from clipbuild.run import run
 
 SECTOR = 512
@@ -121,18 +123,34 @@ def write_table(image: Path, size: int, slices: list[Slice], identity: str, boot
 
 
 def copy_into(image: Path, part: Slice, source: Path) -> None:
-    """Write a filesystem file into its partition (holes stay holes)."""
+    """Write a filesystem file into its partition: only its data extents are copied, holes stay holes."""
     length = source.stat().st_size
     if length > part.size:
         raise ImageError(f"{source.name} ({length} bytes) does not fit partition {part.label} ({part.size} bytes)")
-    run(["dd", f"if={source}", f"of={image}", "bs=1M", f"seek={part.start}", "oflag=seek_bytes",
-         "conv=notrunc,sparse", "status=none"])
+    copy_range(source, 0, length, image, part.start)
 
 
 def copy_out(image: Path, start: int, length: int, out: Path) -> None:
-    """Bytes [start, start+length) of the disk into a file (holes stay holes)."""
-    run(["dd", f"if={image}", f"of={out}", "bs=1M", f"skip={start}", f"count={length}",
-         "iflag=skip_bytes,count_bytes", "conv=sparse", "status=none"])
+    """Bytes [start, start+length) of the disk into a new sparse file."""
+    with out.open("wb") as stream:
+        stream.truncate(length)
+    copy_range(image, start, length, out, 0)
+
+
+def copy_range(source: Path, start: int, length: int, target: Path, at: int) -> None:
+    """Copy source[start:start+length] to target[at:] with copy_file_range, skipping the source's holes
+    (the target must already read as zeros there: a fresh sparse file)."""
+    with source.open("rb") as src, target.open("r+b") as dst:
+        for offset, size, is_data in extents(src.fileno()):
+            begin, end = max(offset, start), min(offset + size, start + length)
+            if not is_data or begin >= end:
+                continue
+            done = begin
+            while done < end:
+                copied = os.copy_file_range(src.fileno(), dst.fileno(), end - done, done, at + done - start)
+                if copied == 0:
+                    raise ImageError(f"{source} ended before byte {end} while copying into {target}")
+                done += copied
 
 
 def write_mbr_code(image: Path, code: bytes) -> None:

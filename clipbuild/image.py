@@ -106,7 +106,9 @@ class Assembly:
         image = self.ctx.out / self.opts.file_name
         self.disk(image, files)
         self.ctx.progress(f"hashing {image.name}")
-        manifest["image"] = {"file": image.name, "size": image.stat().st_size, "sha256": sha256_file(image)}
+        digest = sha256_file(image)
+        self.ctx.digests[image.name] = digest
+        manifest["image"] = {"file": image.name, "size": image.stat().st_size, "sha256": digest}
         (self.ctx.out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
     # -- packages --------------------------------------------------------------------------------------
@@ -166,34 +168,49 @@ class Assembly:
         return next(s for s in self.slices if s.label == label)
 
     def filesystems(self, trees: dict[str, Path]) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+        """Every filesystem as a file (by partition label), and each slot's root facts."""
         files: dict[str, Path] = {}
         slots: dict[str, dict[str, Any]] = {}
-        date = self.opts.date
         for part in self.slices:
             if part.role != "data" or part.fs in ("vfat", "swap"):
                 continue
-            out = self.work / f"{part.label}.img"
             self.ctx.progress(f"filesystem {part.label} ({part.fs})")
             if part.mount == "/":
-                uuid = gpt.stable_guid(self.opts.species, "fs", part.label).lower()
-                if part.fs == "erofs":
-                    fsimage.erofs(trees["root"], out, date, part.size, uuid)
-                else:
-                    fsimage.squashfs(trees["root"], out, date, part.size)
-                hashes = self.work / f"{part.label}_verity.img"
-                salt = hashlib.sha256(f"clipbuild:{self.opts.species}:salt:{part.label}".encode()).hexdigest()
-                verity = fsimage.verity_format(out, hashes, salt, uuid)
-                files[f"{part.label}_verity"] = hashes
-                slots[part.slot] = {"version": self.opts.version, "fs": part.fs, "root_partition": part.label,
-                                    "verity_partition": f"{part.label}_verity", "root_hash": verity.root_hash,
-                                    "salt": salt, "data_blocks": verity.data_blocks,
-                                    "kernel_sha256": sha256_file(trees["root"] / "boot" / "vmlinuz-clip")}
+                files[part.label] = self._root_fs(part, trees["root"], files)
+                slots[part.slot] = self._verity(part, files)
             else:
-                tree = self._tree_for(part, trees)
-                fsimage.ext4(tree, out, date, part.size, gpt.stable_guid(self.opts.species, "fs", part.label).lower(),
-                             label=part.label)
-            files[part.label] = out
+                files[part.label] = self.work / f"{part.label}.img"
+                fsimage.ext4(self._tree_for(part, trees), files[part.label], self.opts.date, part.size,
+                             self._guid("fs", part.label).lower(), label=part.label)
+        kernel = sha256_file(trees["root"] / "boot" / "vmlinuz-clip")
+        for info in slots.values():
+            info["kernel_sha256"] = kernel
         return files, slots
+
+    def _guid(self, *words: str) -> str:
+        return gpt.stable_guid(self.opts.species, *words)
+
+    def _root_fs(self, part: gpt.Slice, tree: Path, files: dict[str, Path]) -> Path:
+        """The read-only root; slot B starts as a copy of slot A, so the same filesystem file serves both."""
+        built = next((files[p.label] for p in self.slices if p.name == part.name and p.label in files), None)
+        if built is not None:
+            return built
+        out = self.work / f"{part.name}.img"
+        if part.fs == "erofs":
+            fsimage.erofs(tree, out, self.opts.date, part.size, self._guid("fs", part.name).lower())
+        else:
+            fsimage.squashfs(tree, out, self.opts.date, part.size)
+        return out
+
+    def _verity(self, part: gpt.Slice, files: dict[str, Path]) -> dict[str, Any]:
+        """The slot's hash tree, with a salt of its own: each slot has its own root hash."""
+        label = f"{part.label}_verity"
+        files[label] = self.work / f"{label}.img"
+        salt = hashlib.sha256(f"clipbuild:{self.opts.species}:salt:{part.label}".encode()).hexdigest()
+        verity = fsimage.verity_format(files[part.label], files[label], salt, self._guid("verity", part.label))
+        return {"version": self.opts.version, "fs": part.fs, "root_partition": part.label,
+                "verity_partition": label, "root_hash": verity.root_hash, "salt": salt,
+                "data_blocks": verity.data_blocks}
 
     def _tree_for(self, part: gpt.Slice, trees: dict[str, Path]) -> Path | None:
         if part.name in trees:
@@ -236,11 +253,8 @@ class Assembly:
         gpt.write_table(image, self.opts.disk_size, self.slices, self.opts.species, boot.label)
         gpt.write_mbr_code(image, bootloader.mbr_code())
         for part in self.slices:
-            source = files.get(part.label)
-            if source is None and part.role == "data" and part.slot == "b":
-                source = files.get(f"{part.name}_a")
-            if source is not None:
-                gpt.copy_into(image, part, source)
+            if part.label in files:
+                gpt.copy_into(image, part, files[part.label])
 
     def manifest(self, pool: dict[str, list[tuple[Path, trust.Verdict]]], slots: dict[str, dict[str, Any]],
                  release: str) -> dict[str, Any]:

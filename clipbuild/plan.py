@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -40,11 +41,46 @@ def _jsonable(value: Any) -> Any:
 
 
 def sha256_file(path: Path) -> str:
+    """SHA-256 of a file's content. Holes in a sparse file (a disk image is mostly holes) are hashed as the
+    zeros they read as, without reading them."""
     digest = hashlib.sha256()
+    zeros = bytes(1 << 20)
     with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
+        for offset, length, is_data in extents(stream.fileno()):
+            if is_data:
+                stream.seek(offset)
+                while length > 0:
+                    chunk = stream.read(min(length, 1 << 20))
+                    if not chunk:
+                        raise OSError(f"{path} shrank while being read")
+                    digest.update(chunk)
+                    length -= len(chunk)
+            else:
+                for _ in range(length >> 20):
+                    digest.update(zeros)
+                digest.update(zeros[:length & ((1 << 20) - 1)])
     return digest.hexdigest()
+
+
+def extents(fd: int) -> list[tuple[int, int, bool]]:
+    """(offset, length, is_data) runs covering a file, from SEEK_DATA/SEEK_HOLE (one data run when the
+    filesystem cannot tell)."""
+    size = os.fstat(fd).st_size
+    runs: list[tuple[int, int, bool]] = []
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left
+            data = size
+        if data > offset:
+            runs.append((offset, data - offset, False))
+        if data >= size:
+            break
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+        runs.append((data, hole - data, True))
+        offset = hole
+    return runs
 
 
 @dataclass(frozen=True)
@@ -130,6 +166,7 @@ class StepContext:
     scratch: Path
     project_root: Path
     progress: Callable[[str], None] = lambda message: None
+    digests: dict[str, str] = field(default_factory=dict)  # output path -> SHA-256 the step already computed
 
     def log(self, message: str) -> None:
         with self.log_path.open("a", encoding="utf-8") as stream:
@@ -226,10 +263,10 @@ def compile_plan(profile: Profile, project: Project, settings: PlanSettings | No
     """The frozen plan for a species: every registered stage's steps, in pipeline order."""
     if profile.abstract:
         raise InputError(f"{profile.species} is abstract: it exists to be inherited, not built")
-    import clipbuild.stages  # noqa: F401  (registers every stage's planner; imported late: stages import this module)
+    from clipbuild import stages  # registers every stage's planner (imported late: stages import this module)
 
     steps: list[Step] = []
-    for plan_stage in PLANNERS:
+    for plan_stage in sorted(PLANNERS, key=lambda func: stages.position(func.__module__)):
         steps.extend(plan_stage(profile, project, settings or PlanSettings()))
     return BuildPlan(profile.species, profile.version, tuple(steps))
 
