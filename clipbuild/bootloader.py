@@ -9,8 +9,10 @@ made with mtools and SYSLINUX is installed with its mtools installer (`syslinux 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clipbuild.fsimage import Verity
 from clipbuild.run import run
@@ -49,6 +51,25 @@ class SlotBoot:
         words = [f'dm-mod.create="{table}"', f"dm-mod.waitfor={data},{hashes}", "root=/dev/dm-0",
                  f"rootfstype={self.fstype}", "ro", f"clip.slot={self.slot}", *extra]
         return " ".join(words)
+
+
+def slot_boot(slot: str, info: Mapping[str, Any], guids: Mapping[str, str]) -> SlotBoot:
+    """A slot's boot facts from its manifest entry; `guids` maps partition labels to GUIDs."""
+    verity = Verity(info["root_hash"], info["salt"], info["data_blocks"], 0)
+    return SlotBoot(slot, info["version"], verity, guids[info["root_partition"]], guids[info["verity_partition"]],
+                    info["fs"])
+
+
+def configs(title: str, timeout: int, slots: Mapping[str, Mapping[str, Any]], guids: Mapping[str, str],
+            extra: tuple[str, ...]) -> dict[str, str]:
+    """extlinux_<slot>.conf for every slot: its own entry first, the other slot as "version precedente"."""
+    names = sorted(slots)
+    out = {}
+    for name in names:
+        other = next((o for o in names if o != name), name)
+        out[name] = slot_config(title, timeout, slot_boot(name, slots[name], guids),
+                                slot_boot(other, slots[other], guids), extra)
+    return out
 
 
 def slot_config(title: str, timeout: int, current: SlotBoot, other: SlotBoot, extra: tuple[str, ...]) -> str:

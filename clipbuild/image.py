@@ -20,18 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipbuild import bootloader, fsimage, gpt, install, trust
+from clipbuild import bootloader, fsimage, gpt, install, slot, trust
 from clipbuild.errors import InputError, StepError
 from clipbuild.model import Profile
 from clipbuild.plan import PlanSettings, Step, StepContext, StepKind, planner, sha256_file, step_kind
 from clipbuild.project import Project
 from clipbuild.run import run
-from clipbuild.signstage import DEVELOPMENT
+from clipbuild.slot import DEVELOPMENT
 
 STEP = "image"
 MANIFEST = "manifest.json"
@@ -96,7 +95,6 @@ class Assembly:
     def run(self) -> None:
         pool = self.verified_pool()
         trees = self.install(pool)
-        self.write_configuration(trees["root"])
         release = (trees["root"] / "etc" / "shared" / "clip-release").read_text().strip()
         for tree in trees.values():
             install.normalise_tree(tree, self.opts.date)
@@ -131,36 +129,18 @@ class Assembly:
         return pool
 
     def install(self, pool: dict[str, list[tuple[Path, trust.Verdict]]]) -> dict[str, Path]:
-        trees = {name: self.scratch / name for name in ("root", "mounts", "log")}
-        for tree in trees.values():
-            tree.mkdir()
-        clip = [deb for s in ("clip-core", "clip-apps") for deb, _ in pool.get(s, [])]
-        self.ctx.progress(f"dpkg --root: {len(clip)} clip packages")
-        install.install(clip, trees["root"], self.scratch / "dpkg-clip.log")
-        install.split_core(trees["root"], trees["mounts"], trees["log"])
-        rm = [deb for s in ("rm-core", "rm-apps") for deb, _ in pool.get(s, [])]
+        debs = {name: [deb for deb, _ in entries] for name, entries in pool.items()}
+        trees = slot.core_trees([d for s in slot.CLIP_SETS for d in debs.get(s, [])], self.scratch, self.ctx.progress)
+        rm = [d for s in slot.RM_SETS for d in debs.get(s, [])]
         for name in self.opts.rm_partitions:
             trees[name] = self.scratch / name
             trees[name].mkdir()
             self.ctx.progress(f"dpkg --root: {len(rm)} rm packages into {name}")
             install.install(rm, trees[name], self.scratch / f"dpkg-{name}.log")
-        mirror = trees["mounts"] / "var" / "pkg" / "mirrors"
-        for set_name, entries in pool.items():
-            target = mirror / set_name.split("-")[0]
-            target.mkdir(parents=True, exist_ok=True)
-            for deb, _ in entries:
-                shutil.copyfile(deb, target / deb.name)
+        slot.add_mirror(trees["mounts"], debs)
+        slot.configure_root(trees["root"], self.slices, mode=self.opts.mode, species=self.opts.species,
+                            version=self.opts.version)
         return trees
-
-    def write_configuration(self, root: Path) -> None:
-        (root / "etc" / "fstab").write_text(fstab(self.slices))
-        os_release = root / "etc" / "os-release"
-        text = os_release.read_text() if os_release.exists() else ""
-        if self.opts.mode == DEVELOPMENT:
-            text += 'VARIANT="development image (packages signed by the clipbuild development PKI)"\nVARIANT_ID=dev\n'
-        text += f'IMAGE_ID={self.opts.species}\nIMAGE_VERSION={self.opts.version}\n'
-        os_release.unlink(missing_ok=True)
-        os_release.write_text(text)
 
     # -- filesystems -----------------------------------------------------------------------------------
 
@@ -196,45 +176,30 @@ class Assembly:
         if built is not None:
             return built
         out = self.work / f"{part.name}.img"
-        if part.fs == "erofs":
-            fsimage.erofs(tree, out, self.opts.date, part.size, self._guid("fs", part.name).lower())
-        else:
-            fsimage.squashfs(tree, out, self.opts.date, part.size)
+        slot.root_filesystem(part, tree, out, self.opts.date, self.opts.species)
         return out
 
     def _verity(self, part: gpt.Slice, files: dict[str, Path]) -> dict[str, Any]:
-        """The slot's hash tree, with a salt of its own: each slot has its own root hash."""
         label = f"{part.label}_verity"
         files[label] = self.work / f"{label}.img"
-        salt = hashlib.sha256(f"clipbuild:{self.opts.species}:salt:{part.label}".encode()).hexdigest()
-        verity = fsimage.verity_format(files[part.label], files[label], salt, self._guid("verity", part.label))
-        return {"version": self.opts.version, "fs": part.fs, "root_partition": part.label,
-                "verity_partition": label, "root_hash": verity.root_hash, "salt": salt,
-                "data_blocks": verity.data_blocks}
+        return slot.verity(part, files[part.label], files[label], self.opts.species, self.opts.version)
 
     def _tree_for(self, part: gpt.Slice, trees: dict[str, Path]) -> Path | None:
         if part.name in trees:
             return trees[part.name]
         return {"/mounts": trees["mounts"], "/var/log": trees["log"]}.get(part.mount or "")
 
-    def _slot_boot(self, slots: dict[str, dict[str, Any]], slot: str) -> bootloader.SlotBoot:
-        info = slots[slot]
-        verity = fsimage.Verity(info["root_hash"], info["salt"], info["data_blocks"], 0)
-        return bootloader.SlotBoot(slot, info["version"], verity, self._slice(info["root_partition"]).guid,
-                                   self._slice(info["verity_partition"]).guid, info["fs"])
-
     def boot_partition(self, root: Path, slots: dict[str, dict[str, Any]], manifest: dict[str, Any],
                        release: str) -> Path:
         part = next(s for s in self.slices if s.mount == "/boot")
         names = sorted(slots)
-        configs = {}
-        for slot in names:
-            other = next((o for o in names if o != slot), slot)
-            configs[slot] = bootloader.slot_config(f"{release} ({self.opts.species})", self.opts.timeout,
-                                                   self._slot_boot(slots, slot), self._slot_boot(slots, other),
-                                                   self.opts.cmdline)
-            manifest["slots"][slot]["cmdline"] = self._slot_boot(slots, slot).cmdline(self.opts.cmdline)
-        kernels = {slot: root / "boot" / "vmlinuz-clip" for slot in names}
+        guids = {s.label: s.guid for s in self.slices}
+        configs = bootloader.configs(f"{release} ({self.opts.species})", self.opts.timeout, slots, guids,
+                                     self.opts.cmdline)
+        for name in names:
+            manifest["slots"][name]["cmdline"] = bootloader.slot_boot(name, slots[name], guids).cmdline(
+                self.opts.cmdline)
+        kernels = {name: root / "boot" / "vmlinuz-clip" for name in names}
         embedded = self.scratch / "manifest.json"
         embedded.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         files = bootloader.files(configs, kernels, names[0], self.scratch)
@@ -276,34 +241,6 @@ class Assembly:
             "partitions": [s.to_dict() for s in self.slices], "slots": slots, "packages": packages,
             "signers": sorted(signers.values(), key=lambda s: (s["role"], s["fingerprint"])),
         }
-
-
-def fstab(slices: list[gpt.Slice]) -> str:
-    """CLIP's fstab (clipos4.md §4) from the profile's partitions: slotted ones by /dev/clip/<name> (the
-    booted slot's, linked by rcS), shared ones by GPT label; binds of /mounts/var and /mounts/usr after
-    /mounts; /var/log after the /var bind."""
-    lines = ["# /etc/fstab written by clipbuild from the species profile's partitions.",
-             "# <device>\t<mount point>\t<type>\t<options>\t<dump>\t<pass>"]
-    seen: set[str] = set()
-    data = [s for s in slices if s.role == "data" and s.mount and s.fs != "swap"]
-    order = sorted(data, key=lambda s: (s.mount != "/", s.mount == "/var/log", s.mount.count("/"), s.mount))
-    for part in order:
-        if part.name in seen:
-            continue
-        seen.add(part.name)
-        device = f"/dev/clip/{part.name}" if part.slot else f"/dev/disk/by-partlabel/{part.label}"
-        if part.mount == "/":
-            device = "/dev/dm-0"
-        options = ",".join(part.options) or "defaults"
-        if part.mount == "/boot":
-            options += ",noauto"
-        fs = part.fs
-        lines.append(f"{device}\t{part.mount}\t{fs}\t{options}\t0\t{0 if part.mount in ('/', '/boot') else 2}")
-        if part.mount == "/mounts":
-            lines += ["/mounts/var\t/var\tnone\tbind,nosuid,nodev\t0\t0",
-                      "/mounts/usr\t/usr/local\tnone\tbind,nodev\t0\t0"]
-    lines.append("tmpfs\t/tmp\ttmpfs\tnosuid,nodev,noexec,mode=1777\t0\t0")
-    return "\n".join(lines) + "\n"
 
 
 def policy_digest(policy_path: Path) -> str:

@@ -25,8 +25,9 @@ from clipbuild.model import Profile
 from clipbuild.plan import PlanSettings, Step, StepContext, StepKind, planner, sha256_file, step_kind
 from clipbuild.project import Project
 from clipbuild.signer import sign_bytes
+from clipbuild.slot import DEVELOPMENT
 
-DEVELOPMENT, RELEASE = "development", "release"
+RELEASE = "release"
 RELEASE_HINT = ("  a release takes only the packages this build made, as a controller countersigned them "
                 "(clipbuild countersign); pass every batch with --batch")
 

@@ -17,11 +17,11 @@ from cryptography import x509
 from clipbuild import bootloader, devpki, gpt, install, pki
 from clipbuild.errors import ImageError
 from clipbuild.fsimage import Verity
-from clipbuild.image import fstab
 from clipbuild.inspection import current_root_hash
 from clipbuild.plan import sha256_file
 from clipbuild.profile import resolve
 from clipbuild.run import run
+from clipbuild.slot import fstab
 from clipbuild.trust import load_policy, verify_bytes
 
 
