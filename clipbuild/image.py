@@ -66,7 +66,7 @@ def image_name(species: str, version: str) -> str:
 @step_kind
 class AssembleImage(StepKind):
     name = "assemble-image"
-    version = 1
+    version = 2
     Options = ImageOptions
     outputs = (MANIFEST,)
     tools = ("dpkg", "dpkg-deb", "mksquashfs", "veritysetup", "mkfs.ext4", "debugfs", "mkfs.vfat", "mcopy",
