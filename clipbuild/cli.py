@@ -16,6 +16,7 @@ from clipbuild.build import OVERLAY
 from clipbuild.cli_image import COMMANDS as IMAGE_COMMANDS
 from clipbuild.cli_jails import COMMANDS as JAIL_COMMANDS
 from clipbuild.cli_signing import COMMANDS
+from clipbuild.cli_update import COMMANDS as UPDATE_COMMANDS
 from clipbuild.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClipbuildError
 from clipbuild.executor import Executor, Outcome
 from clipbuild.plan import BuildPlan, PlanSettings, compile_plan
@@ -349,7 +350,7 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, as_json
     click.echo(format_build_summary(species, sets, explain), nl=False)
 
 
-for _command in (*COMMANDS, *JAIL_COMMANDS, *IMAGE_COMMANDS):
+for _command in (*COMMANDS, *JAIL_COMMANDS, *IMAGE_COMMANDS, *UPDATE_COMMANDS):
     cli.add_command(_command)
 
 

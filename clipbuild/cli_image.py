@@ -11,7 +11,7 @@ import click
 
 from clipbuild import devpki, inspection, trust, vm
 from clipbuild.errors import InputError, VmCheckError
-from clipbuild.image import STEP, image_name, publish
+from clipbuild.image import STEP, Published, image_name, publish
 from clipbuild.profile import resolve, species_path
 from clipbuild.sizes import format_size
 
@@ -22,15 +22,26 @@ def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+def signing_options(func: Any) -> Any:
+    """--release, --batch and --policy, shared by the commands that make images."""
+    options = [
+        click.option("--release", is_flag=True,
+                     help="Take only packages countersigned in controller batches (--batch), checked against the "
+                          "release trust policy, instead of signing with the development PKI."),
+        click.option("--batch", "batches", multiple=True,
+                     type=click.Path(path_type=Path, file_okay=False, exists=True),
+                     help="A countersigned controller batch folder (repeatable; with --release)."),
+        click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                     help="Release trust policy [default: the profile's signing.policy]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 @click.command("image")
 @click.argument("species")
-@click.option("--release", is_flag=True,
-              help="Take only packages countersigned in controller batches (--batch), checked against the "
-                   "release trust policy, instead of signing with the development PKI.")
-@click.option("--batch", "batches", multiple=True, type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="A countersigned controller batch folder (repeatable; with --release).")
-@click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="Release trust policy [default: the profile's signing.policy].")
+@signing_options
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where to write the image and its manifest [default: WORKDIR/images].")
 @click.option("--qcow2", is_flag=True, help="Also write a qcow2 copy.")
@@ -61,16 +72,8 @@ def image_cmd(opts: Any, species: str, release: bool, batches: tuple[Path, ...],
       clipbuild image client --release --batch batches/clip-core --batch batches/clip-apps ...
       clipbuild vm client --check
     """
-    if batches and not release:
-        raise click.UsageError("--batch goes with --release")
-    if release and not batches:
-        raise click.UsageError("--release needs the countersigned controller batches: --batch DIR (repeatable)")
-    plan = opts.plan(species, release=release, batches=tuple(str(b) for b in batches),
-                     policy=str(policy) if policy else "")
-    if not offline:
-        opts.fetch(species)
-    executor, _ = opts.execute(plan, as_json)
-    done = publish(executor.output(species, STEP), out_dir or opts.workdir / "images", qcow2=qcow2, zstd=zstd)
+    done, _ = build_image(opts, species, release=release, batches=batches, policy=policy, offline=offline,
+                          as_json=as_json, out_dir=out_dir or opts.workdir / "images", qcow2=qcow2, zstd=zstd)
     manifest = json.loads(done.manifest.read_text())
     if as_json:
         _emit({"image": str(done.image), "manifest": str(done.manifest), "copies": [str(c) for c in done.copies],
@@ -81,6 +84,21 @@ def image_cmd(opts: Any, species: str, release: bool, batches: tuple[Path, ...],
     for copy in done.copies:
         click.echo(f"{copy}")
     click.echo(f"boot it: clipbuild vm {done.image}   check it: clipbuild inspect {done.image} --verify")
+
+
+def build_image(opts: Any, species: str, *, release: bool, batches: tuple[Path, ...], policy: Path | None,
+                offline: bool, as_json: bool, out_dir: Path, **copies: bool) -> tuple[Published, Any]:
+    """Run the plan up to the image and publish it to `out_dir`: (what was written, the executor)."""
+    if batches and not release:
+        raise click.UsageError("--batch goes with --release")
+    if release and not batches:
+        raise click.UsageError("--release needs the countersigned controller batches: --batch DIR (repeatable)")
+    plan = opts.plan(species, release=release, batches=tuple(str(b) for b in batches),
+                     policy=str(policy) if policy else "")
+    if not offline:
+        opts.fetch(species)
+    executor, _ = opts.execute(plan, as_json)
+    return publish(executor.output(species, STEP), out_dir, **copies), executor
 
 
 def image_path(opts: Any, name: str) -> Path:

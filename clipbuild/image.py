@@ -233,6 +233,9 @@ class Assembly:
                 for s in verdict.signers:
                     signers[s.fingerprint] = {"role": s.role, "subject": s.subject, "fingerprint": s.fingerprint,
                                               "digest": s.digest}
+        for info in slots.values():  # what each slot holds; an update changes one slot's entry
+            info["packages"] = packages
+            info["release"] = release
         return {
             "format": MANIFEST_FORMAT, "species": self.opts.species, "version": self.opts.version,
             "release": release, "description": self.opts.description, "signing": self.opts.mode,

@@ -60,7 +60,7 @@ class Inspection:
         }
 
 
-def _read_boot_file(image: Path, start: int, name: str, scratch: Path) -> str:
+def read_boot_file(image: Path, start: int, name: str, scratch: Path) -> str:
     out = scratch / Path(name).name
     fsimage.vfat_read(f"{image}@@{start}", name, out)
     return out.read_text()
@@ -77,14 +77,14 @@ def read(image: Path) -> Inspection:
     with tempfile.TemporaryDirectory(prefix="clipbuild-inspect-") as tmp:
         scratch = Path(tmp)
         try:
-            manifest = json.loads(_read_boot_file(image, boot.start, EMBEDDED_MANIFEST, scratch))
+            manifest = json.loads(read_boot_file(image, boot.start, EMBEDDED_MANIFEST, scratch))
         except (ValueError, OSError) as exc:
             raise ImageError(f"{image}: the boot partition holds no readable {EMBEDDED_MANIFEST} ({exc})",
                              hint="was it made by clipbuild image?") from None
-        active = bootloader.active_slot(_read_boot_file(image, boot.start, bootloader.SWITCH, scratch))
+        active = bootloader.active_slot(read_boot_file(image, boot.start, bootloader.SWITCH, scratch))
         hashes = {}
         for slot in manifest.get("slots", {}):
-            text = _read_boot_file(image, boot.start, f"{bootloader.DIRECTORY}/"
+            text = read_boot_file(image, boot.start, f"{bootloader.DIRECTORY}/"
                                    f"{bootloader.slot_config_name(slot)}", scratch)
             hashes[slot] = current_root_hash(text)
     return Inspection(image, disk_guid, entries, manifest, active, hashes)
@@ -117,7 +117,7 @@ def verify(found: Inspection, policy: trust.Policy) -> Report:
     with tempfile.TemporaryDirectory(prefix="clipbuild-verify-") as tmp:
         scratch = Path(tmp)
         for slot, info in sorted(found.manifest["slots"].items()):
-            _verify_slot(found, slot, info, scratch, report)
+            verify_slot(found, slot, info, scratch, report)
         _verify_packages(found, policy, scratch, report)
     return report
 
@@ -131,7 +131,7 @@ def _verify_table(found: Inspection, report: Report) -> None:
         report.add(f"partition {part['label']}", same, "" if same else "differs from the manifest")
 
 
-def _verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Path, report: Report) -> None:
+def verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Path, report: Report) -> None:
     data, hashes = scratch / f"root_{slot}.img", scratch / f"root_{slot}_verity.img"
     root, tree = found.entry(info["root_partition"]), found.entry(info["verity_partition"])
     gpt.copy_out(found.image, root.start, info["data_blocks"] * fsimage.VERITY_BLOCK, data)
@@ -151,8 +151,9 @@ def _verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Pa
 
 
 def _verify_packages(found: Inspection, policy: trust.Policy, scratch: Path, report: Report) -> None:
-    expected = {f"{p['set'].split('-')[0]}/{p['file']}": p for p in found.manifest["packages"]}
     for slot in sorted(found.manifest["slots"]):
+        entries = found.manifest["slots"][slot].get("packages") or found.manifest["packages"]
+        expected = {f"{p['set'].split('-')[0]}/{p['file']}": p for p in entries}
         label = f"mounts_{slot}"
         entry = found.entry(label)
         part = scratch / f"{label}.img"

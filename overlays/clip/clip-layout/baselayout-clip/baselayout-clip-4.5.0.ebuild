@@ -36,6 +36,8 @@ src_install() {
 	doins "${FILESDIR}"/{passwd,group,inittab}
 	exeinto /etc/init.d
 	doexe "${FILESDIR}"/rcS
+	insinto /etc/clip_update
+	doins "${FILESDIR}"/conffiles.list
 	local name=$(clip_release_name)
 	cat > "${T}/os-release" <<-EOT || die
 		NAME="${name}"

@@ -1,0 +1,410 @@
+"""Updates applied to an image file, offline and without root, as a CLIP device applies them (clipos4.md §3).
+
+`apply(IMAGE, REPO)` reads a repository in CLIP's layout (one per conf package: pool + Packages.gz), checks
+every package (both signatures; Priority and Distribution match the part; Impact; the conf package's
+Release-Date age; no downgrade), then installs the core into the inactive slot: a new root filesystem and
+dm-verity tree, a new mounts partition carrying over the local configuration the root's
+/etc/clip_update/conffiles.list names, the slot's kernel and boot entry. Only then is the switch flipped
+(`extlinux.conf` = `include extlinux_<new>.conf`), as `clip_install_clip_core` did.
+
+Faults: everything before the flip writes only the inactive slot's partitions and its own boot files, so an
+update killed at any point, or one that runs out of space (found before anything is written), leaves the
+image booting the old slot. A journal beside the image says what was under way; running the same update
+again starts over from the beginning.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import gzip
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from debian.deb822 import Deb822
+
+from clipbuild import bootloader, fsimage, gpt, inspection, install, slot, trust
+from clipbuild.errors import ClipbuildError, ImageError
+from clipbuild.plan import sha256_file
+from clipbuild.repository import CONF, Package, read_package
+from clipbuild.run import run
+
+PRIORITY = {"core": "required", "apps": "important"}
+CONFFILES = "etc/clip_update/conffiles.list"
+JOURNAL_SUFFIX = ".clipbuild-update.json"
+
+
+class UpdateRefused(ClipbuildError):
+    """The repository cannot be applied; every reason is listed and nothing was written."""
+
+    def __init__(self, message: str, reasons: list[str]):
+        self.reasons = reasons
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        return [str(self), *(f"  {reason}" for reason in self.reasons)]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """CLIP's download checks (clip_download_<jail>.conf, clip_install_<dist>_<part>.conf)."""
+
+    maximum_age_days: int = 90  # reject_too_old_configuration; 0: no limit
+    install_high_impact: bool = False  # option_install_high_impact_packages
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class RepoPart:
+    dist: str
+    part: str
+    conf: Package
+    members: tuple[Package, ...]  # the conf package first
+
+    @property
+    def name(self) -> str:
+        return f"{self.dist}-{self.part}"
+
+
+def read_repository(repo: Path) -> dict[str, RepoPart]:
+    """Every conf repository under REPO (<dist>/<conf>/pool and Packages.gz), its index checked against the pool."""
+    parts: dict[str, RepoPart] = {}
+    for index in sorted(repo.glob("*/*/dists/*/main/binary-*/Packages.gz")):
+        base = index.parents[4]
+        match = CONF.fullmatch(base.name)
+        if match is None:
+            continue
+        members = []
+        for para in Deb822.iter_paragraphs(gzip.decompress(index.read_bytes()).decode().splitlines()):
+            path = base / para["Filename"]
+            if ".." in Path(para["Filename"]).parts or not path.is_file():
+                raise ImageError(f"{index}: {para['Filename']} is not in the pool")
+            if sha256_file(path) != para.get("SHA256"):
+                raise ImageError(f"{path}: its SHA-256 is not the one Packages.gz lists",
+                                 hint="the pool and its index disagree: publish the repository again")
+            members.append(read_package(path))
+        conf = next((p for p in members if p.name == base.name), None)
+        if conf is None:
+            raise ImageError(f"{index}: the repository of {base.name} does not list {base.name} itself")
+        others = tuple(p for p in members if p is not conf)
+        parts[f"{match['dist']}-{match['part']}"] = RepoPart(match["dist"], match["part"], conf, (conf, *others))
+    if not parts:
+        raise ImageError(f"{repo}: no update repository (<dist>/<conf>/dists/.../Packages.gz) found",
+                         hint="make one with: clipbuild release SPECIES")
+    return parts
+
+
+def compare_versions(a: str, b: str) -> int:
+    """dpkg's ordering: -1, 0 or 1."""
+    if run(["dpkg", "--compare-versions", a, "lt", b], check=False).returncode == 0:
+        return -1
+    return 0 if run(["dpkg", "--compare-versions", a, "eq", b], check=False).returncode == 0 else 1
+
+
+def check_part(part: RepoPart, policy: trust.Policy, installed: dict[str, str], rules: Rules) -> list[str]:
+    """Every reason to refuse this part, each naming the package and the rule."""
+    reasons = []
+    for package in part.members:
+        label = f"{part.name}: {package.path.name}"
+        verdict = trust.verify_file(package.path, policy)
+        reasons += [f"{label}: {reason}" for reason in verdict.reasons]
+        fields = package.fields
+        if fields.get("Priority", "").lower() != PRIORITY[part.part]:
+            reasons.append(f"{label}: Priority {fields.get('Priority', 'missing')}, the {part.part} part takes "
+                           f"{PRIORITY[part.part].capitalize()}")
+        if fields.get("Distribution", "").lower() != part.dist:
+            reasons.append(f"{label}: Distribution {fields.get('Distribution', 'missing')}, not {part.dist}")
+        impact = fields.get("Impact", "0")
+        if not impact.isdigit():
+            reasons.append(f"{label}: Impact '{impact}' is not a number")
+        elif int(impact) >= 2 and not rules.install_high_impact:
+            reasons.append(f"{label}: Impact {impact} (high) and high-impact packages are not allowed here")
+        old = installed.get(package.name)
+        if old is not None and compare_versions(package.version, old) < 0:
+            reasons.append(f"{label}: downgrade refused: {package.name} {old} is installed, the repository has "
+                           f"{package.version}")
+    reasons += _release_date(part, rules)
+    return reasons
+
+
+def _release_date(part: RepoPart, rules: Rules) -> list[str]:
+    label = f"{part.name}: {part.conf.path.name}"
+    text = part.conf.fields.get("Release-Date")
+    if not text:
+        return [f"{label}: no Release-Date: a conf package must say when it was released"]
+    try:
+        released = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return [f"{label}: Release-Date '{text}' is not a date"]
+    age = rules.now - released
+    if released - rules.now > dt.timedelta(days=1):
+        return [f"{label}: Release-Date {text} is in the future"]
+    if rules.maximum_age_days and age > dt.timedelta(days=rules.maximum_age_days):
+        return [f"{label}: released {age.days} days ago, more than the maximum age of {rules.maximum_age_days} "
+                "days (reject_too_old_configuration; --max-age)"]
+    return []
+
+
+@dataclass
+class Outcome:
+    image: Path
+    updated: str  # what was done: "core", "nothing"
+    slot: str  # the slot that is active now
+    previous_slot: str
+    version: str
+    previous_version: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": str(self.image), "updated": self.updated, "active_slot": self.slot,
+                "previous_slot": self.previous_slot, "version": self.version,
+                "previous_version": self.previous_version, "notes": self.notes}
+
+
+def journal_path(image: Path) -> Path:
+    return image.with_name(image.name + JOURNAL_SUFFIX)
+
+
+def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules = Rules(),
+          progress: Callable[[str], None] = lambda message: None) -> Outcome:
+    found = inspection.read(image)
+    manifest = found.manifest
+    active = found.active_slot
+    if active not in manifest["slots"]:
+        raise ImageError(f"{image}: extlinux.conf selects no known slot", hint="clipbuild update rollback IMAGE")
+    target = next(s for s in sorted(manifest["slots"]) if s != active)
+    notes = []
+    if journal_path(image).exists():
+        previous = json.loads(journal_path(image).read_text())
+        notes.append(f"an update to slot {previous['target']} ({previous['version']}) was interrupted "
+                     f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
+    parts = read_repository(repo)
+    installed = _installed(manifest, active)
+    reasons = [r for part in parts.values() for r in check_part(part, policy, installed.get(part.name, {}), rules)]
+    if reasons:
+        raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}", reasons)
+    core = parts.get("clip-core")
+    old_version = manifest["slots"][active]["version"]
+    if core is None or compare_versions(core.conf.version, installed["clip-core"].get(core.conf.name, "0")) == 0:
+        return Outcome(image, "nothing", active, target, old_version, old_version,
+                       [*notes, "the core in the repository is the one installed"])
+    progress(f"core {old_version} -> {core.conf.version} into slot {target}")
+    with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
+        _apply_core(found, parts, target, Path(tmp), progress)
+    return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
+
+
+def _installed(manifest: dict[str, Any], slot_name: str) -> dict[str, dict[str, str]]:
+    """Per set, package -> version installed in a slot (from the manifest on the boot partition)."""
+    entries = manifest["slots"][slot_name].get("packages") or manifest["packages"]
+    out: dict[str, dict[str, str]] = {}
+    for entry in entries:
+        out.setdefault(entry["set"], {})[entry["package"]] = entry["version"]
+    return out
+
+
+def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
+                progress: Callable[[str], None]) -> None:
+    manifest, image = found.manifest, found.image
+    active = found.active_slot or ""
+    slices = [gpt.Slice(**{**p, "options": tuple(p["options"])}) for p in manifest["partitions"]]
+    by_label = {s.label: s for s in slices}
+    old_mounts = _Ext4(found, f"mounts_{active}", scratch)
+    old_mirror = old_mounts.copy("/var/pkg/mirrors")
+    pool = {name: [p.path for p in part.members] for name, part in parts.items() if part.dist == "clip"}
+    if "clip-apps" not in pool:  # apps unchanged: the slot keeps the ones installed now
+        pool["clip-apps"] = _mirror_debs(old_mirror / "clip", "Important")
+    for name, files in _installed_files(manifest, active, slot.RM_SETS).items():
+        pool.setdefault(name, [old_mirror / "rm" / file for file in files])  # RM levels: updated in their jails
+    version = parts["clip-core"].conf.version
+    trees = slot.core_trees([d for s in slot.CLIP_SETS for d in pool[s]], scratch / "new", progress)
+    _carry_configuration(old_mounts, trees)
+    slot.add_mirror(trees["mounts"], pool)
+    slot.configure_root(trees["root"], slices, mode=manifest["signing"], species=manifest["species"],
+                        version=version)
+    date = manifest["source_date_epoch"]
+    for tree in trees.values():
+        install.normalise_tree(tree, date)
+    root_part, mounts_part = by_label[f"root_{target}"], by_label[f"mounts_{target}"]
+    files = {root_part.label: scratch / "root.img", f"{root_part.label}_verity": scratch / "verity.img",
+             mounts_part.label: scratch / "mounts.img"}
+    progress(f"filesystems of slot {target}")
+    slot.root_filesystem(root_part, trees["root"], files[root_part.label], date, manifest["species"])
+    info = slot.verity(root_part, files[root_part.label], files[f"{root_part.label}_verity"],
+                       manifest["species"], version)
+    fsimage.ext4(trees["mounts"], files[mounts_part.label], date, mounts_part.size,
+                 gpt.stable_guid(manifest["species"], "fs", mounts_part.label).lower(), label=mounts_part.label)
+    info["kernel_sha256"] = sha256_file(trees["root"] / "boot" / "vmlinuz-clip")
+    info["packages"] = _package_entries(pool)
+    slots = {**manifest["slots"], target: info}
+    # Everything is built: only now is the image written, the inactive slot first, the switch last.
+    journal = _Journal(image, target, version)
+    journal.step("writing the partitions of the inactive slot")
+    for label, source in files.items():
+        _replace_partition(image, by_label[label], source)
+    journal.step("writing the inactive slot's kernel and boot entries")
+    boot = f"{image}@@{found.entry(_boot_label(manifest)).start}"
+    fsimage.vfat_replace(boot, bootloader.kernel_name(target), trees["root"] / "boot" / "vmlinuz-clip", date)
+    guids = {s.label: s.guid for s in slices}
+    release = (trees["root"] / "etc" / "shared" / "clip-release").read_text().strip()
+    title = f"{release} ({manifest['species']})"
+    configs = bootloader.configs(title, _timeout(found, active, scratch), slots, guids, _extra(manifest, active))
+    _write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(target)}", configs[target],
+                     scratch, date)
+    journal.step("switching to the new slot")
+    _write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(target), scratch, date)
+    journal.step("updating the previous slot's entries and the manifest")
+    _write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}", configs[active],
+                     scratch, date)
+    info["cmdline"] = bootloader.slot_boot(target, info, guids).cmdline(_extra(manifest, active))
+    info["release"] = release
+    new_manifest = {**manifest, "slots": slots, "active_slot": target, "version": version, "release": release,
+                    "packages": info["packages"]}
+    new_manifest.pop("image", None)
+    _write_boot_file(boot, "clip/manifest.json", json.dumps(new_manifest, indent=2, sort_keys=True) + "\n",
+                     scratch, date)
+    journal.done()
+
+
+def rollback(image: Path) -> tuple[str, str]:
+    """Make the other slot active again, once its root verifies against its boot entry: (from, to)."""
+    found = inspection.read(image)
+    active = found.active_slot or ""
+    other = next((s for s in sorted(found.manifest["slots"]) if s != active), None)
+    if other is None:
+        raise ImageError(f"{image}: no other slot to go back to")
+    report = inspection.Report()
+    with tempfile.TemporaryDirectory(prefix="clipbuild-rollback-", dir=image.parent) as tmp:
+        inspection.verify_slot(found, other, found.manifest["slots"][other], Path(tmp), report)
+        if not report.ok:
+            failed = "; ".join(f"{what}: {detail}" for what, ok, detail in report.checks if not ok)
+            raise ImageError(f"{image}: slot {other} does not verify, not switching to it ({failed})")
+        boot = f"{image}@@{found.entry(_boot_label(found.manifest)).start}"
+        date = found.manifest["source_date_epoch"]
+        _write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), Path(tmp), date)
+        info = found.manifest["slots"][other]
+        manifest = {**found.manifest, "active_slot": other, "version": info["version"],
+                    "release": info.get("release", found.manifest["release"]),
+                    "packages": info.get("packages", found.manifest["packages"])}
+        _write_boot_file(boot, "clip/manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n",
+                         Path(tmp), date)
+    return active, other
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+class _Journal:
+    """`<image>.clipbuild-update.json`: the update under way and how far it got (CLIP's clip_install_boot.lck)."""
+
+    def __init__(self, image: Path, target: str, version: str):
+        self.path, self.data = journal_path(image), {"target": target, "version": version, "state": ""}
+
+    def step(self, state: str) -> None:
+        self.data["state"] = state
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data) + "\n")
+        os.replace(tmp, self.path)
+        if os.environ.get("CLIPBUILD_UPDATE_FAULT") == state:  # tests: die here, as a power cut would
+            os._exit(9)
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _boot_label(manifest: dict[str, Any]) -> str:
+    return next(p["label"] for p in manifest["partitions"] if p["mount"] == "/boot")
+
+
+class _Ext4:
+    """An ext4 partition of the image, copied out once (sparse), read with debugfs: no mount, no root."""
+
+    def __init__(self, found: inspection.Inspection, label: str, scratch: Path):
+        entry = found.entry(label)
+        self.file, self.scratch, self.count = scratch / f"{label}.img", scratch, 0
+        gpt.copy_out(found.image, entry.start, entry.size, self.file)
+
+    def copy(self, path: str) -> Path:
+        """The file or folder at `path` copied out; the returned path does not exist when it is absent."""
+        self.count += 1
+        out = self.scratch / f"copy-{self.count}"
+        out.mkdir()
+        run(["debugfs", "-R", f"rdump {path} {out}", self.file])
+        return out / Path(path).name
+
+
+def _mirror_debs(folder: Path, priority: str) -> list[Path]:
+    return [d for d in sorted(folder.glob("*.deb"))
+            if read_package(d).fields.get("Priority", "").lower() == priority.lower()]
+
+
+def _installed_files(manifest: dict[str, Any], slot_name: str, sets: tuple[str, ...]) -> dict[str, list[str]]:
+    entries = manifest["slots"][slot_name].get("packages") or manifest["packages"]
+    out: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry["set"] in sets:
+            out.setdefault(entry["set"], []).append(entry["file"])
+    return out
+
+
+def _carry_configuration(old_mounts: _Ext4, trees: dict[str, Path]) -> None:
+    """The local configuration the new root's conffiles.list names (paths on /mounts), copied from the
+    active slot's mounts partition, replacing what the packages installed."""
+    listing = trees["root"] / CONFFILES
+    if not listing.is_file():
+        return
+    for line in listing.read_text().splitlines():
+        path = line.strip()
+        if not path or path.startswith("#"):
+            continue
+        if not path.startswith("/mounts/") or ".." in path.split("/"):
+            raise ImageError(f"{CONFFILES}: '{path}' is not a path under /mounts")
+        relative = path.removeprefix("/mounts")
+        copied = old_mounts.copy(relative)
+        if copied.exists():
+            target = trees["mounts"] / relative.lstrip("/")
+            run(["rm", "-rf", target])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copied.rename(target)
+
+
+def _package_entries(pool: dict[str, list[Path]]) -> list[dict[str, str]]:
+    out = []
+    for set_name, debs in pool.items():
+        for deb in debs:
+            fields = read_package(deb).fields
+            out.append({"set": set_name, "package": fields["Package"], "version": fields["Version"],
+                        "file": deb.name, "sha256": sha256_file(deb)})
+    return out
+
+
+def _replace_partition(image: Path, part: gpt.Slice, source: Path) -> None:
+    """The partition's old content dropped (a hole, reading as zeros), then the new filesystem copied in."""
+    run(["fallocate", "--punch-hole", "--keep-size", "--offset", str(part.start), "--length", str(part.size),
+         image])
+    gpt.copy_into(image, part, source)
+
+
+def _write_boot_file(boot: str, target: str, text: str, scratch: Path, date: int) -> None:
+    source = scratch / Path(target).name
+    source.write_text(text)
+    fsimage.vfat_replace(boot, target, source, date)
+
+
+def _timeout(found: inspection.Inspection, active: str, scratch: Path) -> int:
+    text = inspection.read_boot_file(found.image, found.entry(_boot_label(found.manifest)).start,
+                                     f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}", scratch)
+    words = [line.split() for line in text.splitlines() if line.startswith("TIMEOUT ")]
+    return int(words[0][1]) if words else 30
+
+
+def _extra(manifest: dict[str, Any], active: str) -> tuple[str, ...]:
+    """The profile's own kernel arguments, as the active slot's entry carries them."""
+    words = manifest["slots"][active].get("cmdline", "").split('" ', 1)[-1].split()
+    ours = ("dm-mod.waitfor=", "root=", "rootfstype=", "ro", "clip.slot=")
+    return tuple(w for w in words if not any(w == o or (o.endswith("=") and w.startswith(o)) for o in ours))
