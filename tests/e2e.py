@@ -8,6 +8,7 @@ tests run first (files sort that way); the image tests then reuse what they buil
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +26,9 @@ class Project:
         self.root = base / "proj"
         for sub in ("profiles", "jails", "kernel-patches", "overlays"):
             shutil.copytree(ROOT / sub, self.root / sub)
-        self.env = {"CLIPBUILD_BINPKGS": str(base / "binpkgs")}
+        # CLIPBUILD_E2E_STORE: a warm store to iterate on image or update tests (the build tests then fail:
+        # they check that everything is compiled from source).
+        self.env = {"CLIPBUILD_BINPKGS": os.environ.get("CLIPBUILD_E2E_STORE") or str(base / "binpkgs")}
         self.workdir = base / "work"
 
     def clipbuild(self, *args: str, workdir: Path | None = None) -> Result:
