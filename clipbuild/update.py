@@ -170,8 +170,9 @@ def journal_path(image: Path) -> Path:
     return image.with_name(image.name + JOURNAL_SUFFIX)
 
 
-def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules = Rules(),
+def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = None,
           progress: Callable[[str], None] = lambda message: None) -> Outcome:
+    rules = rules or Rules()
     found = inspection.read(image)
     manifest = found.manifest
     active = found.active_slot
