@@ -97,6 +97,8 @@ def apply_cmd(opts: Any, image: str, repo: Path, policy: Path | None, max_age: i
         click.echo(f"note: {note}")
     if outcome.updated == "nothing":
         click.echo(f"{path.name}: nothing to update (slot {outcome.slot}, {outcome.version})")
+    elif outcome.updated == "apps":
+        click.echo(f"{path.name}: apps updated in place on slot {outcome.slot}")
     else:
         click.echo(f"{path.name}: core {outcome.previous_version} -> {outcome.version} in slot {outcome.slot}, "
                    f"which boots next; slot {outcome.previous_slot} stays as the previous version")

@@ -19,7 +19,6 @@ import datetime as dt
 import email.utils
 import gzip
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 
 from debian.deb822 import Deb822
 
-from clipbuild import bootloader, fsimage, gpt, inspection, install, slot, trust
+from clipbuild import appsupdate, bootloader, fsimage, gpt, imageedit, inspection, install, slot, trust
 from clipbuild.errors import ClipbuildError, ImageError
 from clipbuild.plan import sha256_file
 from clipbuild.repository import CONF, Package, read_package
@@ -36,7 +35,6 @@ from clipbuild.run import run
 
 PRIORITY = {"core": "required", "apps": "important"}
 CONFFILES = "etc/clip_update/conffiles.list"
-JOURNAL_SUFFIX = ".clipbuild-update.json"
 
 
 class UpdateRefused(ClipbuildError):
@@ -153,7 +151,7 @@ def _release_date(part: RepoPart, rules: Rules) -> list[str]:
 @dataclass
 class Outcome:
     image: Path
-    updated: str  # what was done: "core", "nothing"
+    updated: str  # what was done: "core", "apps" or "nothing"
     slot: str  # the slot that is active now
     previous_slot: str
     version: str
@@ -166,47 +164,42 @@ class Outcome:
                 "previous_version": self.previous_version, "notes": self.notes}
 
 
-def journal_path(image: Path) -> Path:
-    return image.with_name(image.name + JOURNAL_SUFFIX)
-
-
 def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = None,
           progress: Callable[[str], None] = lambda message: None) -> Outcome:
     rules = rules or Rules()
+    notes = [note] if (note := appsupdate.recover(image)) else []
     found = inspection.read(image)
     manifest = found.manifest
     active = found.active_slot
     if active not in manifest["slots"]:
         raise ImageError(f"{image}: extlinux.conf selects no known slot", hint="clipbuild update rollback IMAGE")
     target = next(s for s in sorted(manifest["slots"]) if s != active)
-    notes = []
-    if journal_path(image).exists():
-        previous = json.loads(journal_path(image).read_text())
+    if imageedit.journal_path(image).exists():
+        previous = json.loads(imageedit.journal_path(image).read_text())
         notes.append(f"an update to slot {previous['target']} ({previous['version']}) was interrupted "
                      f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
     parts = read_repository(repo)
-    installed = _installed(manifest, active)
+    installed = imageedit.installed(manifest, active)
     reasons = [r for part in parts.values() for r in check_part(part, policy, installed.get(part.name, {}), rules)]
     if reasons:
         raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}", reasons)
-    core = parts.get("clip-core")
+    core, apps = parts.get("clip-core"), parts.get("clip-apps")
     old_version = manifest["slots"][active]["version"]
     if core is None or compare_versions(core.conf.version, installed["clip-core"].get(core.conf.name, "0")) == 0:
-        return Outcome(image, "nothing", active, target, old_version, old_version,
-                       [*notes, "the core in the repository is the one installed"])
+        if apps is None or compare_versions(apps.conf.version,
+                                            installed.get("clip-apps", {}).get(apps.conf.name, "0")) == 0:
+            return Outcome(image, "nothing", active, target, old_version, old_version,
+                           [*notes, "the core and the apps in the repository are the ones installed"])
+        progress(f"apps {apps.conf.name} {apps.conf.version} on the running slot {active}")
+        with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
+            info = appsupdate.apply_apps(found, apps.members, Path(tmp), progress)
+            imageedit.write_manifest(found, {**manifest, "slots": {**manifest["slots"], active: info},
+                                             "packages": info["packages"]}, Path(tmp))
+        return Outcome(image, "apps", active, target, old_version, old_version, notes)
     progress(f"core {old_version} -> {core.conf.version} into slot {target}")
     with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
         _apply_core(found, parts, target, Path(tmp), progress)
     return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
-
-
-def _installed(manifest: dict[str, Any], slot_name: str) -> dict[str, dict[str, str]]:
-    """Per set, package -> version installed in a slot (from the manifest on the boot partition)."""
-    entries = manifest["slots"][slot_name].get("packages") or manifest["packages"]
-    out: dict[str, dict[str, str]] = {}
-    for entry in entries:
-        out.setdefault(entry["set"], {})[entry["package"]] = entry["version"]
-    return out
 
 
 def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
@@ -215,7 +208,7 @@ def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     active = found.active_slot or ""
     slices = [gpt.Slice(**{**p, "options": tuple(p["options"])}) for p in manifest["partitions"]]
     by_label = {s.label: s for s in slices}
-    old_mounts = _Ext4(found, f"mounts_{active}", scratch)
+    old_mounts = imageedit.Ext4(found, f"mounts_{active}", scratch)
     old_mirror = old_mounts.copy("/var/pkg/mirrors")
     pool = {name: [p.path for p in part.members] for name, part in parts.items() if part.dist == "clip"}
     if "clip-apps" not in pool:  # apps unchanged: the slot keeps the ones installed now
@@ -241,39 +234,38 @@ def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     fsimage.ext4(trees["mounts"], files[mounts_part.label], date, mounts_part.size,
                  gpt.stable_guid(manifest["species"], "fs", mounts_part.label).lower(), label=mounts_part.label)
     info["kernel_sha256"] = sha256_file(trees["root"] / "boot" / "vmlinuz-clip")
-    info["packages"] = _package_entries(pool)
+    info["packages"] = imageedit.package_entries(pool)
     slots = {**manifest["slots"], target: info}
     # Everything is built: only now is the image written, the inactive slot first, the switch last.
-    journal = _Journal(image, target, version)
+    journal = imageedit.Journal(image, target, version)
     journal.step("writing the partitions of the inactive slot")
     for label, source in files.items():
-        _replace_partition(image, by_label[label], source)
+        imageedit.replace_partition(image, by_label[label], source)
     journal.step("writing the inactive slot's kernel and boot entries")
-    boot = f"{image}@@{found.entry(_boot_label(manifest)).start}"
+    boot = f"{image}@@{found.entry(imageedit.boot_label(manifest)).start}"
     fsimage.vfat_replace(boot, bootloader.kernel_name(target), trees["root"] / "boot" / "vmlinuz-clip", date)
     guids = {s.label: s.guid for s in slices}
     release = (trees["root"] / "etc" / "shared" / "clip-release").read_text().strip()
     title = f"{release} ({manifest['species']})"
     configs = bootloader.configs(title, _timeout(found, active, scratch), slots, guids, _extra(manifest, active))
-    _write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(target)}", configs[target],
+    imageedit.write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(target)}", configs[target],
                      scratch, date)
     journal.step("switching to the new slot")
-    _write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(target), scratch, date)
+    imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(target), scratch, date)
     journal.step("updating the previous slot's entries and the manifest")
-    _write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}", configs[active],
+    imageedit.write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}", configs[active],
                      scratch, date)
     info["cmdline"] = bootloader.slot_boot(target, info, guids).cmdline(_extra(manifest, active))
     info["release"] = release
     new_manifest = {**manifest, "slots": slots, "active_slot": target, "version": version, "release": release,
                     "packages": info["packages"]}
-    new_manifest.pop("image", None)
-    _write_boot_file(boot, "clip/manifest.json", json.dumps(new_manifest, indent=2, sort_keys=True) + "\n",
-                     scratch, date)
+    imageedit.write_manifest(found, new_manifest, scratch)
     journal.done()
 
 
 def rollback(image: Path) -> tuple[str, str]:
     """Make the other slot active again, once its root verifies against its boot entry: (from, to)."""
+    appsupdate.recover(image)
     found = inspection.read(image)
     active = found.active_slot or ""
     other = next((s for s in sorted(found.manifest["slots"]) if s != active), None)
@@ -285,58 +277,18 @@ def rollback(image: Path) -> tuple[str, str]:
         if not report.ok:
             failed = "; ".join(f"{what}: {detail}" for what, ok, detail in report.checks if not ok)
             raise ImageError(f"{image}: slot {other} does not verify, not switching to it ({failed})")
-        boot = f"{image}@@{found.entry(_boot_label(found.manifest)).start}"
+        boot = f"{image}@@{found.entry(imageedit.boot_label(found.manifest)).start}"
         date = found.manifest["source_date_epoch"]
-        _write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), Path(tmp), date)
+        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), Path(tmp), date)
         info = found.manifest["slots"][other]
         manifest = {**found.manifest, "active_slot": other, "version": info["version"],
                     "release": info.get("release", found.manifest["release"]),
                     "packages": info.get("packages", found.manifest["packages"])}
-        _write_boot_file(boot, "clip/manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n",
-                         Path(tmp), date)
+        imageedit.write_manifest(found, manifest, Path(tmp))
     return active, other
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-class _Journal:
-    """`<image>.clipbuild-update.json`: the update under way and how far it got (CLIP's clip_install_boot.lck)."""
-
-    def __init__(self, image: Path, target: str, version: str):
-        self.path, self.data = journal_path(image), {"target": target, "version": version, "state": ""}
-
-    def step(self, state: str) -> None:
-        self.data["state"] = state
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data) + "\n")
-        os.replace(tmp, self.path)
-        if os.environ.get("CLIPBUILD_UPDATE_FAULT") == state:  # tests: die here, as a power cut would
-            os._exit(9)
-
-    def done(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _boot_label(manifest: dict[str, Any]) -> str:
-    return next(p["label"] for p in manifest["partitions"] if p["mount"] == "/boot")
-
-
-class _Ext4:
-    """An ext4 partition of the image, copied out once (sparse), read with debugfs: no mount, no root."""
-
-    def __init__(self, found: inspection.Inspection, label: str, scratch: Path):
-        entry = found.entry(label)
-        self.file, self.scratch, self.count = scratch / f"{label}.img", scratch, 0
-        gpt.copy_out(found.image, entry.start, entry.size, self.file)
-
-    def copy(self, path: str) -> Path:
-        """The file or folder at `path` copied out; the returned path does not exist when it is absent."""
-        self.count += 1
-        out = self.scratch / f"copy-{self.count}"
-        out.mkdir()
-        run(["debugfs", "-R", f"rdump {path} {out}", self.file])
-        return out / Path(path).name
 
 
 def _mirror_debs(folder: Path, priority: str) -> list[Path]:
@@ -353,7 +305,7 @@ def _installed_files(manifest: dict[str, Any], slot_name: str, sets: tuple[str, 
     return out
 
 
-def _carry_configuration(old_mounts: _Ext4, trees: dict[str, Path]) -> None:
+def _carry_configuration(old_mounts: imageedit.Ext4, trees: dict[str, Path]) -> None:
     """The local configuration the new root's conffiles.list names (paths on /mounts), copied from the
     active slot's mounts partition, replacing what the packages installed."""
     listing = trees["root"] / CONFFILES
@@ -374,31 +326,8 @@ def _carry_configuration(old_mounts: _Ext4, trees: dict[str, Path]) -> None:
             copied.rename(target)
 
 
-def _package_entries(pool: dict[str, list[Path]]) -> list[dict[str, str]]:
-    out = []
-    for set_name, debs in pool.items():
-        for deb in debs:
-            fields = read_package(deb).fields
-            out.append({"set": set_name, "package": fields["Package"], "version": fields["Version"],
-                        "file": deb.name, "sha256": sha256_file(deb)})
-    return out
-
-
-def _replace_partition(image: Path, part: gpt.Slice, source: Path) -> None:
-    """The partition's old content dropped (a hole, reading as zeros), then the new filesystem copied in."""
-    run(["fallocate", "--punch-hole", "--keep-size", "--offset", str(part.start), "--length", str(part.size),
-         image])
-    gpt.copy_into(image, part, source)
-
-
-def _write_boot_file(boot: str, target: str, text: str, scratch: Path, date: int) -> None:
-    source = scratch / Path(target).name
-    source.write_text(text)
-    fsimage.vfat_replace(boot, target, source, date)
-
-
 def _timeout(found: inspection.Inspection, active: str, scratch: Path) -> int:
-    text = inspection.read_boot_file(found.image, found.entry(_boot_label(found.manifest)).start,
+    text = inspection.read_boot_file(found.image, found.entry(imageedit.boot_label(found.manifest)).start,
                                      f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}", scratch)
     words = [line.split() for line in text.splitlines() if line.startswith("TIMEOUT ")]
     return int(words[0][1]) if words else 30

@@ -152,3 +152,81 @@ def test_an_update_killed_half_way_leaves_n_booting(releases, image, state):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"was interrupted at '{state}'" in resumed.stdout
     assert not Path(str(image) + ".clipbuild-update.json").exists()
+
+
+@pytest.fixture(scope="module")
+def apps_release(releases, e2e_project, tmp_path_factory) -> dict:
+    """N with clip-apps-conf 4.5.1: an apps-only update."""
+    proj = _project(tmp_path_factory.mktemp("apps"), e2e_project.env["CLIPBUILD_BINPKGS"], int(time.time()) - DAY)
+    conf = proj.root / "overlays" / "clip" / "clip-conf" / "clip-apps-conf"
+    shutil.copy(conf / "clip-apps-conf-4.5.0.ebuild", conf / "clip-apps-conf-4.5.1.ebuild")
+    return _release(proj)
+
+
+def _apps_release_file(image: Path, scratch: Path) -> str:
+    from clipbuild import gpt
+    from clipbuild.run import run
+
+    _, entries = gpt.read_table(image)
+    mounts = next(e for e in entries if e.label == "mounts_a")
+    gpt.copy_out(image, mounts.start, mounts.size, scratch / "mounts.img")
+    return run(["debugfs", "-R", "cat /usr/share/clip/clip-apps-release", scratch / "mounts.img"]).stdout.strip()
+
+
+def test_apps_are_updated_in_place_on_the_running_slot(releases, apps_release, image, tmp_path):
+    repo = Path(apps_release["repositories"][0]).parent.parent
+    applied = _run(releases, "update", "apply", str(image), str(repo), "--json")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    outcome = json.loads(applied.stdout)
+    assert (outcome["updated"], outcome["active_slot"]) == ("apps", "a")
+    assert _apps_release_file(image, tmp_path) == "4.5.1"
+    found = json.loads(_run(releases, "inspect", str(image), "--verify", "--json").stdout)
+    assert found["verify"]["ok"], [c for c in found["verify"]["checks"] if not c["ok"]]
+    assert {p["package"]: p["version"] for p in found["packages"]}["clip-apps-conf"] == "4.5.1"
+    assert _check(releases, image)["slot"] == "a"
+
+
+def _unmet_apps_repo(apps_release, tmp_path: Path) -> Path:
+    """clip-apps-conf 4.5.2, signed and countersigned, depending on a package nobody ships: dpkg fails."""
+    from clipbuild.run import run
+
+    repo = tmp_path / "repo-unmet"
+    shutil.copytree(Path(apps_release["repositories"][0]).parent.parent, repo)
+    pool = repo / "clip" / "clip-apps-conf" / "pool"
+    deb = next(pool.glob("clip-apps-conf_*.deb"))
+    tree = tmp_path / "tree"
+    run(["dpkg-deb", "-R", deb, tree])
+    control = tree / "DEBIAN" / "control"
+    text = control.read_text().replace("Version: 4.5.1", "Version: 4.5.2")
+    control.write_text(text.rstrip("\n") + "\nDepends: clip-missing (= 1.0)\n")
+    deb.unlink()
+    out = pool / "clip-apps-conf_4.5.2_amd64.deb"
+    run(["dpkg-deb", "--root-owner-group", "--build", tree, out])
+    pki = devpki.ensure()
+    out.write_bytes(sign_bytes(sign_bytes(out.read_bytes(), "developer", pki.developer), "controller",
+                               pki.controller))
+    _reindex(repo / "clip" / "clip-apps-conf")
+    return repo
+
+
+def test_a_failing_apps_update_rolls_back_and_writes_nothing(releases, apps_release, image, tmp_path):
+    before = image.read_bytes()
+    result = _run(releases, "update", "apply", str(image), str(_unmet_apps_repo(apps_release, tmp_path)))
+    assert result.returncode == 1
+    assert "the apps update failed and was rolled back; client.img was not written" in result.stderr
+    assert image.read_bytes() == before
+
+
+def test_an_apps_update_killed_while_writing_is_rolled_back_then_redone(releases, apps_release, image, tmp_path):
+    repo = Path(apps_release["repositories"][0]).parent.parent
+    releases["project"].env["CLIPBUILD_UPDATE_FAULT"] = "apps: old mounts partition content dropped"
+    try:
+        killed = _run(releases, "update", "apply", str(image), str(repo))
+    finally:
+        del releases["project"].env["CLIPBUILD_UPDATE_FAULT"]
+    assert killed.returncode == 9
+    resumed = _run(releases, "update", "apply", str(image), str(repo))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "the partition was rolled back from its backup" in resumed.stdout
+    assert _apps_release_file(image, tmp_path) == "4.5.1"
+    assert not list(image.parent.glob("*.backup"))
