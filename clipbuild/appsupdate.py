@@ -142,8 +142,12 @@ def _write_back(found: inspection.Inspection, active: str, stage: Path, scratch:
     part = next(gpt.Slice(**{**p, "options": tuple(p["options"])}) for p in manifest["partitions"]
                 if p["label"] == f"mounts_{active}")
     new = scratch / "mounts.img"
-    fsimage.ext4(mounts, new, date, part.size, gpt.stable_guid(manifest["species"], "fs", part.label).lower(),
-                 label=part.label)
+    try:
+        fsimage.ext4(mounts, new, date, part.size, gpt.stable_guid(manifest["species"], "fs", part.label).lower(),
+                     label=part.label)
+    except ClipbuildError as exc:
+        raise ImageError(f"apps update not applied: {exc.lines()[0]}", hint=f"nothing was written: {image.name} "
+                         f"is as it was; fix the cause and run the same command again") from exc
     backup = image.with_name(f"{image.name}.{part.label}.backup")
     entry = found.entry(part.label)
     gpt.copy_out(image, entry.start, entry.size, backup)

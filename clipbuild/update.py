@@ -202,9 +202,30 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
     return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
 
 
+@dataclass
+class _Built:
+    """A new slot, built and not yet written: filesystem files by partition label, its manifest entry."""
+
+    files: dict[str, Path]
+    info: dict[str, Any]
+    kernel: Path
+    release: str
+
+
 def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
                 progress: Callable[[str], None]) -> None:
-    manifest, image = found.manifest, found.image
+    try:
+        built = _build_core(found, parts, target, scratch, progress)
+    except ClipbuildError as exc:
+        raise ImageError(f"update not applied: {exc.lines()[0]}", hint=f"nothing was written: "
+                         f"{found.image.name} still boots slot {found.active_slot}; fix the cause and run the "
+                         "same command again") from exc
+    _write_core(found, built, target, scratch)
+
+
+def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
+                progress: Callable[[str], None]) -> _Built:
+    manifest = found.manifest
     active = found.active_slot or ""
     slices = [gpt.Slice(**{**p, "options": tuple(p["options"])}) for p in manifest["partitions"]]
     by_label = {s.label: s for s in slices}
@@ -235,29 +256,37 @@ def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
                  gpt.stable_guid(manifest["species"], "fs", mounts_part.label).lower(), label=mounts_part.label)
     info["kernel_sha256"] = sha256_file(trees["root"] / "boot" / "vmlinuz-clip")
     info["packages"] = imageedit.package_entries(pool)
+    info["release"] = (trees["root"] / "etc" / "shared" / "clip-release").read_text().strip()
+    return _Built(files, info, trees["root"] / "boot" / "vmlinuz-clip", info["release"])
+
+
+def _write_core(found: inspection.Inspection, built: _Built, target: str, scratch: Path) -> None:
+    """The inactive slot written first, the switch last (see the module's docstring for why)."""
+    manifest, image, info, files = found.manifest, found.image, built.info, built.files
+    active = found.active_slot or ""
+    slices = [gpt.Slice(**{**p, "options": tuple(p["options"])}) for p in manifest["partitions"]]
+    by_label = {s.label: s for s in slices}
+    version, date = info["version"], manifest["source_date_epoch"]
     slots = {**manifest["slots"], target: info}
-    # Everything is built: only now is the image written, the inactive slot first, the switch last.
     journal = imageedit.Journal(image, target, version)
     journal.step("writing the partitions of the inactive slot")
     for label, source in files.items():
         imageedit.replace_partition(image, by_label[label], source)
     journal.step("writing the inactive slot's kernel and boot entries")
     boot = f"{image}@@{found.entry(imageedit.boot_label(manifest)).start}"
-    fsimage.vfat_replace(boot, bootloader.kernel_name(target), trees["root"] / "boot" / "vmlinuz-clip", date)
+    fsimage.vfat_replace(boot, bootloader.kernel_name(target), built.kernel, date)
     guids = {s.label: s.guid for s in slices}
-    release = (trees["root"] / "etc" / "shared" / "clip-release").read_text().strip()
-    title = f"{release} ({manifest['species']})"
+    title = f"{built.release} ({manifest['species']})"
     configs = bootloader.configs(title, _timeout(found, active, scratch), slots, guids, _extra(manifest, active))
-    imageedit.write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(target)}", configs[target],
-                     scratch, date)
+    imageedit.write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(target)}",
+                              configs[target], scratch, date)
     journal.step("switching to the new slot")
     imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(target), scratch, date)
     journal.step("updating the previous slot's entries and the manifest")
-    imageedit.write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}", configs[active],
-                     scratch, date)
+    imageedit.write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}",
+                              configs[active], scratch, date)
     info["cmdline"] = bootloader.slot_boot(target, info, guids).cmdline(_extra(manifest, active))
-    info["release"] = release
-    new_manifest = {**manifest, "slots": slots, "active_slot": target, "version": version, "release": release,
+    new_manifest = {**manifest, "slots": slots, "active_slot": target, "version": version, "release": built.release,
                     "packages": info["packages"]}
     imageedit.write_manifest(found, new_manifest, scratch)
     journal.done()

@@ -180,3 +180,16 @@ def test_the_development_pki_signs_and_renews_its_crls(tmp_path):
     deb = _deb(tmp_path, "signed", {"usr/x": "x"}).read_bytes()
     signed = sign_bytes(sign_bytes(deb, "developer", pkis.developer, 0), "controller", pkis.controller, 0)
     assert verify_bytes(signed, load_policy(pkis.policy_path)).ok
+
+
+def test_a_tree_too_big_for_its_partition_is_named_before_anything_is_written(tmp_path):
+    from clipbuild import fsimage
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "big").write_bytes(os.urandom(3 << 20))
+    with pytest.raises(ImageError, match=r"the mounts_b filesystem needs .* MiB but its partition has 2\.0 MiB"):
+        fsimage.ext4(tree, tmp_path / "small.img", 0, 2 << 20, "0" * 8 + "-0000-4000-8000-" + "0" * 12,
+                     label="mounts_b")
+    with pytest.raises(ImageError, match=r"the root filesystem needs .* but its partition has 1\.0 MiB"):
+        fsimage.squashfs(tree, tmp_path / "root.img", 0, 1 << 20)
