@@ -38,7 +38,7 @@ from clipbuild.plan import (
     sha256_file,
     step_kind,
 )
-from clipbuild.portage_config import REPO_PATH, host_conf, render
+from clipbuild.portage_config import CCACHE_DIR, REPO_PATH, host_conf, render
 from clipbuild.project import Project
 
 OVERLAY = "overlays/clip"
@@ -105,7 +105,10 @@ class EmergeSet(StepKind):
             extra[JAILS] = binpkgs.tree_digest(list(tree.rglob("*")), tree)
         if opts.kernel_fragments:  # the kernel's patches, fragments and checker, for clip-kernel.eclass
             patches = ctx.source(KERNEL_DIR)
-            mounts += [Mount(patches, KERNEL_MOUNT), Mount(KCONFIG, KCONFIG_MOUNT)]
+            compiler_cache = buildroot.cache_dir() / "ccache"  # ccache: how fast, never what (not keyed)
+            compiler_cache.mkdir(parents=True, exist_ok=True)
+            mounts += [Mount(patches, KERNEL_MOUNT), Mount(KCONFIG, KCONFIG_MOUNT),
+                       Mount(compiler_cache, CCACHE_DIR, writable=True)]
             env.update({"CLIP_KERNEL_DIR": KERNEL_MOUNT, "CLIP_KERNEL_FRAGMENTS": " ".join(opts.kernel_fragments),
                         "CLIP_KCONFIG": KCONFIG_MOUNT})
             extra["kernel"] = " ".join([binpkgs.tree_digest(list(patches.rglob("*")), patches),

@@ -32,14 +32,14 @@ RECIPE_VERSION = 1  # bump when the way a build root is made changes
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "gcc", "libc6-dev", "make", "patch", "bzip2", "xz-utils", "zstd",
-                   "pax-utils", "file", "binutils", "cpio", "bc", "flex", "bison", "libelf-dev", "perl")
+                   "pax-utils", "file", "binutils", "cpio", "bc", "flex", "bison", "libelf-dev", "perl", "ccache")
 PORTAGE_VERSION = "3.0.83"
 PORTAGE_WHEEL = f"portage-{PORTAGE_VERSION}-py3-none-any.whl"
 PORTAGE_WHEEL_SHA256 = "25de95ad893cdf9abec2bf4d18217b3fc07756989c62d3e74bb1695cdf639402"
 # Where the bubblewrap mounts land inside every build root (created empty in the root). /build is a tmpfs in
 # every command, so callers may mount anything below it.
 MOUNT_POINTS = ("dev", "proc", "tmp", "etc/portage", "var/db/repos/clip", "var/cache/distfiles",
-                "var/cache/binpkgs", "var/log/portage", "build")
+                "var/cache/binpkgs", "var/cache/ccache", "var/log/portage", "build")
 PATH_IN_ROOT = "/opt/portage/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

@@ -3,7 +3,7 @@
 The files land in the build step's output (`portage/`) so they can be read when debugging, and are bound
 read-only onto /etc/portage in the build root. make.conf is a directory: `00-profile.conf` holds everything
 that decides what is built (and is part of every package's cache key); `90-host.conf` holds what only decides
-how fast (MAKEOPTS from the CPU count) and is not.
+how fast (MAKEOPTS from the CPU count, the compiler cache's place) and is not.
 """
 
 from __future__ import annotations
@@ -71,10 +71,14 @@ def make_conf(profile: Profile, dist: str, part: str, pset: PackageSet) -> str:
     return "\n".join(lines) + "\n"
 
 
+CCACHE_DIR = "/var/cache/ccache"  # where the build step mounts the machine's compiler cache
+
+
 def host_conf(jobs: int | None = None) -> str:
     jobs = jobs or len(os.sched_getaffinity(0))
     return ("# How fast, not what: not part of any cache key.\n"
-            f'MAKEOPTS="-j{jobs} -l{jobs}"\n')
+            f'MAKEOPTS="-j{jobs} -l{jobs}"\n'
+            f'CCACHE_DIR="{CCACHE_DIR}"\n')
 
 
 def _atom_lines(entries: dict[str, tuple[str, ...]] | tuple[str, ...]) -> str:

@@ -40,8 +40,10 @@ def test_species_use_differs(project):
 
 def test_host_settings_are_apart(project):
     conf = _conf(project, "client", "clip", "core")
-    assert conf.files["make.conf/90-host.conf"].endswith('MAKEOPTS="-j3 -l3"\n')
+    host = conf.files["make.conf/90-host.conf"].splitlines()
+    assert 'MAKEOPTS="-j3 -l3"' in host and 'CCACHE_DIR="/var/cache/ccache"' in host
     assert "MAKEOPTS" not in conf.files["make.conf/00-profile.conf"]
+    assert "CCACHE" not in conf.files["make.conf/00-profile.conf"]
 
 
 def test_repos_profile_and_package_files(project, scratch_with_base):

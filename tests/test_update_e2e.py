@@ -1,6 +1,9 @@
 """End to end: version N's client image updated to N+1 offline, booted in QEMU on the other slot, rolled back;
 repositories with a tampered, unsigned, developer-only or downgraded package refused; an update killed
-half-way leaves N booting. Runs after the build tests and reuses their package store."""
+half-way leaves N booting; apps updated in place, rolled back when dpkg fails, recovered when killed.
+
+N is the e2e project's own release (after the image tests, its image is built already); N+1 is a copy with
+baselayout-clip 4.5.1 (core) and clip-apps-conf 4.5.1 (apps), sharing the package store."""
 
 from __future__ import annotations
 
@@ -28,8 +31,11 @@ def _project(base: Path, store: str, date: int) -> Project:
 
 
 def _bump(proj: Project) -> None:
-    """Version N+1: baselayout-clip 4.5.1 (its clip-release says so), pinned by clip-core-conf 4.5.1."""
+    """Version N+1: baselayout-clip 4.5.1 (its clip-release says so), pinned by clip-core-conf 4.5.1, and
+    clip-apps-conf 4.5.1 (its clip-apps-release says so)."""
     overlay = proj.root / "overlays" / "clip"
+    apps = overlay / "clip-conf" / "clip-apps-conf"
+    shutil.copy(apps / "clip-apps-conf-4.5.0.ebuild", apps / "clip-apps-conf-4.5.1.ebuild")
     base = overlay / "clip-layout" / "baselayout-clip"
     shutil.copy(base / "baselayout-clip-4.5.0.ebuild", base / "baselayout-clip-4.5.1.ebuild")
     conf = overlay / "clip-conf" / "clip-core-conf"
@@ -47,12 +53,9 @@ def _release(proj: Project) -> dict:
 
 @pytest.fixture(scope="module")
 def releases(e2e_project: Project, tmp_path_factory) -> dict[str, dict]:
-    store = e2e_project.env["CLIPBUILD_BINPKGS"]
-    now = int(time.time())
-    old = _project(tmp_path_factory.mktemp("n"), store, now - 2 * DAY)
-    new = _project(tmp_path_factory.mktemp("n1"), store, now - DAY)
+    new = _project(tmp_path_factory.mktemp("n1"), e2e_project.env["CLIPBUILD_BINPKGS"], int(time.time()) - DAY)
     _bump(new)
-    return {"n": _release(old), "n1": _release(new), "project": old}
+    return {"n": _release(e2e_project), "n1": _release(new), "project": e2e_project}
 
 
 @pytest.fixture
@@ -155,12 +158,12 @@ def test_an_update_killed_half_way_leaves_n_booting(releases, image, state):
 
 
 @pytest.fixture(scope="module")
-def apps_release(releases, e2e_project, tmp_path_factory) -> dict:
-    """N with clip-apps-conf 4.5.1: an apps-only update."""
-    proj = _project(tmp_path_factory.mktemp("apps"), e2e_project.env["CLIPBUILD_BINPKGS"], int(time.time()) - DAY)
-    conf = proj.root / "overlays" / "clip" / "clip-conf" / "clip-apps-conf"
-    shutil.copy(conf / "clip-apps-conf-4.5.0.ebuild", conf / "clip-apps-conf-4.5.1.ebuild")
-    return _release(proj)
+def apps_repo(releases, tmp_path_factory) -> Path:
+    """N+1's repositories without the core one: an apps-only update (clip-apps-conf 4.5.1)."""
+    repo = tmp_path_factory.mktemp("apps") / "repo"
+    shutil.copytree(_repo(releases, "n1"), repo)
+    shutil.rmtree(repo / "clip" / "clip-core-conf")
+    return repo
 
 
 def _apps_release_file(image: Path, scratch: Path) -> str:
@@ -173,9 +176,8 @@ def _apps_release_file(image: Path, scratch: Path) -> str:
     return run(["debugfs", "-R", "cat /usr/share/clip/clip-apps-release", scratch / "mounts.img"]).stdout.strip()
 
 
-def test_apps_are_updated_in_place_on_the_running_slot(releases, apps_release, image, tmp_path):
-    repo = Path(apps_release["repositories"][0]).parent.parent
-    applied = _run(releases, "update", "apply", str(image), str(repo), "--json")
+def test_apps_are_updated_in_place_on_the_running_slot(releases, apps_repo, image, tmp_path):
+    applied = _run(releases, "update", "apply", str(image), str(apps_repo), "--json")
     assert applied.returncode == 0, applied.stderr[-3000:]
     outcome = json.loads(applied.stdout)
     assert (outcome["updated"], outcome["active_slot"]) == ("apps", "a")
@@ -186,12 +188,12 @@ def test_apps_are_updated_in_place_on_the_running_slot(releases, apps_release, i
     assert _check(releases, image)["slot"] == "a"
 
 
-def _unmet_apps_repo(apps_release, tmp_path: Path) -> Path:
+def _unmet_apps_repo(apps_repo: Path, tmp_path: Path) -> Path:
     """clip-apps-conf 4.5.2, signed and countersigned, depending on a package nobody ships: dpkg fails."""
     from clipbuild.run import run
 
     repo = tmp_path / "repo-unmet"
-    shutil.copytree(Path(apps_release["repositories"][0]).parent.parent, repo)
+    shutil.copytree(apps_repo, repo)
     pool = repo / "clip" / "clip-apps-conf" / "pool"
     deb = next(pool.glob("clip-apps-conf_*.deb"))
     tree = tmp_path / "tree"
@@ -209,16 +211,16 @@ def _unmet_apps_repo(apps_release, tmp_path: Path) -> Path:
     return repo
 
 
-def test_a_failing_apps_update_rolls_back_and_writes_nothing(releases, apps_release, image, tmp_path):
+def test_a_failing_apps_update_rolls_back_and_writes_nothing(releases, apps_repo, image, tmp_path):
     before = image.read_bytes()
-    result = _run(releases, "update", "apply", str(image), str(_unmet_apps_repo(apps_release, tmp_path)))
+    result = _run(releases, "update", "apply", str(image), str(_unmet_apps_repo(apps_repo, tmp_path)))
     assert result.returncode == 1
     assert "the apps update failed and was rolled back; client.img was not written" in result.stderr
     assert image.read_bytes() == before
 
 
-def test_an_apps_update_killed_while_writing_is_rolled_back_then_redone(releases, apps_release, image, tmp_path):
-    repo = Path(apps_release["repositories"][0]).parent.parent
+def test_an_apps_update_killed_while_writing_is_rolled_back_then_redone(releases, apps_repo, image, tmp_path):
+    repo = apps_repo
     releases["project"].env["CLIPBUILD_UPDATE_FAULT"] = "apps: old mounts partition content dropped"
     try:
         killed = _run(releases, "update", "apply", str(image), str(repo))

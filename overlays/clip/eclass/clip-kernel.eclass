@@ -10,10 +10,24 @@
 #    against the final .config: a dropped, renamed or changed option stops the build, named with its unmet
 #    dependency.
 #  - src_compile builds bzImage with fixed KBUILD_BUILD_* values, so it is reproducible.
+#  - When clipbuild mounts a writable compiler cache at ${CCACHE_DIR}, the compiler runs through ccache:
+#    the same sources and flags give the same objects, so only the time changes.
 #  - src_install ships /boot/vmlinuz-clip and the final configuration as /boot/config-${PV}-clip.
 
 CLIP_KERNEL_MAKE=( ARCH=x86_64 O="${WORKDIR}/build" KBUILD_BUILD_USER=clip KBUILD_BUILD_HOST=clipbuild
 	KBUILD_BUILD_VERSION=1 KBUILD_BUILD_TIMESTAMP="1970-01-01 00:00:00 UTC" HOSTCC="${BUILD_CC:-gcc}" )
+
+# make with the kernel's fixed variables, and ccache in front of the compiler when clipbuild mounted a
+# writable compiler cache. Portage disables ccache without FEATURES=ccache (CCACHE_DISABLE): the kernel
+# opts in by itself, so no other package's build changes.
+clip-kernel_emake() {
+	local args=( "${CLIP_KERNEL_MAKE[@]}" )
+	if [[ -n ${CCACHE_DIR} && -d ${CCACHE_DIR} && -w ${CCACHE_DIR} ]] && type -P ccache > /dev/null; then
+		local -x CCACHE_NODISABLE=1
+		args+=( CC="ccache ${CC:-gcc}" )
+	fi
+	emake "${args[@]}" "$@"
+}
 
 clip-kernel_check_environment() {
 	[[ -d ${CLIP_KERNEL_DIR} && -f ${CLIP_KERNEL_DIR}/series && -f ${CLIP_KCONFIG} && -n ${CLIP_KERNEL_FRAGMENTS} ]] ||
@@ -44,18 +58,21 @@ clip-kernel_fragments() {
 clip-kernel_src_configure() {
 	clip-kernel_check_environment
 	local fragments=( $(clip-kernel_fragments) )
-	emake -s "${CLIP_KERNEL_MAKE[@]}" tinyconfig
+	clip-kernel_emake -s tinyconfig
 	python3 "${CLIP_KCONFIG}" merge "${fragments[@]}" > "${T}/fragment" || die "reading the fragments failed"
 	echo "CONFIG_CLIP_BUILD_ID=\"${PVR}\"" >> "${T}/fragment"
 	( cd "${WORKDIR}" && "${S}"/scripts/kconfig/merge_config.sh -m -O build build/.config "${T}/fragment" ) \
 		> "${T}/merge.log" 2>&1 || { cat "${T}/merge.log"; die "merging the fragments failed"; }
-	emake -s "${CLIP_KERNEL_MAKE[@]}" olddefconfig
+	clip-kernel_emake -s olddefconfig
 	python3 "${CLIP_KCONFIG}" check --tree "${S}" --config "${WORKDIR}/build/.config" "${fragments[@]}" ||
 		die "kernel configuration: requested values were not kept (listed above)"
 }
 
 clip-kernel_src_compile() {
-	emake "${CLIP_KERNEL_MAKE[@]}" bzImage
+	clip-kernel_emake bzImage
+	if [[ -n ${CCACHE_DIR} && -w ${CCACHE_DIR} ]] && type -P ccache > /dev/null; then
+		CCACHE_NODISABLE=1 ccache --show-stats
+	fi
 }
 
 clip-kernel_src_install() {
