@@ -78,14 +78,16 @@ def apply_cmd(opts: Any, image: str, repo: Path, policy: Path | None, max_age: i
               as_json: bool) -> None:
     """Apply the update repositories under REPO to IMAGE (a file, or a species' latest image), in place.
 
-    \b
     Every package is checked first: both signatures, Priority and Distribution of its part, Impact, the
     conf package's Release-Date age, no downgrade. Then:
+
+    \b
       core newer: into the inactive slot (new root, dm-verity tree, mounts partition with the local
         configuration carried over, kernel, boot entry), the A/B switch flipped last: an update stopped
         at any point leaves the old slot booting;
       apps newer (core the same): in place on the running slot with CLIP's journal lists, rolled back
         when dpkg fails, the partition backed up beside the image while it is written.
+
     Back to the previous slot: clipbuild update rollback IMAGE
     """
     path = image_path(opts, image)
