@@ -39,3 +39,10 @@ class Project:
         result = self.clipbuild("build", species, "--json", workdir=workdir)
         assert result.returncode == 0, result.stderr[-3000:]
         return json.loads(result.stdout)
+
+
+def sparse_copy(source: str | Path, target: Path) -> Path:
+    """A copy of a disk image that keeps its holes: a 3 GiB image holds about 40 MiB of data, and plain copies
+    of it in every test would fill the disk."""
+    run(["cp", "--sparse=always", source, target])
+    return target

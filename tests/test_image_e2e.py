@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Project
+from tests.e2e import Project, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 DATE = "1700000000"
@@ -95,7 +95,7 @@ def _flip(path: Path, offset: int) -> None:
 
 def test_a_flipped_root_byte_fails_closed(project, client, tmp_path):
     broken = tmp_path / "broken.img"
-    shutil.copyfile(client["image"], broken)
+    sparse_copy(client["image"], broken)
     root = next(p for p in manifest(client)["partitions"] if p["label"] == "root_a")
     _flip(broken, root["start"] + 100)  # the squashfs superblock: read when the kernel mounts the root
     result = project.clipbuild("vm", str(broken), "--check", "--json", "--timeout", "240")

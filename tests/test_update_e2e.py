@@ -18,7 +18,7 @@ import pytest
 from clipbuild import devpki, repository
 from clipbuild.clipsig import read_layout
 from clipbuild.signer import sign_bytes
-from tests.e2e import Project
+from tests.e2e import Project, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 DAY = 86400
@@ -60,9 +60,7 @@ def releases(e2e_project: Project, tmp_path_factory) -> dict[str, dict]:
 
 @pytest.fixture
 def image(releases, tmp_path) -> Path:
-    path = tmp_path / "client.img"
-    shutil.copyfile(releases["n"]["image"], path)
-    return path
+    return sparse_copy(releases["n"]["image"], tmp_path / "client.img")
 
 
 def _run(releases, *args: str):
