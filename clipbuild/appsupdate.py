@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clipbuild import fsimage, gpt, imageedit, inspection, install
+from clipbuild import fsimage, gpt, imageedit, inspection, install, slot
 from clipbuild.errors import ClipbuildError, ImageError
 from clipbuild.repository import Package
 from clipbuild.run import run
@@ -43,7 +43,8 @@ def apply_apps(found: inspection.Inspection, members: tuple[Package, ...], scrat
     if info["fs"] != "squashfs":
         raise ImageError(f"apps updates read the running root as squashfs; slot {active} is {info['fs']}")
     stage = _stage(found, active, info, scratch)
-    old = {e["package"]: e for e in (info.get("packages") or manifest["packages"]) if e["set"] == "clip-apps"}
+    installed = inspection.slot_packages(manifest, active)
+    old = {e["package"]: e for e in installed if e["set"] == "clip-apps"}
     new = {p.name: p for p in members}
     lists = {"pending": sorted(p.path.name for p in members),
              "installing": sorted(n for n in new if n not in old),
@@ -66,7 +67,7 @@ def apply_apps(found: inspection.Inspection, members: tuple[Package, ...], scrat
     for member in members:
         shutil.copyfile(member.path, mirror / member.path.name)
     _write_back(found, active, stage, scratch, progress)
-    entries = [e for e in (info.get("packages") or manifest["packages"]) if e["set"] != "clip-apps"]
+    entries = [e for e in installed if e["set"] != "clip-apps"]
     entries += imageedit.package_entries({"clip-apps": [p.path for p in members]})
     return {**info, "packages": entries}
 
@@ -81,8 +82,7 @@ def recover(image: Path) -> str | None:
         return None
     found = inspection.read(image)
     label = f"mounts_{data['target']}"
-    part = next(gpt.Slice(**{**p, "options": tuple(p["options"])}) for p in found.manifest["partitions"]
-                if p["label"] == label)
+    part = found.slice(label)
     imageedit.replace_partition(image, part, Path(data["backup"]))
     Path(data["backup"]).unlink()
     journal.unlink()
@@ -139,12 +139,10 @@ def _write_back(found: inspection.Inspection, active: str, stage: Path, scratch:
     mounts = stage / "mounts"
     date = manifest["source_date_epoch"]
     install.normalise_tree(mounts, date)
-    part = next(gpt.Slice(**{**p, "options": tuple(p["options"])}) for p in manifest["partitions"]
-                if p["label"] == f"mounts_{active}")
+    part = found.slice(f"mounts_{active}")
     new = scratch / "mounts.img"
     try:
-        fsimage.ext4(mounts, new, date, part.size, gpt.stable_guid(manifest["species"], "fs", part.label).lower(),
-                     label=part.label)
+        slot.ext4_filesystem(part, mounts, new, date, manifest["species"])
     except ClipbuildError as exc:
         raise ImageError(f"apps update not applied: {exc.lines()[0]}", hint=f"nothing was written: {image.name} "
                          f"is as it was; fix the cause and run the same command again") from exc

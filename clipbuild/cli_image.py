@@ -130,7 +130,7 @@ def inspect_cmd(opts: Any, image: str, verify: bool, policy: Path | None, as_jso
     data = found.to_dict()
     report = None
     if verify:
-        report = inspection.verify(found, trust.load_policy(_verify_policy(found.manifest, policy)))
+        report = inspection.verify(found, trust.load_policy(image_policy(found.manifest, policy, "--verify of")))
         data["verify"] = report.to_dict()
     if as_json:
         _emit(data)
@@ -140,12 +140,14 @@ def inspect_cmd(opts: Any, image: str, verify: bool, policy: Path | None, as_jso
         sys.exit(1)
 
 
-def _verify_policy(manifest: dict[str, Any], policy: Path | None) -> Path:
+def image_policy(manifest: dict[str, Any], policy: Path | None, what: str) -> Path:
+    """The trust policy for work on an image: --policy, else the development PKI's for a development image;
+    `what` names the work in the error a release image without --policy gets."""
     if policy is not None:
         return policy
-    if manifest["signing"] == "development" and (devpki.location() / "policy.yaml").is_file():
+    if manifest["signing"] == "development":
         return devpki.location() / "policy.yaml"
-    raise InputError("--verify of a release image needs the release trust policy: --policy FILE")
+    raise InputError(f"{what} a release image needs the release trust policy: --policy FILE")
 
 
 def _format(data: dict[str, Any]) -> str:

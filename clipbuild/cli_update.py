@@ -9,9 +9,8 @@ from typing import Any
 
 import click
 
-from clipbuild import devpki, repository, trust, update
-from clipbuild.cli_image import build_image, image_path, signing_options
-from clipbuild.errors import InputError
+from clipbuild import inspection, repository, trust, update
+from clipbuild.cli_image import build_image, image_path, image_policy, signing_options
 from clipbuild.profile import resolve
 from clipbuild.slot import CLIP_SETS, RM_SETS
 
@@ -41,7 +40,7 @@ def release_cmd(opts: Any, species: str, release: bool, batches: tuple[Path, ...
                                  offline=offline, as_json=as_json, out_dir=out_dir)
     debs = sorted(p for name in (*CLIP_SETS, *RM_SETS) if (executor.workdir / "steps" / species / f"sign/{name}")
                   .exists() for p in (executor.output(species, f"sign/{name}") / "debs").glob("*.deb"))
-    policy_path = policy or _image_policy(done.manifest)
+    policy_path = image_policy(json.loads(done.manifest.read_text()), policy, "publishing")
     written = repository.publish(debs, trust.load_policy(policy_path), out_dir / "repo")
     if as_json:
         click.echo(json.dumps({"image": str(done.image), "manifest": str(done.manifest),
@@ -50,13 +49,6 @@ def release_cmd(opts: Any, species: str, release: bool, batches: tuple[Path, ...
     click.echo(f"{done.image}")
     for path in written:
         click.echo(f"{path}")
-
-
-def _image_policy(manifest_path: Path) -> Path:
-    manifest = json.loads(manifest_path.read_text())
-    if manifest["signing"] == "development":
-        return devpki.location() / "policy.yaml"
-    raise InputError("a release needs its trust policy to publish: --policy FILE")
 
 
 @click.group("update")
@@ -91,7 +83,7 @@ def apply_cmd(opts: Any, image: str, repo: Path, policy: Path | None, max_age: i
     Back to the previous slot: clipbuild update rollback IMAGE
     """
     path = image_path(opts, image)
-    found_policy = policy or _default_policy(path)
+    found_policy = image_policy(inspection.read(path).manifest, policy, "updating")
     rules = update.Rules(maximum_age_days=max_age, install_high_impact=allow_high_impact)
     outcome = update.apply(path, repo, trust.load_policy(found_policy), rules,
                            progress=lambda message: click.echo(f"update: {message}", err=True))
@@ -107,15 +99,6 @@ def apply_cmd(opts: Any, image: str, repo: Path, policy: Path | None, max_age: i
     else:
         click.echo(f"{path.name}: core {outcome.previous_version} -> {outcome.version} in slot {outcome.slot}, "
                    f"which boots next; slot {outcome.previous_slot} stays as the previous version")
-
-
-def _default_policy(path: Path) -> Path:
-    from clipbuild import inspection
-
-    manifest = inspection.read(path).manifest
-    if manifest["signing"] == "development":
-        return devpki.location() / "policy.yaml"
-    raise InputError("updating a release image needs the release trust policy: --policy FILE")
 
 
 @update_group.command("rollback")

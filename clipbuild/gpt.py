@@ -55,6 +55,11 @@ class Slice:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Slice:
+        """A slice as the plan and the manifest store it (JSON: options is a list)."""
+        return cls(**{**data, "options": tuple(data["options"])})
+
 
 def stable_guid(*words: str) -> str:
     """A GUID derived from `words` (same image identity, same GUID), shaped as a random (v4) UUID."""

@@ -56,7 +56,7 @@ class ImageOptions:
 
     @property
     def file_name(self) -> str:
-        return f"{self.species}-{self.version}.img"
+        return image_name(self.species, self.version)
 
 
 def image_name(species: str, version: str) -> str:
@@ -70,7 +70,7 @@ class AssembleImage(StepKind):
     Options = ImageOptions
     outputs = (MANIFEST,)
     tools = ("dpkg", "dpkg-deb", "mksquashfs", "veritysetup", "mkfs.ext4", "debugfs", "mkfs.vfat", "mcopy",
-             "mmd", "syslinux", "sgdisk", "dd")
+             "mmd", "syslinux", "sgdisk")
 
     def parse_options(self, options: dict) -> ImageOptions:
         data = dict(options)
@@ -87,7 +87,7 @@ class Assembly:
 
     def __init__(self, ctx: StepContext, opts: ImageOptions):
         self.ctx, self.opts = ctx, opts
-        self.slices = [gpt.Slice(**{**s, "options": tuple(s["options"])}) for s in opts.slices]
+        self.slices = [gpt.Slice.from_dict(s) for s in opts.slices]
         self.scratch = ctx.scratch
         self.work = ctx.scratch / "fs"
         self.work.mkdir()
@@ -160,15 +160,12 @@ class Assembly:
                 slots[part.slot] = self._verity(part, files)
             else:
                 files[part.label] = self.work / f"{part.label}.img"
-                fsimage.ext4(self._tree_for(part, trees), files[part.label], self.opts.date, part.size,
-                             self._guid("fs", part.label).lower(), label=part.label)
+                slot.ext4_filesystem(part, self._tree_for(part, trees), files[part.label], self.opts.date,
+                                     self.opts.species)
         kernel = sha256_file(trees["root"] / "boot" / "vmlinuz-clip")
         for info in slots.values():
             info["kernel_sha256"] = kernel
         return files, slots
-
-    def _guid(self, *words: str) -> str:
-        return gpt.stable_guid(self.opts.species, *words)
 
     def _root_fs(self, part: gpt.Slice, tree: Path, files: dict[str, Path]) -> Path:
         """The read-only root; slot B starts as a copy of slot A, so the same filesystem file serves both."""

@@ -42,10 +42,6 @@ class Journal:
         self.path.unlink(missing_ok=True)
 
 
-def boot_label(manifest: dict[str, Any]) -> str:
-    return next(p["label"] for p in manifest["partitions"] if p["mount"] == "/boot")
-
-
 class Ext4:
     """An ext4 partition of the image, copied out once (sparse), read with debugfs: no mount, no root."""
 
@@ -65,9 +61,8 @@ class Ext4:
 
 def installed(manifest: dict[str, Any], slot_name: str) -> dict[str, dict[str, str]]:
     """Per set, package -> version installed in a slot (from the manifest on the boot partition)."""
-    entries = manifest["slots"][slot_name].get("packages") or manifest["packages"]
     out: dict[str, dict[str, str]] = {}
-    for entry in entries:
+    for entry in inspection.slot_packages(manifest, slot_name):
         out.setdefault(entry["set"], {})[entry["package"]] = entry["version"]
     return out
 
@@ -102,7 +97,6 @@ def write_boot_file(boot: str, target: str, text: str, scratch: Path, date: int)
 
 def write_manifest(found: inspection.Inspection, manifest: dict[str, Any], scratch: Path) -> None:
     """The manifest on the boot partition (clip/manifest.json), rewritten."""
-    boot = f"{found.image}@@{found.entry(boot_label(manifest)).start}"
     data = {k: v for k, v in manifest.items() if k != "image"}
-    write_boot_file(boot, "clip/manifest.json", json.dumps(data, indent=2, sort_keys=True) + "\n", scratch,
+    write_boot_file(found.mtools(), "clip/manifest.json", json.dumps(data, indent=2, sort_keys=True) + "\n", scratch,
                     manifest["source_date_epoch"])

@@ -39,11 +39,18 @@ class Inspection:
                 return e
         raise ImageError(f"{self.image}: no partition labelled {label}")
 
-    def mtools(self) -> str:
-        return f"{self.image}@@{self.entry(self._boot_label()).start}"
+    def boot(self) -> gpt.Entry:
+        return self.entry(next(p["label"] for p in self.manifest["partitions"] if p["mount"] == "/boot"))
 
-    def _boot_label(self) -> str:
-        return next(p["label"] for p in self.manifest["partitions"] if p["mount"] == "/boot")
+    def mtools(self) -> str:
+        """The boot partition as mtools addresses it inside the image file."""
+        return f"{self.image}@@{self.boot().start}"
+
+    def slices(self) -> list[gpt.Slice]:
+        return [gpt.Slice.from_dict(p) for p in self.manifest["partitions"]]
+
+    def slice(self, label: str) -> gpt.Slice:
+        return next(s for s in self.slices() if s.label == label)
 
     def to_dict(self) -> dict[str, Any]:
         m = self.manifest
@@ -58,6 +65,11 @@ class Inspection:
             "packages": [{k: p[k] for k in ("set", "package", "version", "sha256")} for p in m["packages"]],
             "signers": m["signers"],
         }
+
+
+def slot_packages(manifest: dict[str, Any], slot: str) -> list[dict[str, Any]]:
+    """What the manifest says a slot holds (images from before per-slot lists: the image's list)."""
+    return manifest["slots"][slot].get("packages") or manifest["packages"]
 
 
 def read_boot_file(image: Path, start: int, name: str, scratch: Path) -> str:
@@ -152,7 +164,7 @@ def verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Pat
 
 def _verify_packages(found: Inspection, policy: trust.Policy, scratch: Path, report: Report) -> None:
     for slot in sorted(found.manifest["slots"]):
-        entries = found.manifest["slots"][slot].get("packages") or found.manifest["packages"]
+        entries = slot_packages(found.manifest, slot)
         expected = {f"{p['set'].split('-')[0]}/{p['file']}": p for p in entries}
         label = f"mounts_{slot}"
         entry = found.entry(label)

@@ -55,6 +55,12 @@ def root_filesystem(part: gpt.Slice, tree: Path, out: Path, date: int, species: 
         fsimage.squashfs(tree, out, date, part.size)
 
 
+def ext4_filesystem(part: gpt.Slice, tree: Path | None, out: Path, date: int, species: str) -> None:
+    """An ext4 partition's filesystem, its UUID fixed by species and partition label (the same at first
+    install and after updates)."""
+    fsimage.ext4(tree, out, date, part.size, gpt.stable_guid(species, "fs", part.label).lower(), label=part.label)
+
+
 def salt(species: str, label: str) -> str:
     return hashlib.sha256(f"clipbuild:{species}:salt:{label}".encode()).hexdigest()
 

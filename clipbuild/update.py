@@ -27,7 +27,7 @@ from typing import Any
 
 from debian.deb822 import Deb822
 
-from clipbuild import appsupdate, bootloader, fsimage, gpt, imageedit, inspection, install, slot, trust
+from clipbuild import appsupdate, bootloader, fsimage, imageedit, inspection, install, slot, trust
 from clipbuild.errors import ClipbuildError, ImageError
 from clipbuild.plan import sha256_file
 from clipbuild.repository import CONF, Package, read_package
@@ -227,7 +227,7 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
                 progress: Callable[[str], None]) -> _Built:
     manifest = found.manifest
     active = found.active_slot or ""
-    slices = [gpt.Slice(**{**p, "options": tuple(p["options"])}) for p in manifest["partitions"]]
+    slices = found.slices()
     by_label = {s.label: s for s in slices}
     old_mounts = imageedit.Ext4(found, f"mounts_{active}", scratch)
     old_mirror = old_mounts.copy("/var/pkg/mirrors")
@@ -252,8 +252,7 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     slot.root_filesystem(root_part, trees["root"], files[root_part.label], date, manifest["species"])
     info = slot.verity(root_part, files[root_part.label], files[f"{root_part.label}_verity"],
                        manifest["species"], version)
-    fsimage.ext4(trees["mounts"], files[mounts_part.label], date, mounts_part.size,
-                 gpt.stable_guid(manifest["species"], "fs", mounts_part.label).lower(), label=mounts_part.label)
+    slot.ext4_filesystem(mounts_part, trees["mounts"], files[mounts_part.label], date, manifest["species"])
     info["kernel_sha256"] = sha256_file(trees["root"] / "boot" / "vmlinuz-clip")
     info["packages"] = imageedit.package_entries(pool)
     info["release"] = (trees["root"] / "etc" / "shared" / "clip-release").read_text().strip()
@@ -264,7 +263,7 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
     """The inactive slot written first, the switch last (see the module's docstring for why)."""
     manifest, image, info, files = found.manifest, found.image, built.info, built.files
     active = found.active_slot or ""
-    slices = [gpt.Slice(**{**p, "options": tuple(p["options"])}) for p in manifest["partitions"]]
+    slices = found.slices()
     by_label = {s.label: s for s in slices}
     version, date = info["version"], manifest["source_date_epoch"]
     slots = {**manifest["slots"], target: info}
@@ -273,7 +272,7 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
     for label, source in files.items():
         imageedit.replace_partition(image, by_label[label], source)
     journal.step("writing the inactive slot's kernel and boot entries")
-    boot = f"{image}@@{found.entry(imageedit.boot_label(manifest)).start}"
+    boot = found.mtools()
     fsimage.vfat_replace(boot, bootloader.kernel_name(target), built.kernel, date)
     guids = {s.label: s.guid for s in slices}
     title = f"{built.release} ({manifest['species']})"
@@ -306,7 +305,7 @@ def rollback(image: Path) -> tuple[str, str]:
         if not report.ok:
             failed = "; ".join(f"{what}: {detail}" for what, ok, detail in report.checks if not ok)
             raise ImageError(f"{image}: slot {other} does not verify, not switching to it ({failed})")
-        boot = f"{image}@@{found.entry(imageedit.boot_label(found.manifest)).start}"
+        boot = found.mtools()
         date = found.manifest["source_date_epoch"]
         imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), Path(tmp), date)
         info = found.manifest["slots"][other]
@@ -326,9 +325,8 @@ def _mirror_debs(folder: Path, priority: str) -> list[Path]:
 
 
 def _installed_files(manifest: dict[str, Any], slot_name: str, sets: tuple[str, ...]) -> dict[str, list[str]]:
-    entries = manifest["slots"][slot_name].get("packages") or manifest["packages"]
     out: dict[str, list[str]] = {}
-    for entry in entries:
+    for entry in inspection.slot_packages(manifest, slot_name):
         if entry["set"] in sets:
             out.setdefault(entry["set"], []).append(entry["file"])
     return out
@@ -356,7 +354,7 @@ def _carry_configuration(old_mounts: imageedit.Ext4, trees: dict[str, Path]) -> 
 
 
 def _timeout(found: inspection.Inspection, active: str, scratch: Path) -> int:
-    text = inspection.read_boot_file(found.image, found.entry(imageedit.boot_label(found.manifest)).start,
+    text = inspection.read_boot_file(found.image, found.boot().start,
                                      f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}", scratch)
     words = [line.split() for line in text.splitlines() if line.startswith("TIMEOUT ")]
     return int(words[0][1]) if words else 30

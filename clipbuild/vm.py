@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from clipbuild.run import run, run_watch
@@ -44,7 +44,6 @@ class CheckResult:
     log: str
     marker: str = ""
     slot: str = ""
-    details: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {"ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 1), "log": self.log,
