@@ -232,10 +232,10 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     old_mounts = imageedit.Ext4(found, f"mounts_{active}", scratch)
     old_mirror = old_mounts.copy("/var/pkg/mirrors")
     pool = {name: [p.path for p in part.members] for name, part in parts.items() if part.dist == "clip"}
-    if "clip-apps" not in pool:  # apps unchanged: the slot keeps the ones installed now
-        pool["clip-apps"] = _mirror_debs(old_mirror / "clip", "Important")
-    for name, files in _installed_files(manifest, active, slot.RM_SETS).items():
-        pool.setdefault(name, [old_mirror / "rm" / file for file in files])  # RM levels: updated in their jails
+    # Apps not in the repository, and the RM levels (updated in their own jails): the packages the running
+    # slot has installed, by name from the manifest; the mirror also keeps older ones for rollback.
+    for name, files in _installed_files(manifest, active, ("clip-apps", *slot.RM_SETS)).items():
+        pool.setdefault(name, [old_mirror / name.split("-")[0] / file for file in files])
     version = parts["clip-core"].conf.version
     trees = slot.core_trees([d for s in slot.CLIP_SETS for d in pool[s]], scratch / "new", progress)
     _carry_configuration(old_mounts, trees)
@@ -317,11 +317,6 @@ def rollback(image: Path) -> tuple[str, str]:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-def _mirror_debs(folder: Path, priority: str) -> list[Path]:
-    return [d for d in sorted(folder.glob("*.deb"))
-            if read_package(d).fields.get("Priority", "").lower() == priority.lower()]
 
 
 def _installed_files(manifest: dict[str, Any], slot_name: str, sets: tuple[str, ...]) -> dict[str, list[str]]:

@@ -230,3 +230,18 @@ def test_an_apps_update_killed_while_writing_is_rolled_back_then_redone(releases
     assert "the partition was rolled back from its backup" in resumed.stdout
     assert _apps_release_file(image, tmp_path) == "4.5.1"
     assert not list(image.parent.glob("*.backup"))
+
+
+def test_a_core_update_after_an_apps_update_keeps_the_installed_apps(releases, apps_repo, image, tmp_path):
+    """The mirror keeps the old apps package for rollback; the new slot gets the installed one only."""
+    core_only = tmp_path / "core-only"
+    shutil.copytree(_repo(releases, "n1"), core_only)
+    shutil.rmtree(core_only / "clip" / "clip-apps-conf")
+    assert _run(releases, "update", "apply", str(image), str(apps_repo)).returncode == 0
+    applied = _run(releases, "update", "apply", str(image), str(core_only), "--json")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert json.loads(applied.stdout)["updated"] == "core"
+    found = json.loads(_run(releases, "inspect", str(image), "--verify", "--json").stdout)
+    assert found["verify"]["ok"], [c for c in found["verify"]["checks"] if not c["ok"]]
+    versions = [p["version"] for p in found["packages"] if p["package"] == "clip-apps-conf"]
+    assert versions == ["4.5.1"]
