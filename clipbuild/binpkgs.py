@@ -25,7 +25,7 @@ from typing import Any
 
 from portage.versions import catpkgsplit
 
-from clipbuild.buildroot import cache_dir
+from clipbuild.paths import cache_dir
 from clipbuild.plan import canonical_json, sha256_file
 
 

@@ -28,6 +28,7 @@ from clipbuild.buildroot import BuildRoot, Mount, Recipe
 from clipbuild.emerge import Emerge, build_deps, log_tail, parse_failure
 from clipbuild.errors import StepError, ToolError
 from clipbuild.model import Profile
+from clipbuild.paths import cache_dir
 from clipbuild.plan import (
     PlanSettings,
     SourceFile,
@@ -105,7 +106,7 @@ class EmergeSet(StepKind):
             extra[JAILS] = binpkgs.tree_digest(list(tree.rglob("*")), tree)
         if opts.kernel_fragments:  # the kernel's patches, fragments and checker, for clip-kernel.eclass
             patches = ctx.source(KERNEL_DIR)
-            compiler_cache = buildroot.cache_dir() / "ccache"  # ccache: how fast, never what (not keyed)
+            compiler_cache = cache_dir() / "ccache"  # ccache: how fast, never what (not keyed)
             compiler_cache.mkdir(parents=True, exist_ok=True)
             mounts += [Mount(patches, KERNEL_MOUNT), Mount(KCONFIG, KCONFIG_MOUNT),
                        Mount(compiler_cache, CCACHE_DIR, writable=True)]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from clipbuild.errors import ClipbuildError, InputError
+from clipbuild.paths import cache_dir
 from clipbuild.plan import canonical_json, sha256_file
 from clipbuild.run import Result, require, run
 
@@ -45,14 +46,6 @@ PATH_IN_ROOT = "/opt/portage/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 
 class BuildRootError(ClipbuildError):
     """The build root cannot be made or used."""
-
-
-def cache_dir() -> Path:
-    """~/.cache/clipbuild, or $CLIPBUILD_CACHE, or $XDG_CACHE_HOME/clipbuild."""
-    if os.environ.get("CLIPBUILD_CACHE"):
-        return Path(os.environ["CLIPBUILD_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "clipbuild"
 
 
 @dataclass(frozen=True)

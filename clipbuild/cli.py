@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +16,14 @@ import click
 
 from clipbuild import __version__, buildroot, fetch, stages  # noqa: F401 (importing stages registers every stage)
 from clipbuild.build import OVERLAY
+from clipbuild.cli_distfiles import COMMANDS as DISTFILES_COMMANDS
 from clipbuild.cli_image import COMMANDS as IMAGE_COMMANDS
 from clipbuild.cli_jails import COMMANDS as JAIL_COMMANDS
 from clipbuild.cli_signing import COMMANDS
 from clipbuild.cli_update import COMMANDS as UPDATE_COMMANDS
 from clipbuild.errors import EXIT_BAD_INPUT, EXIT_FAILED, ClipbuildError
 from clipbuild.executor import Executor, Outcome
+from clipbuild.paths import cache_dir
 from clipbuild.plan import BuildPlan, PlanSettings, compile_plan
 from clipbuild.portage_config import REPO_PATH
 from clipbuild.profile import list_profiles, resolve, species_path, validate_paths
@@ -58,6 +63,9 @@ class Options:
         return len(wanted), len(fetch.fetch(wanted, mirrors, project.root, say=_say))
 
 
+_VERBOSITY = [0]  # -v count of the running command, for the last-resort error handler in main()
+
+
 def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False, default=str))
 
@@ -93,6 +101,7 @@ def cli(ctx: click.Context, workdir: Path, project_dir: Path | None, sdk: str | 
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     ctx.obj = Options(workdir, project_dir, verbose, sdk)
+    _VERBOSITY[0] = verbose
 
 
 @cli.group()
@@ -309,6 +318,36 @@ def sdk_destroy(keys: tuple[str, ...]) -> None:
         click.echo(f"removed {root.key}  {root.path}")
 
 
+@cli.group()
+def cache() -> None:
+    """Check the work directory's object store.
+
+    A run already checks each object it reuses (outputs present, sizes as committed, small outputs
+    re-hashed) and re-runs a step whose object is damaged; `cache check` re-hashes everything.
+    """
+
+
+@cache.command("check")
+@json_option
+@click.pass_obj
+def cache_check(opts: Options, as_json: bool) -> None:
+    """Re-hash every committed object in WORKDIR/objects and say which steps would re-run.
+
+    Exits 1 when an object is damaged; the next run of its species rebuilds it by itself.
+    """
+    results = Executor(opts.workdir).check_store()
+    bad = [(key, problem, users) for key, problem, users in results if problem]
+    if as_json:
+        _emit_json({"objects": len(results), "damaged": [{"key": k, "problem": p, "steps": u}
+                                                         for k, p, u in bad]})
+    else:
+        for key, problem, users in bad:
+            click.echo(f"damaged {key[:16]}: {problem}; would re-run: {', '.join(users) or 'nothing (unused)'}")
+        click.echo(f"{len(results)} objects checked in {opts.workdir / 'objects'}, {len(bad)} damaged")
+    if bad:
+        sys.exit(EXIT_FAILED)
+
+
 @cli.command("fetch")
 @click.argument("species")
 @click.pass_obj
@@ -350,7 +389,7 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, as_json
     click.echo(format_build_summary(species, sets, explain), nl=False)
 
 
-for _command in (*COMMANDS, *JAIL_COMMANDS, *IMAGE_COMMANDS, *UPDATE_COMMANDS):
+for _command in (*COMMANDS, *DISTFILES_COMMANDS, *JAIL_COMMANDS, *IMAGE_COMMANDS, *UPDATE_COMMANDS):
     cli.add_command(_command)
 
 
@@ -379,6 +418,7 @@ def package_cmd(opts: Options, species: str, as_json: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: known errors become `error: ...` lines and an exit code, unknown ones a traceback."""
+    _VERBOSITY[0] = 0
     try:
         cli.main(args=argv, prog_name="clipbuild", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -393,4 +433,22 @@ def main(argv: list[str] | None = None) -> None:
         for line in exc.lines():
             click.echo(f"error: {line}" if not line.startswith(" ") else line, err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug or an unforeseen state: one line here, the traceback in a log
+        click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"  traceback: {_crash_log()} (printed here with -vv); please report it", err=True)
+        if _VERBOSITY[0] >= 2:
+            traceback.print_exc()
+        sys.exit(EXIT_FAILED)
     sys.exit(0)
+
+
+def _crash_log() -> str:
+    """Write the current exception's traceback under the cache's logs/ folder; its path (or why not)."""
+    folder = cache_dir() / "logs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(f"clipbuild {__version__}: {' '.join(sys.argv)}\n{traceback.format_exc()}", encoding="utf-8")
+    except OSError as exc:
+        return f"not written ({exc.strerror})"
+    return str(path)

@@ -14,6 +14,7 @@ from clipbuild.errors import InputError, VmCheckError
 from clipbuild.image import STEP, Published, image_name, publish
 from clipbuild.profile import resolve, species_path
 from clipbuild.sizes import format_size
+from clipbuild.slot import DEVELOPMENT
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
@@ -102,16 +103,19 @@ def build_image(opts: Any, species: str, *, release: bool, batches: tuple[Path, 
 
 
 def image_path(opts: Any, name: str) -> Path:
-    """IMAGE as a file, or a species name meaning WORKDIR/images/<species>-<version>.img."""
+    """IMAGE as a file, or a species name meaning its newest image in WORKDIR/images/ (development
+    `<species>-<version>-dev.img` or release `<species>-<version>.img`)."""
     path = Path(name)
     if path.is_file():
         return path
     if "/" not in name and species_path(opts.project, name).is_file():
         profile = resolve(opts.project, name)
-        path = opts.workdir / "images" / image_name(profile.species, profile.version)
-        if path.is_file():
-            return path
-        raise InputError(f"no image of {name} yet ({path})", )
+        paths = [opts.workdir / "images" / image_name(profile.species, profile.version, mode)
+                 for mode in (DEVELOPMENT, "release")]
+        found = [p for p in paths if p.is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime_ns)
+        raise InputError(f"no image of {name} yet ({' or '.join(str(p) for p in paths)})")
     raise InputError(f"{name}: no such image file (or species)")
 
 

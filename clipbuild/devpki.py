@@ -20,7 +20,7 @@ from pathlib import Path
 from cryptography import x509
 
 from clipbuild import pki
-from clipbuild.buildroot import cache_dir
+from clipbuild.paths import cache_dir
 from clipbuild.signer import SigningKey, load_signing_key
 from clipbuild.trust import DEFAULT_MIN_VALIDITY_DAYS, Policy, load_policy
 

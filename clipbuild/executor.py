@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ from clipbuild.report import Reporter
 from clipbuild.run import require
 
 MANIFEST = "manifest.json"
+CHEAP_DIGEST = 16 << 20  # declared outputs up to this size are re-hashed before reuse; larger ones size-checked
 
 
 @dataclass(frozen=True)
@@ -104,11 +105,16 @@ class Executor:
     def status(self, plan: BuildPlan) -> list[StepStatus]:
         """For each step: cached or not, and why it would run (`clipbuild plan --explain`)."""
         result = []
+        declared = {step.id: step.outputs for step in plan.steps}
         for step_id, comps in self.components(plan).items():
             key = key_of(comps)
-            cached = (self.objects / key / MANIFEST).is_file()
-            reason = "cached" if cached else self._why(self._link(plan.species, step_id), comps)
-            result.append(StepStatus(step_id, key, cached, reason))
+            cached = (self.objects / key / MANIFEST).is_file() or (self.objects / key).is_dir()
+            damage = damaged(self.objects / key, declared[step_id]) if cached else None
+            if damage:
+                reason = f"its cached output is damaged ({damage})"
+            else:
+                reason = "cached" if cached else self._why(self._link(plan.species, step_id), comps)
+            result.append(StepStatus(step_id, key, cached and not damage, reason))
         return result
 
     @staticmethod
@@ -152,6 +158,7 @@ class Executor:
 
     def _execute(self, species: str, step: Step, status: StepStatus, keys: Mapping[str, str]) -> Outcome:
         kind = self._kind(step)()
+        self._discard(self.objects / status.key)
         tmp = self.objects / f".tmp-{status.key}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "out").mkdir(parents=True)
@@ -185,6 +192,7 @@ class Executor:
             "key": status.key,
             "components": key_components(step, kind.version, keys),
             "outputs": _digests(ctx.out, ctx.digests),
+            "sizes": _sizes(ctx.out),
             "seconds": round(seconds, 3),
             "clipbuild": __version__,
         }
@@ -203,6 +211,24 @@ class Executor:
                 return
             raise
         _fsync_dir(final.parent)
+
+    def check_store(self) -> list[tuple[str, str | None, list[str]]]:
+        """Every committed object, fully re-hashed: (key, what is wrong or None, the species/step links that
+        point at it and would re-run)."""
+        users: dict[str, list[str]] = {}
+        steps = self.workdir / "steps"
+        for link in sorted(steps.glob("*/**/*")) if steps.is_dir() else []:
+            if link.is_symlink():
+                users.setdefault(Path(os.readlink(link)).name, []).append(link.relative_to(steps).as_posix())
+        return [(obj.name, damaged(obj, full=True), users.get(obj.name, []))
+                for obj in sorted(self.objects.glob("[!.]*")) if obj.is_dir()]
+
+    def _discard(self, final: Path) -> None:
+        """Remove a damaged object before its step re-runs (renamed away first, so it is never half there)."""
+        if final.exists():
+            doomed = self.objects / f".tmp-damaged-{final.name}-{os.getpid()}"
+            os.rename(final, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def _keep_failed(self, species: str, step_id: str, tmp: Path) -> Path:
         kept = self.workdir / "failed" / species / step_id
@@ -308,6 +334,38 @@ def _read_manifest(object_dir: Path) -> dict[str, Any] | None:
         return json.loads((object_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def damaged(obj: Path, declared: Iterable[str] = (), *, full: bool = False) -> str | None:
+    """What is wrong with a committed object, or None: its manifest must read, every output it recorded must
+    be there with its recorded size, and each declared output small enough (or every file, with `full`) must
+    still have its recorded digest."""
+    manifest = _read_manifest(obj)
+    if manifest is None or not isinstance(manifest.get("outputs"), dict):
+        return f"{MANIFEST} is missing or unreadable"
+    sizes = manifest.get("sizes", {})
+    out = obj / "out"
+    for rel, recorded in manifest["outputs"].items():
+        path = out / rel
+        if recorded.startswith("symlink:"):
+            if not path.is_symlink() or os.readlink(path) != recorded.removeprefix("symlink:"):
+                return f"out/{rel} is not the symlink it was"
+            continue
+        if path.is_symlink() or not path.is_file():
+            return f"out/{rel} is missing"
+        size = path.stat().st_size
+        if rel in sizes and size != sizes[rel]:
+            return f"out/{rel} has {size} bytes, {sizes[rel]} when committed"
+        check = full or (any(rel == d or rel.startswith(d.rstrip("/") + "/") for d in declared)
+                         and size <= CHEAP_DIGEST)
+        if check and "sha256:" + sha256_file(path) != recorded:
+            return f"out/{rel} was modified since it was committed"
+    return None
+
+
+def _sizes(root: Path) -> dict[str, int]:
+    return {path.relative_to(root).as_posix(): path.stat().st_size
+            for path in sorted(root.rglob("*")) if path.is_file() and not path.is_symlink()}
 
 
 def _digests(root: Path, known: Mapping[str, str]) -> dict[str, str]:

@@ -56,17 +56,19 @@ class ImageOptions:
 
     @property
     def file_name(self) -> str:
-        return image_name(self.species, self.version)
+        return image_name(self.species, self.version, self.mode)
 
 
-def image_name(species: str, version: str) -> str:
-    return f"{species}-{version}.img"
+def image_name(species: str, version: str, mode: str) -> str:
+    """`<species>-<version>.img` for a release, `<species>-<version>-dev.img` for a development image, so the
+    two can never be taken for each other."""
+    return f"{species}-{version}{'-dev' if mode == DEVELOPMENT else ''}.img"
 
 
 @step_kind
 class AssembleImage(StepKind):
     name = "assemble-image"
-    version = 2
+    version = 3
     Options = ImageOptions
     outputs = (MANIFEST,)
     tools = ("dpkg", "dpkg-deb", "mksquashfs", "veritysetup", "mkfs.ext4", "debugfs", "mkfs.vfat", "mcopy",
@@ -283,7 +285,7 @@ def plan_image(profile: Profile, project: Project, settings: PlanSettings) -> li
         slices=tuple(s.to_dict() for s in slices), cmdline=tuple(profile.boot.cmdline),
         timeout=profile.boot.timeout, sets=sets, description=profile.description, rm_partitions=rm_partitions)
     return [AssembleImage.step(STEP, options, inputs=tuple(f"sign/{s}" for s in sets),
-                               description=f"assemble {image_name(profile.species, profile.version)}")]
+                               description=f"assemble {options.file_name}")]
 
 
 

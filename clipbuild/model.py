@@ -183,7 +183,9 @@ class Signing:
 
 def _mirror_error(text: str) -> str | None:
     kind, _, where = text.partition(":")
-    if text.startswith("/") or (kind in ("dir", "debian-source", "debian-binary") and where):
+    if text.startswith("/") or (kind in ("dir", "debian", "debian-source", "debian-binary") and where):
+        return None
+    if kind in ("http", "https") and where.startswith("//") and len(where) > 2:
         return None
     return f"'{text}' is not a mirror"
 
@@ -192,7 +194,7 @@ def _mirror_error(text: str) -> str | None:
 class Sources:
     mirrors: tuple[str, ...] = spec(
         ListOf(Text("a mirror", validate=_mirror_error,
-                    hint="dir:PATH, an absolute path, debian-source:SUITE or debian-binary:SUITE")),
+                    hint="dir:PATH, an absolute path, http://HOST/PATH/, https://... or debian:SUITE")),
         "Where `clipbuild fetch` looks for distfiles, in order.", default=())
 
 

@@ -184,11 +184,14 @@ def run_streaming(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str
 
 
 def run_watch(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], bool], *, timeout: float,
-              env: Mapping[str, str] | None = None) -> tuple[str, int | None]:
+              env: Mapping[str, str] | None = None,
+              keys: Callable[[bytes], bytes | None] | None = None) -> tuple[str, int | None]:
     """Run a program, handing each line of its merged output to `on_line` until `on_line` returns True.
 
     Then the program is terminated. Returns ("stopped", None), ("exited", status) or ("timeout", None); a
-    program still running at the end is terminated, then killed.
+    program still running at the end is terminated, then killed. With `keys`, the output since the last complete
+    line is shown to it as it comes, and what it returns is typed on the program's standard input (a
+    console prompt answered as a user would).
     """
     argv = tuple(str(a) for a in args)
     full_env = clean_env(env)
@@ -196,8 +199,9 @@ def run_watch(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], b
     if shutil.which(argv[0], path=full_env.get("PATH")) is None and not os.path.isfile(argv[0]):
         raise missing_tool_error(argv[0])
     deadline = time.monotonic() + timeout
+    stdin = subprocess.PIPE if keys else subprocess.DEVNULL
     with subprocess.Popen(argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          stdin=subprocess.DEVNULL) as proc:
+                          stdin=stdin) as proc:
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
         outcome: tuple[str, int | None] = ("timeout", None)
@@ -211,6 +215,9 @@ def run_watch(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], b
                 if not chunk:
                     outcome = ("exited", proc.wait())
                     break
+                if keys and proc.stdin and (typed := keys(pending + chunk)):
+                    proc.stdin.write(typed)
+                    proc.stdin.flush()
                 *lines, pending = (pending + chunk).split(b"\n")
                 if any(on_line(line.decode(errors="replace").rstrip("\r")) for line in lines):
                     outcome = ("stopped", None)

@@ -116,3 +116,21 @@ def test_installed_console_script():
 def test_an_unknown_build_root_is_bad_input(clipbuild):
     result = clipbuild("--sdk", "0123abc", "plan", "client")
     assert result.code == 2 and result.err.startswith("error: no build root 0123abc (cached: ")
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_log(clipbuild, monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIPBUILD_CACHE", str(tmp_path))
+
+    def broken(_project):
+        raise FileNotFoundError(2, "No such file or directory", "/somewhere/client.img")
+
+    monkeypatch.setattr("clipbuild.cli.list_profiles", broken)
+    result = clipbuild("profile", "list")
+    assert result.code == 1
+    lines = result.err.splitlines()
+    assert lines[0] == "error: unexpected FileNotFoundError: [Errno 2] No such file or directory: " \
+                       "'/somewhere/client.img'"
+    log = lines[1].split("traceback: ")[1].split(" (printed")[0]
+    assert "Traceback" in Path(log).read_text() and Path(log).parent == tmp_path / "logs"
+    assert "Traceback" not in result.err
+    assert "Traceback" in clipbuild("-vv", "profile", "list").err

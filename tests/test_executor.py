@@ -268,3 +268,47 @@ def test_missing_host_tools_stop_the_run_before_any_step(executor, monkeypatch):
     with pytest.raises(ToolError, match="'mksquashfs' is not installed"):
         Executor(executor.workdir, {**KINDS, "test-write": NeedsTools}).run(make_plan())
     assert RUNS == []
+
+
+def _object(executor: Executor, step_id: str) -> Path:
+    return executor.output("test", step_id).parent
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda out: (out / "data.txt").unlink(), "its cached output is damaged (out/data.txt is missing)"),
+    (lambda out: (out / "data.txt").write_text(""), "its cached output is damaged (out/data.txt has 0 bytes, "
+                                                      "1 when committed)"),
+    (lambda out: (out / "data.txt").write_text("Z"), "its cached output is damaged (out/data.txt was modified "
+                                                       "since it was committed)"),
+    (lambda out: (out.parent / "manifest.json").write_text("{"), "its cached output is damaged (manifest.json is "
+                                                                   "missing or unreadable)"),
+])
+def test_a_damaged_object_is_reported_and_its_step_reruns(executor, damage, reason):
+    executor.run(make_plan())
+    damage(_object(executor, "a") / "out")
+    RUNS.clear()
+    outcomes = {o.step_id: o for o in executor.run(make_plan())}
+    assert RUNS == ["a"]  # same key again: everything downstream stays cached
+    assert outcomes["a"].status == "ran" and outcomes["a"].reason == reason
+    assert data(executor, "d") == "A|B" and data(executor, "a") == "A"
+    assert [o.status for o in executor.run(make_plan())] == ["cached"] * 4
+
+
+def test_cache_check_rehashes_every_object_and_names_the_steps_that_would_rerun(executor):
+    executor.run(make_plan())
+    assert all(problem is None for _key, problem, _users in executor.check_store())
+    big = _object(executor, "d") / "out" / "data.txt"
+    big.write_text("A|X")  # same size: only a full re-hash sees it
+    [(key, problem, users)] = [r for r in executor.check_store() if r[1]]
+    assert key == _object(executor, "d").name and problem == "out/data.txt was modified since it was committed"
+    assert users == ["test/d"]
+
+
+def test_cli_cache_check_exits_1_on_damage(tmp_path, clipbuild):
+    executor = Executor(tmp_path / "work", KINDS)
+    executor.run(make_plan())
+    result = clipbuild("--workdir", str(tmp_path / "work"), "cache", "check")
+    assert result.code == 0 and "4 objects checked" in result.out and ", 0 damaged" in result.out
+    (executor.output("test", "b") / "data.txt").unlink()
+    result = clipbuild("--workdir", str(tmp_path / "work"), "cache", "check")
+    assert result.code == 1 and "out/data.txt is missing; would re-run: test/b" in result.out
