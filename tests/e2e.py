@@ -41,6 +41,13 @@ class Project:
         return json.loads(result.stdout)
 
 
+def kernel_version() -> str:
+    """The kernel's upstream version, read from its Debian pin (a pin move changes what the tests expect)."""
+    from clipbuild.pins import read_pins
+
+    return read_pins(ROOT / "overlays" / "clip")["linux-source-6.1.tar.xz"].upstream_version
+
+
 def sparse_copy(source: str | Path, target: Path) -> Path:
     """A copy of a disk image that keeps its holes: a 3 GiB image holds about 40 MiB of data, and plain copies
     of it in every test would fill the disk."""

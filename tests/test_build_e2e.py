@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from clipbuild.run import run
-from tests.e2e import Project
+from tests.e2e import Project, kernel_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+KERNEL = kernel_version()
 
 
 def statuses(report: dict) -> dict[str, str]:
@@ -46,7 +47,7 @@ def test_client_builds_every_package_from_source(client):
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
         "build/clip-core clip-layout/clip-jails-4.5.0": "built",
-        "build/clip-core sys-kernel/clip-kernel-6.1.192": "built",
+        f"build/clip-core sys-kernel/clip-kernel-{KERNEL}": "built",
         "build/clip-core clip-conf/clip-core-conf-4.5.0": "built",
         "build/clip-apps clip-conf/clip-apps-conf-4.5.0": "built",
         # rm-core's busybox has the same inputs as clip-core's: installed from the store, not rebuilt
@@ -166,7 +167,7 @@ def test_packages_are_reproducible(project, client, tmp_path):
     first = _package(project, project.workdir)
     assert sorted(first["package/clip-core"]) == ["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb",
                                                   "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
-                                                  "clip-kernel_6.1.192_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
+                                                  f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
     _package(project, tmp_path / "again")
     for step in first:
         for name in first[step]:
@@ -199,7 +200,7 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     core = repo / "clip" / "clip-core-conf"
     assert sorted(p.name for p in (core / "pool").iterdir()) == [
         "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
-        "clip-jails_4.5.0_amd64.deb", "clip-kernel_6.1.192_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
+        "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
     # Debian's own indexer reads the same packages and agrees on every field it writes.
     from debian.deb822 import Packages
 
@@ -265,7 +266,7 @@ def kernel_root(project, client) -> Path:
 
 
 def test_the_kernel_is_built_with_its_configuration(kernel_root):
-    config = (kernel_root / "boot" / "config-6.1.192-clip").read_text()
+    config = (kernel_root / "boot" / f"config-{KERNEL}-clip").read_text()
     for line in ("CONFIG_DM_VERITY=y", "CONFIG_DM_INIT=y", 'CONFIG_CLIP_SPECIES="client"', "CONFIG_SECURITY_YAMA=y",
                  "# CONFIG_MODULES is not set", "# CONFIG_DEVMEM is not set"):
         assert line in config.splitlines(), line
@@ -275,7 +276,7 @@ def test_the_kernel_is_built_with_its_configuration(kernel_root):
 def test_the_kernel_boots_a_verity_root_and_announces_itself(kernel_root, tmp_path):
     data, hashes, root_hash, salt, blocks = _verity_root(tmp_path, kernel_root / "bin" / "busybox")
     console = _boot(kernel_root / "boot" / "vmlinuz-clip", data, hashes, root_hash, salt, blocks)
-    assert "CLIP: species client, build 6.1.192" in console
+    assert f"CLIP: species client, build {KERNEL}" in console
     assert "CLIP-VERITY-ROOT-OK" in console, console[-3000:]
     assert "YAMA-PTRACE-SCOPE=1" in console  # the hardening patch: relational by default, not disabled
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Project, sparse_copy
+from tests.e2e import Project, kernel_version, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+KERNEL = kernel_version()
 DATE = "1700000000"
 
 
@@ -47,7 +48,7 @@ def test_the_client_image_boots_to_its_marker(project, client):
     assert 'release="CLIP-RM 4.5.0"' in check["marker"]
     assert f"roothash={manifest(client)['slots']['a']['root_hash']}" in check["marker"]
     console = Path(check["log"]).read_text()
-    assert "CLIP: species client, build 6.1.192" in console  # the species kernel
+    assert f"CLIP: species client, build {KERNEL}" in console  # the species kernel
     assert "target=verity state=V" in console and "jails=8" in console
     assert "EXT4-fs (vda" in console  # fstab mounted the mounts, home, log and RM partitions
 
@@ -83,6 +84,28 @@ def test_a_warm_rebuild_is_a_no_op_and_the_same_inputs_give_the_same_image(proje
     elsewhere = image(project, "client", workdir=tmp_path / "second")  # a new work directory: all re-done
     assert elsewhere["sha256"] == client["sha256"]
     assert Path(elsewhere["image"]).read_bytes() == Path(client["image"]).read_bytes()
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated"])
+def test_a_damaged_cached_image_is_detected_and_rebuilt_to_the_same_bytes(project, client, damage):
+    obj = (project.workdir / "steps" / "client" / "image").resolve()
+    cached = next((obj / "out").glob("*.img"))
+    if damage == "deleted":
+        cached.rename(project.workdir / "moved-away.img")  # as a user moving the image out of the cache
+    else:
+        with cached.open("r+b") as stream:
+            stream.truncate(cached.stat().st_size // 2)
+    explained = project.clipbuild("plan", "client", "--explain")
+    assert "its cached output is damaged (out/" in explained.stdout, explained.stdout
+    result = project.clipbuild("image", "client", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert json.loads(result.stdout)["sha256"] == client["sha256"]
+    assert project.clipbuild("cache", "check").returncode == 0
+
+
+def test_development_and_release_images_have_distinct_names(client):
+    assert Path(client["image"]).name == "client-4.5.0-dev.img"
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -144,6 +167,7 @@ def test_a_release_takes_countersigned_batches_only(project, client, tmp_path):
     out = tmp_path / "release"
     released = image(project, "client", "--release", "--policy", policy, "--out", str(out), *batches)
     m = manifest(released)
+    assert Path(released["image"]).name == "client-4.5.0.img"
     assert m["signing"] == "release" and all("clipbuild test PKI" in s["subject"] for s in m["signers"])
     verified = project.clipbuild("inspect", released["image"], "--verify", "--policy", policy)
     assert verified.returncode == 0, verified.stdout[-2000:]
