@@ -38,8 +38,7 @@ class PinGone(ClipbuildError):
     def __init__(self, pin: Pin, offered: list[str]):
         self.pin = pin
         self.offered = offered
-        super().__init__(f"{pin.package} {pin.version} is no longer offered "
-                         f"(it offers {', '.join(offered) or 'no version of ' + pin.package})")
+        super().__init__(f"{pin.package} {pin.version} is no longer offered (see below)")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from clipbuild.run import run, run_watch
 OK_MARKER = "CLIP_BOOT_OK"
 FAILED_MARKER = "CLIP_BOOT_FAILED"
 PANIC = "Kernel panic"
-MENU_MARKER = b"version courante"  # the default entry's label in CLIP's boot menu (bootloader.slot_config)
+MENU_MARKER = b"Automatic boot in"  # the countdown SYSLINUX's menu.c32 prints under the menu (bootloader.slot_config)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f]")
 
 

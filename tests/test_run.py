@@ -64,3 +64,14 @@ def test_host_tools_table_is_well_formed():
     programs = [t.program for t in tools if t.program != "-"]
     assert len(programs) == len(set(programs)), "a program is listed twice"
     assert debian_package_for("/usr/sbin/mkfs.vfat") == "dosfstools"
+
+
+def test_run_watch_answers_a_prompt_that_ends_no_line():
+    from clipbuild.run import run_watch
+
+    seen: list[str] = []
+    outcome = run_watch(["sh", "-c", "printf 'Automatic boot in 3 seconds'; read answer; echo \"got $answer\""],
+                        lambda line: seen.append(line) or "got" in line, timeout=20,
+                        keys=lambda output: b"enter\n" if b"Automatic boot" in output else None)
+    assert outcome == ("stopped", None)
+    assert seen[-1] == "Automatic boot in 3 secondsgot enter"
