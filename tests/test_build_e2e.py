@@ -268,7 +268,7 @@ def kernel_root(project, client) -> Path:
 def test_the_kernel_is_built_with_its_configuration(kernel_root):
     config = (kernel_root / "boot" / f"config-{KERNEL}-clip").read_text()
     for line in ("CONFIG_DM_VERITY=y", "CONFIG_DM_INIT=y", 'CONFIG_CLIP_SPECIES="client"', "CONFIG_SECURITY_YAMA=y",
-                 "# CONFIG_MODULES is not set", "# CONFIG_DEVMEM is not set"):
+                 "# CONFIG_MODULES is not set", "# CONFIG_DEVMEM is not set", "CONFIG_POSIX_TIMERS=y"):
         assert line in config.splitlines(), line
     assert (kernel_root / "boot" / "vmlinuz-clip").stat().st_size > 1_000_000
 
