@@ -216,8 +216,11 @@ def run_watch(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], b
                     outcome = ("exited", proc.wait())
                     break
                 if keys and proc.stdin and (typed := keys(pending + chunk)):
-                    proc.stdin.write(typed)
-                    proc.stdin.flush()
+                    try:
+                        proc.stdin.write(typed)
+                        proc.stdin.flush()
+                    except BrokenPipeError:  # it stopped reading (or exited): nothing to answer any more
+                        pass
                 *lines, pending = (pending + chunk).split(b"\n")
                 if any(on_line(line.decode(errors="replace").rstrip("\r")) for line in lines):
                     outcome = ("stopped", None)
