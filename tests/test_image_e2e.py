@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from clipbuild.plan import sha256_file
 from tests.e2e import Project, kernel_version, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -131,17 +132,35 @@ def test_a_flipped_root_byte_fails_closed(project, client, tmp_path):
     assert "FAILED slot a: root verifies against its root hash (dm-verity)" in verify.stdout
 
 
+def test_a_tampered_package_in_the_signed_pool_is_healed_by_the_cache_check(project, client):
+    """Someone changes a signed package in the work directory: the executor sees the object changed, signs
+    again, and the image is the one the untouched pool gave."""
+    obj = (project.workdir / "steps" / "client" / "sign" / "clip-core").resolve()
+    _flip(obj / "out" / "debs" / "clip-sysinfo_1.0.0_amd64.deb", 300)
+    result = project.clipbuild("image", "client")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sign/clip-core: running (its cached output is damaged (out/debs/clip-sysinfo_1.0.0_amd64.deb was " \
+           "modified since it was committed))" in result.stderr
+    assert image(project, "client")["sha256"] == client["sha256"]
+
+
 def test_a_tampered_package_in_the_signed_pool_stops_the_build(project, client):
+    """... and one who also rewrites the object's recorded digest still meets the image step's signature
+    check: nothing is installed."""
     workdir = project.workdir
-    pool = (workdir / "steps" / "client" / "sign" / "clip-core").resolve() / "out" / "debs"
-    victim = pool / "clip-sysinfo_1.0.0_amd64.deb"
-    original = victim.read_bytes()
+    obj = (workdir / "steps" / "client" / "sign" / "clip-core").resolve()
+    victim = obj / "out" / "debs" / "clip-sysinfo_1.0.0_amd64.deb"
+    original, recorded = victim.read_bytes(), (obj / "manifest.json").read_text()
     shutil.rmtree((workdir / "steps" / "client" / "image").resolve())  # the image must be assembled again
     try:
         _flip(victim, 300)
+        forged = json.loads(recorded)
+        forged["outputs"]["debs/clip-sysinfo_1.0.0_amd64.deb"] = "sha256:" + sha256_file(victim)
+        (obj / "manifest.json").write_text(json.dumps(forged))
         result = project.clipbuild("image", "client")
     finally:
         victim.write_bytes(original)
+        (obj / "manifest.json").write_text(recorded)
     assert result.returncode == 1
     assert "package(s) fail the trust policy" in result.stderr and "nothing was installed" in result.stderr
     line = next(line for line in result.stderr.splitlines() if "clip-sysinfo_1.0.0_amd64.deb" in line)
