@@ -16,16 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from clipbuild import stages  # noqa: F401 (registers the stages)
-from clipbuild.build import EmergeSet
-from clipbuild.buildroot import Mount, ensure
-from clipbuild.cli import main
-from clipbuild.executor import Executor
-from clipbuild.plan import compile_plan
-from clipbuild.portage_config import REPO_PATH
-from clipbuild.profile import resolve
-from clipbuild.project import find_project
-from clipbuild.run import run
+from clipbuild.stages import pipeline as stages  # noqa: F401 (registers the stages)
+from clipbuild.stages.build import EmergeSet
+from clipbuild.gentoo.buildroot import Mount, ensure
+from clipbuild.cli.main import main
+from clipbuild.core.executor import Executor
+from clipbuild.stages.pipeline import compile_plan
+from clipbuild.gentoo.portage_config import REPO_PATH
+from clipbuild.spec.profile import resolve
+from clipbuild.core.project import find_project
+from clipbuild.core.run import run
 
 
 def clipbuild_build(workdir: Path, species: str) -> float:

@@ -15,8 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from clipbuild import pki, signer, trust
-from clipbuild.run import run
+from clipbuild.signing import pki
+from clipbuild.signing import signer
+from clipbuild.signing import trust
+from clipbuild.core.run import run
 
 SECRET = b"bench only"
 

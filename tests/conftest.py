@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.cli import main
-from clipbuild.project import Project
+from clipbuild.cli.main import main
+from clipbuild.core.project import Project
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from clipbuild.run import Result, run
+from clipbuild.core.run import Result, run
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIPBUILD = Path(sys.executable).with_name("clipbuild")
@@ -43,7 +43,7 @@ class Project:
 
 def kernel_version() -> str:
     """The kernel's upstream version, read from its Debian pin (a pin move changes what the tests expect)."""
-    from clipbuild.pins import read_pins
+    from clipbuild.gentoo.pins import read_pins
 
     return read_pins(ROOT / "overlays" / "clip")["linux-source-6.1.tar.xz"].upstream_version
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.run import run
+from clipbuild.core.run import run
 from tests.e2e import Project, kernel_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

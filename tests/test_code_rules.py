@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from clipbuild.run import run
+from clipbuild.core.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "clipbuild"

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild import fetch, pinmove
-from clipbuild.debarchive import Archive, sources_for
-from clipbuild.errors import InputError
-from clipbuild.pins import read_pins
-from clipbuild.run import run
+from clipbuild.gentoo import fetch
+from clipbuild.gentoo import pinmove
+from clipbuild.gentoo.debarchive import Archive, sources_for
+from clipbuild.core.errors import InputError
+from clipbuild.gentoo.pins import read_pins
+from clipbuild.core.run import run
 from tests.conftest import ROOT
 
 SUITE = "clipsuite"

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.errors import CacheError, StepError, ToolError
-from clipbuild.executor import Executor
-from clipbuild.plan import BuildPlan, SourceFile, Step, StepContext, StepKind
-from clipbuild.run import run
+from clipbuild.core.errors import CacheError, StepError, ToolError
+from clipbuild.core.executor import Executor
+from clipbuild.core.plan import BuildPlan, SourceFile, Step, StepContext, StepKind
+from clipbuild.core.run import run
 
 RUNS: list[str] = []
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild import fetch
-from clipbuild.errors import InputError
+from clipbuild.gentoo import fetch
+from clipbuild.core.errors import InputError
 
 
 def _manifest_line(name: str, data: bytes) -> str:
@@ -82,8 +82,8 @@ def test_a_tampered_store_file_is_detected(overlay, tmp_path):
 
 
 def test_a_build_refuses_to_start_without_its_distfiles(overlay):
-    from clipbuild.build import _check_distfiles
-    from clipbuild.errors import StepError
+    from clipbuild.stages.build import _check_distfiles
+    from clipbuild.core.errors import StepError
 
     with pytest.raises(StepError) as exc:
         _check_distfiles("build/clip-core", overlay, "client")

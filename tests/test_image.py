@@ -14,15 +14,19 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from clipbuild import bootloader, devpki, gpt, install, pki
-from clipbuild.errors import ImageError
-from clipbuild.fsimage import Verity
-from clipbuild.inspection import current_root_hash
-from clipbuild.plan import sha256_file
-from clipbuild.profile import resolve
-from clipbuild.run import run
-from clipbuild.slot import fstab
-from clipbuild.trust import load_policy, verify_bytes
+from clipbuild.image import bootloader
+from clipbuild.signing import devpki
+from clipbuild.image import gpt
+from clipbuild.image import install
+from clipbuild.signing import pki
+from clipbuild.core.errors import ImageError
+from clipbuild.image.fsimage import Verity
+from clipbuild.image.inspection import current_root_hash
+from clipbuild.core.digest import sha256_file
+from clipbuild.spec.profile import resolve
+from clipbuild.core.run import run
+from clipbuild.image.slot import fstab
+from clipbuild.signing.trust import load_policy, verify_bytes
 
 
 @pytest.fixture
@@ -175,7 +179,7 @@ def test_the_development_pki_signs_and_renews_its_crls(tmp_path):
     after = x509.load_pem_x509_crl(crl_path.read_bytes())
     assert after.next_update_utc > before.next_update_utc - dt.timedelta(days=1)
     assert after.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 8
-    from clipbuild.signer import sign_bytes
+    from clipbuild.signing.signer import sign_bytes
 
     deb = _deb(tmp_path, "signed", {"usr/x": "x"}).read_bytes()
     signed = sign_bytes(sign_bytes(deb, "developer", pkis.developer, 0), "controller", pkis.controller, 0)
@@ -183,7 +187,7 @@ def test_the_development_pki_signs_and_renews_its_crls(tmp_path):
 
 
 def test_a_tree_too_big_for_its_partition_is_named_before_anything_is_written(tmp_path):
-    from clipbuild import fsimage
+    from clipbuild.image import fsimage
 
     tree = tmp_path / "tree"
     tree.mkdir()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from clipbuild.errors import Location, ProfileError
-from clipbuild.profile import resolve
+from clipbuild.core.errors import Location, ProfileError
+from clipbuild.spec.profile import resolve
 
 BASE = """
 abstract: true

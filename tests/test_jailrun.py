@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from clipbuild import jails
-from clipbuild.jailcheck import KERNEL_CAPS
-from clipbuild.jailrun import run_in_jail
-from clipbuild.profile import resolve
+from clipbuild.jails import definitions as jails
+from clipbuild.jails.check import KERNEL_CAPS
+from clipbuild.jails.realise import run_in_jail
+from clipbuild.spec.profile import resolve
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def client(request):
-    from clipbuild.project import Project
+    from clipbuild.core.project import Project
     from tests.conftest import ROOT
 
     project = Project(ROOT)

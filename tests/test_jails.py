@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild import jailcheck, jails
-from clipbuild.errors import InputError, ProfileError
-from clipbuild.profile import resolve
+from clipbuild.jails import check as jailcheck
+from clipbuild.jails import definitions as jails
+from clipbuild.core.errors import InputError, ProfileError
+from clipbuild.spec.profile import resolve
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 UPDATE = os.environ.get("CLIPBUILD_UPDATE_GOLDEN") == "1"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild import kconfig
+from clipbuild.gentoo.guest import kconfig
 
 ROOT = Path(__file__).resolve().parent.parent
 

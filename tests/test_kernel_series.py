@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.run import run
+from clipbuild.core.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 ECLASS = ROOT / "overlays" / "clip" / "eclass" / "clip-kernel.eclass"

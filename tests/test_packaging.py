@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild import debpkg, depmap, gpkg
-from clipbuild.run import run, run_bytes
+from clipbuild.formats import debpkg
+from clipbuild.formats import depmap
+from clipbuild.formats import gpkg
+from clipbuild.core.run import run, run_bytes
 
 
 def test_names_and_versions_follow_gencontrol():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clipbuild.portage_config import render
-from clipbuild.profile import resolve
+from clipbuild.gentoo.portage_config import render
+from clipbuild.spec.profile import resolve
 
 
 def _conf(project, species, dist, part):

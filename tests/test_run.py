@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clipbuild.errors import ToolError
-from clipbuild.run import debian_package_for, format_command, host_tools, require, run
+from clipbuild.core.errors import ToolError
+from clipbuild.core.run import debian_package_for, format_command, host_tools, require, run
 
 
 def test_output_is_captured_with_a_c_locale():

@@ -10,8 +10,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from clipbuild import ar, batch, clipsig, pki, signer, trust
-from clipbuild.errors import InputError
+from clipbuild.formats import ar
+from clipbuild.signing import batch
+from clipbuild.formats import clipsig
+from clipbuild.signing import pki
+from clipbuild.signing import signer
+from clipbuild.signing import trust
+from clipbuild.core.errors import InputError
 
 # A copy of shared/vectors/gencrypt-bp256: packages signed and checked by the original CLIP OS 4 tools.
 VECTORS = Path(__file__).resolve().parent / "data" / "vectors" / "gencrypt-bp256"
@@ -251,7 +256,7 @@ def test_truncated_and_oversized_members(our_pki):
 
 
 def test_dpkg_installs_a_countersigned_package(our_pki, tmp_path):
-    from clipbuild.run import run
+    from clipbuild.core.run import run
 
     deb = tmp_path / "vectortest.deb"
     deb.write_bytes(_signed(our_pki))

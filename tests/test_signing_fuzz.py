@@ -8,7 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clipbuild import ar, clipsig, pki, signer, trust
+from clipbuild.formats import ar
+from clipbuild.formats import clipsig
+from clipbuild.signing import pki
+from clipbuild.signing import signer
+from clipbuild.signing import trust
 
 from .test_signing import SECRET, VECTORS
 

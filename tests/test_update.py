@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild import devpki, repository, update
-from clipbuild.errors import ImageError
-from clipbuild.run import run
-from clipbuild.signer import sign_bytes
-from clipbuild.trust import load_policy
+from clipbuild.signing import devpki
+from clipbuild.update import repository
+from clipbuild.update import apply as update
+from clipbuild.core.errors import ImageError
+from clipbuild.core.run import run
+from clipbuild.signing.signer import sign_bytes
+from clipbuild.signing.trust import load_policy
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild import devpki, repository
-from clipbuild.clipsig import read_layout
-from clipbuild.signer import sign_bytes
+from clipbuild.signing import devpki
+from clipbuild.update import repository
+from clipbuild.formats.clipsig import read_layout
+from clipbuild.signing.signer import sign_bytes
 from tests.e2e import Project, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -165,8 +166,8 @@ def apps_repo(releases, tmp_path_factory) -> Path:
 
 
 def _apps_release_file(image: Path, scratch: Path) -> str:
-    from clipbuild import gpt
-    from clipbuild.run import run
+    from clipbuild.image import gpt
+    from clipbuild.core.run import run
 
     _, entries = gpt.read_table(image)
     mounts = next(e for e in entries if e.label == "mounts_a")
@@ -188,7 +189,7 @@ def test_apps_are_updated_in_place_on_the_running_slot(releases, apps_repo, imag
 
 def _unmet_apps_repo(apps_repo: Path, tmp_path: Path) -> Path:
     """clip-apps-conf 4.5.2, signed and countersigned, depending on a package nobody ships: dpkg fails."""
-    from clipbuild.run import run
+    from clipbuild.core.run import run
 
     repo = tmp_path / "repo-unmet"
     shutil.copytree(apps_repo, repo)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clipbuild.errors import Issue, ProfileError
-from clipbuild.profile import resolve
+from clipbuild.core.errors import Issue, ProfileError
+from clipbuild.spec.profile import resolve
 
 
 def problems(scratch, species: str = "s") -> list[Issue]:
