@@ -15,10 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from clipbuild.signing import pki
-from clipbuild.signing import signer
-from clipbuild.signing import trust
 from clipbuild.core.run import run
+from clipbuild.signing import pki, signer, trust
 
 SECRET = b"bench only"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.gentoo import buildroot
 from clipbuild.core.errors import InputError
+from clipbuild.gentoo import buildroot
 
 
 def test_recipe_key_follows_every_field():

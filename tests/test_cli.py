@@ -124,7 +124,7 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_log(clipbuild, 
     def broken(_project):
         raise FileNotFoundError(2, "No such file or directory", "/somewhere/client.img")
 
-    monkeypatch.setattr("clipbuild.cli.main.list_profiles", broken)
+    monkeypatch.setattr("clipbuild.cli.profile.list_profiles", broken)
     result = clipbuild("profile", "list")
     assert result.code == 1
     lines = result.err.splitlines()

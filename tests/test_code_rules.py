@@ -33,7 +33,7 @@ def test_only_the_runner_starts_processes():
                 names = [f"os.{node.attr}"]
             offenders += [f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names
                           if n.split(".")[0] in {"subprocess", "pty"} or n.startswith("os.")]
-    assert offenders == [], "run external programs through clipbuild.run only"
+    assert offenders == [], "run external programs through clipbuild.core.run only"
 
 
 def test_ruff_is_clean():

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.gentoo import fetch
-from clipbuild.gentoo import pinmove
-from clipbuild.gentoo.debarchive import Archive, sources_for
+from clipbuild.core import errors
 from clipbuild.core.errors import InputError
-from clipbuild.gentoo.pins import read_pins
 from clipbuild.core.run import run
+from clipbuild.gentoo import fetch, pinmove
+from clipbuild.gentoo.debarchive import Archive, sources_for
+from clipbuild.gentoo.pins import read_pins
 from tests.conftest import ROOT
 
 SUITE = "clipsuite"
@@ -241,7 +241,7 @@ def test_an_http_mirror_serves_a_distfile_and_a_corrupt_copy_is_refused(overlay,
     assert (fetch.store_dir() / DIST).read_bytes() == _payload("1.0-1")
     assert messages == [f"fetch: {DIST} from {url}/good (verified)"]
     (fetch.store_dir() / DIST).unlink()
-    with pytest.raises(fetch.FetchError) as exc:
+    with pytest.raises(errors.FetchError) as exc:
         fetch.fetch(dists, [f"{url}/bad/", f"{url}/missing"], tmp_path, say=quiet)
     text = "\n".join(exc.value.lines())
     assert f"{url}/bad/: wrong content: BLAKE2B" in text and f"{url}/missing: HTTP 404" in text
@@ -251,7 +251,7 @@ def test_an_http_mirror_serves_a_distfile_and_a_corrupt_copy_is_refused(overlay,
 def test_an_http_mirror_never_reads_past_the_manifest_size(overlay, http_root, tmp_path):
     folder, url = http_root
     (folder / DIST).write_bytes(_payload("1.0-1") + b"\0" * (10 << 20))
-    with pytest.raises(fetch.FetchError, match="could not fetch") as exc:
+    with pytest.raises(errors.FetchError, match="could not fetch") as exc:
         fetch.fetch(fetch.read_manifests(overlay).values(), [url], tmp_path, say=quiet)
     assert "larger than the" in "\n".join(exc.value.lines())
 
@@ -279,7 +279,7 @@ def test_distfiles_mirror_output_served_back_is_enough_to_fetch(overlay, archive
 
 def test_a_debian_mirror_needs_a_pin(overlay, archive, tmp_path):
     (overlay / "app-clip" / "tool" / "Pins").unlink()
-    with pytest.raises(fetch.FetchError) as exc:
+    with pytest.raises(errors.FetchError) as exc:
         fetch.fetch(fetch.read_manifests(overlay).values(), [f"debian:{SUITE}"], tmp_path, say=quiet)
     assert "no Debian pin for it (add a DEBIAN line to app-clip/tool/Pins)" in "\n".join(exc.value.lines())
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clipbuild.gentoo.emerge import _MERGE_LINE, Emerge, _enabled, build_deps, parse_failure
 from clipbuild.core.errors import ToolError
+from clipbuild.gentoo.emerge import _MERGE_LINE, Emerge, _enabled, build_deps, parse_failure
 
 
 def test_merge_line():

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.gentoo import fetch
+from clipbuild.core import errors
 from clipbuild.core.errors import InputError
+from clipbuild.gentoo import fetch
 
 
 def _manifest_line(name: str, data: bytes) -> str:
@@ -63,7 +64,7 @@ def test_no_mirror_has_it_lists_every_attempt(overlay, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "tool-1.0.tar.gz").write_bytes(b"evil")
-    with pytest.raises(fetch.FetchError) as exc:
+    with pytest.raises(errors.FetchError) as exc:
         fetch.fetch(fetch.read_manifests(overlay).values(), ["dir:bad", "dir:nowhere", "ftp:x"], tmp_path,
                     say=lambda m: None)
     text = "\n".join(exc.value.lines())
@@ -82,8 +83,8 @@ def test_a_tampered_store_file_is_detected(overlay, tmp_path):
 
 
 def test_a_build_refuses_to_start_without_its_distfiles(overlay):
-    from clipbuild.stages.build import _check_distfiles
     from clipbuild.core.errors import StepError
+    from clipbuild.stages.build import _check_distfiles
 
     with pytest.raises(StepError) as exc:
         _check_distfiles("build/clip-core", overlay, "client")

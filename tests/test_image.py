@@ -14,19 +14,16 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from clipbuild.image import bootloader
-from clipbuild.signing import devpki
-from clipbuild.image import gpt
-from clipbuild.image import install
-from clipbuild.signing import pki
+from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import ImageError
+from clipbuild.core.run import run
+from clipbuild.image import bootloader, gpt, install
 from clipbuild.image.fsimage import Verity
 from clipbuild.image.inspection import current_root_hash
-from clipbuild.core.digest import sha256_file
-from clipbuild.spec.profile import resolve
-from clipbuild.core.run import run
 from clipbuild.image.slot import fstab
+from clipbuild.signing import devpki, pki
 from clipbuild.signing.trust import load_policy, verify_bytes
+from clipbuild.spec.profile import resolve
 
 
 @pytest.fixture

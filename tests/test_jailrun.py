@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from clipbuild.jails import definitions as jails
-from clipbuild.jails.check import KERNEL_CAPS
+from clipbuild.jails import definitions
 from clipbuild.jails.realise import run_in_jail
+from clipbuild.jails.rules import KERNEL_CAPS
 from clipbuild.spec.profile import resolve
 
 pytestmark = pytest.mark.slow
@@ -18,8 +18,8 @@ def client(request):
     from tests.conftest import ROOT
 
     project = Project(ROOT)
-    loaded = jails.load_all(project, resolve(project, "client").jails)
-    return {j.name: j for j in loaded}, jails.render(project, loaded, "client")
+    loaded = definitions.load_all(project, resolve(project, "client").jails)
+    return {j.name: j for j in loaded}, definitions.render(project, loaded, "client")
 
 
 def in_jail(client, name: str, script: str):

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.jails import check as jailcheck
-from clipbuild.jails import definitions as jails
 from clipbuild.core.errors import InputError, ProfileError
+from clipbuild.jails import definitions, rules
 from clipbuild.spec.profile import resolve
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -20,8 +19,8 @@ UPDATE = os.environ.get("CLIPBUILD_UPDATE_GOLDEN") == "1"
 
 @pytest.mark.parametrize("species", ["client", "gateway"])
 def test_rendered_jails_match_golden(project, species):
-    loaded = jails.load_all(project, resolve(project, species).jails)
-    rendered = jails.render(project, loaded, species)
+    loaded = definitions.load_all(project, resolve(project, species).jails)
+    rendered = definitions.render(project, loaded, species)
     data = {"files": rendered.files, "directories": list(rendered.directories)}
     path = GOLDEN / f"jails-{species}.json"
     if UPDATE:
@@ -31,14 +30,14 @@ def test_rendered_jails_match_golden(project, species):
 
 def test_shipped_jails_follow_the_rules(project):
     for species in ("client", "gateway"):
-        issues, exceptions = jailcheck.check(jails.load_all(project, resolve(project, species).jails),
-                                             jailcheck.load_policy(project))
+        issues, exceptions = rules.check(definitions.load_all(project, resolve(project, species).jails),
+                                             rules.load_policy(project))
         assert issues == []
         assert [(e.jail, e.destination) for e in exceptions] == [("update", "/usr/local"), ("update", "/var/pkg")]
 
 
 def test_defaults_are_stated_once_and_a_jail_says_only_what_differs(project):
-    admin = jails.load(project, "admin")
+    admin = definitions.load(project, "admin")
     assert admin.root == "/admin" and admin.root_source == "/mounts/admin_root"
     assert admin.cflags[0] == "fakeinit"
     assert str(admin.origin("cflags")).startswith("jails/_defaults.yaml:")
@@ -51,8 +50,8 @@ def _write(scratch, name: str, text: str) -> None:
 
 
 def _problems(scratch, *names: str) -> list[str]:
-    loaded = jails.load_all(scratch.project, names)
-    issues, _ = jailcheck.check(loaded, jailcheck.load_policy(scratch.project))
+    loaded = definitions.load_all(scratch.project, names)
+    issues, _ = rules.check(loaded, rules.load_policy(scratch.project))
     return [str(i) for i in issues]
 
 
@@ -87,7 +86,7 @@ allow_exec: {/pkg: scripts run from there, /bin2: also, /gone: nothing there}
         "nosuid, nodev and noexec (an exception for noexec needs an allow_exec entry with its reason))",
         "jails/one.yaml:7: jail one: allow_exec./gone: allows /gone to be executable, but no writable mount there "
         "needs it (remove the entry)"]
-    _, exceptions = jailcheck.check(jails.load_all(scratch.project, ("one",)), jailcheck.load_policy(scratch.project))
+    _, exceptions = rules.check(definitions.load_all(scratch.project, ("one",)), rules.load_policy(scratch.project))
     assert [str(e) for e in exceptions] == ["one: /pkg is writable and executable: scripts run from there"]
 
 
@@ -128,7 +127,7 @@ def test_mount_sources_stay_in_the_allowed_trees(scratch):
 def test_a_destination_with_dotdot_is_a_schema_error(scratch):
     _write(scratch, "one", BASE + "mounts:\n  - {src: /mounts/x, dst: /a/../b, options: [bind, ro]}\n")
     with pytest.raises(ProfileError) as exc:
-        jails.load(scratch.project, "one")
+        definitions.load(scratch.project, "one")
     assert [str(i) for i in exc.value.issues] == [
         "jails/one.yaml:5: one: mounts[4].dst: '..' is not allowed in a path (absolute, without spaces)"]
 
@@ -136,13 +135,13 @@ def test_a_destination_with_dotdot_is_a_schema_error(scratch):
 def test_newlines_cannot_reach_a_line_oriented_file(scratch):
     _write(scratch, "one", BASE + 'cmd: "/bin/sh\\n/etc/evil"\n')
     with pytest.raises(ProfileError, match="cmd: '/bin/sh\\n/etc/evil' is not a command"):
-        jails.load(scratch.project, "one")
+        definitions.load(scratch.project, "one")
 
 
 def test_templates_render_with_undefined_variables_as_errors(scratch, project):
     (scratch.root / "jails" / "templates" / "hostname.j2").write_text("{{ jail.hostnam }}\n")
     with pytest.raises(InputError, match=r"template error: .*has no attribute .hostnam."):
-        jails.render(scratch.project, [jails.load(scratch.project, "admin")], "client")
+        definitions.render(scratch.project, [definitions.load(scratch.project, "admin")], "client")
 
 
 def test_jail_commands(scratch_with_base, clipbuild, tmp_path):

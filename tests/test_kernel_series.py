@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from clipbuild.core.run import run
+from clipbuild.gentoo.guest import KCONFIG
 
 ROOT = Path(__file__).resolve().parent.parent
 ECLASS = ROOT / "overlays" / "clip" / "eclass" / "clip-kernel.eclass"
@@ -22,7 +23,7 @@ EXPORT_FUNCTIONS() { :; }
 
 def _prepare(tree: Path, patches: Path) -> tuple[int, str]:
     script = (f"{STUBS}\nWORKDIR={tree.parent}\nT=$(mktemp -d)\nS={tree}\nsource {ECLASS}\n"
-              f"CLIP_KERNEL_DIR={patches} CLIP_KCONFIG={ROOT / 'clipbuild' / 'kconfig.py'} "
+              f"CLIP_KERNEL_DIR={patches} CLIP_KCONFIG={KCONFIG} "
               f"CLIP_KERNEL_FRAGMENTS=x\ncd {tree}\nclip-kernel_src_prepare\n")
     result = run(["bash", "-c", script], check=False)
     return result.returncode, result.stdout + result.stderr

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.formats import debpkg
-from clipbuild.formats import depmap
-from clipbuild.formats import gpkg
+from clipbuild.core import errors
 from clipbuild.core.run import run, run_bytes
+from clipbuild.formats import debpkg, depmap, gpkg
 
 
 def test_names_and_versions_follow_gencontrol():
@@ -39,7 +38,7 @@ def test_dependency_mapping():
     ("rm", "apps", ["mounts/x"], "installs only under /usr/local, /var, /audit_root, /user_root"),
 ])
 def test_clip_path_rules(dist, part, paths, message):
-    with pytest.raises(debpkg.PackagingError, match=re.escape(message)):
+    with pytest.raises(errors.PackagingError, match=re.escape(message)):
         debpkg.check_paths("cat/pkg-1", debpkg.DebOptions(dist, part, 0), paths)
 
 
@@ -70,7 +69,7 @@ def _tar(entries: list[tuple[str, str, str]]) -> list[tarfile.TarInfo]:
     ([("image/x", "hard", "/etc/shadow")], "escapes the tree"),
 ])
 def test_unsafe_archive_members_are_refused(entries, message):
-    with pytest.raises(gpkg.UnsafeArchive, match=message):
+    with pytest.raises(errors.UnsafeArchive, match=message):
         gpkg.check_members(_tar(entries))
 
 

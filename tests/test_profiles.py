@@ -10,8 +10,8 @@ import pytest
 
 from clipbuild.spec.checks import SLOTTED_MOUNTS
 from clipbuild.spec.layout import minimum_disk_size
-from clipbuild.stages.pipeline import compile_plan
 from clipbuild.spec.profile import list_profiles, resolve, validate_paths
+from clipbuild.stages.pipeline import compile_plan
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 UPDATE = os.environ.get("CLIPBUILD_UPDATE_GOLDEN") == "1"

@@ -10,13 +10,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from clipbuild.formats import ar
-from clipbuild.signing import batch
-from clipbuild.formats import clipsig
-from clipbuild.signing import pki
-from clipbuild.signing import signer
-from clipbuild.signing import trust
+from clipbuild.core import errors
 from clipbuild.core.errors import InputError
+from clipbuild.formats import ar, clipsig
+from clipbuild.signing import batch, pki, signer, trust
 
 # A copy of shared/vectors/gencrypt-bp256: packages signed and checked by the original CLIP OS 4 tools.
 VECTORS = Path(__file__).resolve().parent / "data" / "vectors" / "gencrypt-bp256"
@@ -185,15 +182,15 @@ def test_wrong_key_usage_and_foreign_ca(our_pki, tmp_path):
 def test_signing_refuses_a_certificate_near_expiry(our_pki):
     pki.issue(our_pki, "developer", "developer-short", SECRET, days=30)
     short = _signer(our_pki, "developer-short")
-    with pytest.raises(signer.SigningError, match="has 29 days of validity left; signing needs at least 90"):
+    with pytest.raises(errors.SigningError, match="has 29 days of validity left; signing needs at least 90"):
         signer.check_fit(short, "developer", trust.load_policy(our_pki / "policy.yaml").developer)
 
 
 def test_signing_order_is_enforced(our_pki):
     unsigned = (VECTORS / "vectortest_1.0_all.unsigned.deb").read_bytes()
-    with pytest.raises(signer.SigningError, match="no developer signature to countersign"):
+    with pytest.raises(errors.SigningError, match="no developer signature to countersign"):
         signer.sign_bytes(unsigned, "controller", _signer(our_pki, "controller-1"))
-    with pytest.raises(signer.SigningError, match="already signed by a developer"):
+    with pytest.raises(errors.SigningError, match="already signed by a developer"):
         signer.sign_bytes(_signed(our_pki), "developer", _signer(our_pki, "developer-1"))
 
 
@@ -207,7 +204,7 @@ def test_countersign_is_all_or_nothing(our_pki, tmp_path):
     (box / "c.deb").write_bytes(unsigned)
     policy = trust.load_policy(our_pki / "policy.yaml")
     before = {p.name: p.read_bytes() for p in box.iterdir()}
-    with pytest.raises(batch.BatchRefused) as exc:
+    with pytest.raises(errors.BatchRefused) as exc:
         batch.countersign(box, _signer(our_pki, "controller-1"), policy)
     lines = exc.value.lines()
     assert lines[0].endswith("2 package(s) fail the developer check; nothing was countersigned")
@@ -306,5 +303,5 @@ def test_a_signer_with_the_wrong_key_usage_is_refused(our_pki, tmp_path):
     verdict = trust.verify_bytes(data, trust.load_policy(our_pki / "policy.yaml"))
     assert verdict.reasons == ("dev_sign: key usage is digital_signature, key_encipherment, not digitalSignature "
                                "only",)
-    with pytest.raises(signer.SigningError, match="not digitalSignature only"):
+    with pytest.raises(errors.SigningError, match="not digitalSignature only"):
         signer.check_fit(wrong, "developer", trust.load_policy(our_pki / "policy.yaml").developer)

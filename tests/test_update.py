@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.signing import devpki
-from clipbuild.update import repository
-from clipbuild.update import apply as update
 from clipbuild.core.errors import ImageError
 from clipbuild.core.run import run
+from clipbuild.signing import devpki
 from clipbuild.signing.signer import sign_bytes
 from clipbuild.signing.trust import load_policy
+from clipbuild.update import apply, repository
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 
@@ -42,17 +41,17 @@ def _deb(tmp_path: Path, pki, name: str, version: str = "1.0", *, signed: bool =
     return out
 
 
-def _part(tmp_path: Path, pki, **fields: str) -> update.RepoPart:
+def _part(tmp_path: Path, pki, **fields: str) -> apply.RepoPart:
     conf = repository.read_package(_deb(tmp_path, pki, "clip-core-conf", "4.5.1", **fields))
     member = repository.read_package(_deb(tmp_path, pki, "busybox", "1.35.0"))
-    return update.RepoPart("clip", "core", conf, (conf, member))
+    return apply.RepoPart("clip", "core", conf, (conf, member))
 
 
-RULES = update.Rules(now=NOW)
+RULES = apply.Rules(now=NOW)
 
 
 def _reasons(tmp_path, pki, installed=None, rules=RULES, **fields):
-    return update.check_part(_part(tmp_path, pki, **fields), load_policy(pki.policy_path), installed or {}, rules)
+    return apply.check_part(_part(tmp_path, pki, **fields), load_policy(pki.policy_path), installed or {}, rules)
 
 
 def test_a_good_part_passes(tmp_path, pki):
@@ -74,7 +73,7 @@ def test_each_field_rule_names_package_and_rule(tmp_path, pki, fields, expected)
 
 
 def test_rules_can_be_relaxed_as_clip_s_configuration_allowed(tmp_path, pki):
-    relaxed = update.Rules(maximum_age_days=0, install_high_impact=True, now=NOW)
+    relaxed = apply.Rules(maximum_age_days=0, install_high_impact=True, now=NOW)
     assert _reasons(tmp_path, pki, rules=relaxed, Impact="3", **{"Release-Date": "Mon, 01 Jan 2024 10:00:00 +0000"}) \
         == []
 
@@ -83,13 +82,13 @@ def test_downgrades_are_refused_per_package(tmp_path, pki):
     reasons = _reasons(tmp_path, pki, {"busybox": "1.36.0", "clip-core-conf": "4.5.0"})
     assert reasons == ["clip-core: busybox_1.35.0_amd64.deb: downgrade refused: busybox 1.36.0 is installed, the "
                        "repository has 1.35.0"]
-    assert update.compare_versions("4.5.0", "4.5.0-r1") == -1 and update.compare_versions("1.10", "1.9") == 1
+    assert apply.compare_versions("4.5.0", "4.5.0-r1") == -1 and apply.compare_versions("1.10", "1.9") == 1
 
 
 def test_an_unsigned_package_is_refused(tmp_path, pki):
     conf = repository.read_package(_deb(tmp_path, pki, "clip-core-conf", "4.5.1", signed=False))
-    reasons = update.check_part(update.RepoPart("clip", "core", conf, (conf,)), load_policy(pki.policy_path), {},
-                                update.Rules(now=NOW))
+    reasons = apply.check_part(apply.RepoPart("clip", "core", conf, (conf,)), load_policy(pki.policy_path), {},
+                                apply.Rules(now=NOW))
     assert reasons == ["clip-core: clip-core-conf_4.5.1_amd64.deb: no dev_sign: the package is not signed"]
 
 
@@ -102,9 +101,9 @@ def test_a_pool_that_disagrees_with_its_index_is_refused(tmp_path, pki):
     index.mkdir(parents=True)
     stanza = repository.stanza(repository.read_package(conf_dir / "pool" / deb.name), f"pool/{deb.name}")
     (index / "Packages.gz").write_bytes(gzip.compress(stanza.encode()))
-    assert set(update.read_repository(tmp_path / "repo")) == {"clip-core"}
+    assert set(apply.read_repository(tmp_path / "repo")) == {"clip-core"}
     (conf_dir / "pool" / deb.name).write_bytes(deb.read_bytes() + b"\n")
     with pytest.raises(ImageError, match=r"its SHA-256 is not the one Packages\.gz lists"):
-        update.read_repository(tmp_path / "repo")
+        apply.read_repository(tmp_path / "repo")
     with pytest.raises(ImageError, match="no update repository"):
-        update.read_repository(tmp_path / "empty")
+        apply.read_repository(tmp_path / "empty")

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.signing import devpki
-from clipbuild.update import repository
 from clipbuild.formats.clipsig import read_layout
+from clipbuild.signing import devpki
 from clipbuild.signing.signer import sign_bytes
+from clipbuild.update import repository
 from tests.e2e import Project, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -166,8 +166,8 @@ def apps_repo(releases, tmp_path_factory) -> Path:
 
 
 def _apps_release_file(image: Path, scratch: Path) -> str:
-    from clipbuild.image import gpt
     from clipbuild.core.run import run
+    from clipbuild.image import gpt
 
     _, entries = gpt.read_table(image)
     mounts = next(e for e in entries if e.label == "mounts_a")

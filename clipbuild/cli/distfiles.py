@@ -3,28 +3,16 @@ Debian pin to a version the archive offers now)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from clipbuild.gentoo import fetch
-from clipbuild.gentoo import pinmove
+from clipbuild.cli.context import Options, emit_json, json_option, say
+from clipbuild.core.project import OVERLAY, Project
+from clipbuild.gentoo import fetch, pinmove
 from clipbuild.gentoo.pins import Pin
 from clipbuild.spec.profile import resolve
-from clipbuild.core.project import Project
-
-OVERLAY = Path("overlays") / "clip"
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-
-
-def _emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _say(message: str) -> None:
-    click.echo(message, err=True)
 
 
 @click.group("distfiles")
@@ -45,7 +33,7 @@ def distfiles() -> None:
 @click.argument("species", required=False)
 @json_option
 @click.pass_obj
-def distfiles_list(opts: Any, species: str | None, as_json: bool) -> None:
+def distfiles_list(opts: Options, species: str | None, as_json: bool) -> None:
     """Every distfile of the overlay: name, size, package, Debian pin, mirror it came from, state.
 
     SPECIES only checks that its profile resolves; every species builds from the same overlay.
@@ -58,7 +46,7 @@ def distfiles_list(opts: Any, species: str | None, as_json: bool) -> None:
              "pin": _pin_dict(d.pin), "origin": origins.get(d.name), "state": fetch.state_of(d)}
             for d in fetch.read_manifests(project.root / OVERLAY).values()]
     if as_json:
-        _emit(rows)
+        emit_json(rows)
         return
     for row in rows:
         pin = f"{row['pin']['package']}={row['pin']['version']} ({row['pin']['kind']})" if row["pin"] else "-"
@@ -75,7 +63,7 @@ def _pin_dict(pin: Pin | None) -> dict[str, str] | None:
 @click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
 @click.argument("species", nargs=-1)
 @click.pass_obj
-def distfiles_mirror(opts: Any, folder: Path, species: tuple[str, ...]) -> None:
+def distfiles_mirror(opts: Options, folder: Path, species: tuple[str, ...]) -> None:
     """Fill FOLDER with every distfile the species need (default: client), verified.
 
     Missing ones are fetched first from each species' mirrors. Serve FOLDER over HTTP (any static web
@@ -96,7 +84,7 @@ def distfiles_mirror(opts: Any, folder: Path, species: tuple[str, ...]) -> None:
               help="The Debian version to pin [default: the newest the archive offers].")
 @json_option
 @click.pass_obj
-def distfiles_pin(opts: Any, package: str, version: str | None, as_json: bool) -> None:
+def distfiles_pin(opts: Options, package: str, version: str | None, as_json: bool) -> None:
     """Move the Debian pins of PACKAGE (CATEGORY/PN) to a version the archive offers now.
 
     Downloads the new version, checks it, then rewrites the package's Manifest and Pins (and, when the
@@ -107,12 +95,12 @@ def distfiles_pin(opts: Any, package: str, version: str | None, as_json: bool) -
     overlay = project.root / OVERLAY
     profiles = {path.stem: resolve(project, path.stem) for path in project.species_files()}
     suites = _debian_suites(p.sources.mirrors for p in profiles.values() if not p.abstract)
-    result = pinmove.move_pins(overlay, package, suites, version, _say)
+    result = pinmove.move_pins(overlay, package, suites, version, say)
     result.rebuilds = pinmove.reverse_dependencies(overlay, package)
     result.species = sorted(name for name, prof in profiles.items() if not prof.abstract and any(
         pinmove.atom_package(atom) in result.rebuilds for _, _, pset in prof.packages.sets() for atom in pset.atoms))
     if as_json:
-        _emit({"package": package, "moves": [{"distfile": m.distfile, "old": str(m.old), "new": str(m.new),
+        emit_json({"package": package, "moves": [{"distfile": m.distfile, "old": str(m.old), "new": str(m.new),
                                               "old_manifest": m.old_line, "new_manifest": m.new_line}
                                              for m in result.moves],
                "renamed": result.renamed, "rewritten": result.rewritten, "rebuilds": result.rebuilds,

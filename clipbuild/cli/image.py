@@ -9,21 +9,17 @@ from typing import Any
 
 import click
 
-from clipbuild.signing import devpki
-from clipbuild.image import inspection
-from clipbuild.signing import trust
-from clipbuild.image import vm
+from clipbuild.cli.context import Options, emit_json, json_option
 from clipbuild.core.errors import InputError, VmCheckError
-from clipbuild.stages.image import STEP, Published, image_name, publish
-from clipbuild.spec.profile import resolve, species_path
+from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
-from clipbuild.image.slot import DEVELOPMENT
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-
-
-def _emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+from clipbuild.image import inspection, vm
+from clipbuild.image.manifest import image_name
+from clipbuild.image.publish import Published, publish
+from clipbuild.signing import devpki, trust
+from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
+from clipbuild.spec.profile import resolve, species_path
+from clipbuild.stages.image import STEP
 
 
 def signing_options(func: Any) -> Any:
@@ -53,7 +49,7 @@ def signing_options(func: Any) -> Any:
 @click.option("--offline", is_flag=True, help="Do not fetch missing distfiles first; fail instead.")
 @json_option
 @click.pass_obj
-def image_cmd(opts: Any, species: str, release: bool, batches: tuple[Path, ...], policy: Path | None,
+def image_cmd(opts: Options, species: str, release: bool, batches: tuple[Path, ...], policy: Path | None,
               out_dir: Path | None, qcow2: bool, zstd: bool, offline: bool, as_json: bool) -> None:
     """Build the A/B disk image of SPECIES, running every stage that is out of date.
 
@@ -80,7 +76,7 @@ def image_cmd(opts: Any, species: str, release: bool, batches: tuple[Path, ...],
                           as_json=as_json, out_dir=out_dir or opts.workdir / "images", qcow2=qcow2, zstd=zstd)
     manifest = json.loads(done.manifest.read_text())
     if as_json:
-        _emit({"image": str(done.image), "manifest": str(done.manifest), "copies": [str(c) for c in done.copies],
+        emit_json({"image": str(done.image), "manifest": str(done.manifest), "copies": [str(c) for c in done.copies],
                "sha256": manifest["image"]["sha256"], "signing": manifest["signing"]})
         return
     click.echo(f"{done.image}  ({format_size(manifest['disk']['size'])}, {manifest['signing']} signing, "
@@ -90,8 +86,8 @@ def image_cmd(opts: Any, species: str, release: bool, batches: tuple[Path, ...],
     click.echo(f"boot it: clipbuild vm {done.image}   check it: clipbuild inspect {done.image} --verify")
 
 
-def build_image(opts: Any, species: str, *, release: bool, batches: tuple[Path, ...], policy: Path | None,
-                offline: bool, as_json: bool, out_dir: Path, **copies: bool) -> tuple[Published, Any]:
+def build_image(opts: Options, species: str, *, release: bool, batches: tuple[Path, ...], policy: Path | None,
+                offline: bool, as_json: bool, out_dir: Path, **copies: bool) -> tuple[Published, Executor]:
     """Run the plan up to the image and publish it to `out_dir`: (what was written, the executor)."""
     if batches and not release:
         raise click.UsageError("--batch goes with --release")
@@ -105,7 +101,7 @@ def build_image(opts: Any, species: str, *, release: bool, batches: tuple[Path, 
     return publish(executor.output(species, STEP), out_dir, **copies), executor
 
 
-def image_path(opts: Any, name: str) -> Path:
+def image_path(opts: Options, name: str) -> Path:
     """IMAGE as a file, or a species name meaning its newest image in WORKDIR/images/ (development
     `<species>-<version>-dev.img` or release `<species>-<version>.img`)."""
     path = Path(name)
@@ -114,7 +110,7 @@ def image_path(opts: Any, name: str) -> Path:
     if "/" not in name and species_path(opts.project, name).is_file():
         profile = resolve(opts.project, name)
         paths = [opts.workdir / "images" / image_name(profile.species, profile.version, mode)
-                 for mode in (DEVELOPMENT, "release")]
+                 for mode in (DEVELOPMENT, RELEASE)]
         found = [p for p in paths if p.is_file()]
         if found:
             return max(found, key=lambda p: p.stat().st_mtime_ns)
@@ -130,7 +126,7 @@ def image_path(opts: Any, name: str) -> Path:
               help="Trust policy for --verify [default: the development PKI's, for a development image].")
 @json_option
 @click.pass_obj
-def inspect_cmd(opts: Any, image: str, verify: bool, policy: Path | None, as_json: bool) -> None:
+def inspect_cmd(opts: Options, image: str, verify: bool, policy: Path | None, as_json: bool) -> None:
     """Show what IMAGE (a file, or a species' latest image) holds: partitions, slots, the active slot,
     packages, signers, development or release."""
     found = inspection.read(image_path(opts, image))
@@ -140,7 +136,7 @@ def inspect_cmd(opts: Any, image: str, verify: bool, policy: Path | None, as_jso
         report = inspection.verify(found, trust.load_policy(image_policy(found.manifest, policy, "--verify of")))
         data["verify"] = report.to_dict()
     if as_json:
-        _emit(data)
+        emit_json(data)
     else:
         click.echo(_format(data))
     if report is not None and not report.ok:
@@ -152,7 +148,7 @@ def image_policy(manifest: dict[str, Any], policy: Path | None, what: str) -> Pa
     `what` names the work in the error a release image without --policy gets."""
     if policy is not None:
         return policy
-    if manifest["signing"] == "development":
+    if manifest["signing"] == DEVELOPMENT:
         return devpki.location() / "policy.yaml"
     raise InputError(f"{what} a release image needs the release trust policy: --policy FILE")
 
@@ -191,7 +187,7 @@ def _format(data: dict[str, Any]) -> str:
 @click.option("--memory", default=512, show_default=True, help="Guest memory in MiB.")
 @json_option
 @click.pass_obj
-def vm_cmd(opts: Any, image: str, check: bool, timeout: float, log_path: Path | None, memory: int,
+def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Path | None, memory: int,
            as_json: bool) -> None:
     """Boot IMAGE (a file, or a species' latest image) in QEMU (TCG) on the serial console.
 
@@ -206,7 +202,7 @@ def vm_cmd(opts: Any, image: str, check: bool, timeout: float, log_path: Path | 
     log_path = log_path or opts.workdir / "vm" / f"{path.name}.console.log"
     result = vm.check(path, log_path, timeout=timeout, memory_mib=memory)
     if as_json:
-        _emit(result.to_dict())
+        emit_json(result.to_dict())
     elif result.ok:
         click.echo(f"boot ok in {result.seconds:.1f} s: {result.marker}\nconsole log: {result.log}")
     if not result.ok:

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from clipbuild.jails import check as jailcheck
-from clipbuild.jails import realise as jailrun
-from clipbuild.jails import definitions as jails
+from clipbuild.cli.context import Options, emit_json, json_option
 from clipbuild.core.errors import EXIT_BAD_INPUT, ProfileError
-from clipbuild.spec.profile import resolve
 from clipbuild.core.project import Project
+from clipbuild.jails import definitions, realise, rules
+from clipbuild.spec.profile import resolve
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 
-
-def checked(project: Project, species: str) -> tuple[list[jails.Jail], list[jailcheck.ExecException]]:
+def checked(project: Project, species: str) -> tuple[list[definitions.Jail], list[rules.ExecException]]:
     """The species' jails, loaded and checked; raises ProfileError (exit 2) on any broken rule."""
-    loaded = jails.load_all(project, resolve(project, species).jails)
-    issues, exceptions = jailcheck.check(loaded, jailcheck.load_policy(project))
+    loaded = definitions.load_all(project, resolve(project, species).jails)
+    issues, exceptions = rules.check(loaded, rules.load_policy(project))
     if issues:
         raise ProfileError(issues)
     return loaded, exceptions
@@ -39,13 +35,13 @@ def jails_group() -> None:
               help="Where to write etc/jails/<name>/..., etc/conf.d/jail-net and the jail trees.")
 @json_option
 @click.pass_obj
-def render_cmd(opts, species: str, out: Path, as_json: bool) -> None:
+def render_cmd(opts: Options, species: str, out: Path, as_json: bool) -> None:
     """Render every jail of SPECIES into OUT (checked first: nothing is written if a rule breaks)."""
     loaded, _ = checked(opts.project, species)
-    rendered = jails.render(opts.project, loaded, species)
-    jails.write(rendered, out)
+    rendered = definitions.render(opts.project, loaded, species)
+    definitions.write(rendered, out)
     if as_json:
-        click.echo(json.dumps({"files": list(rendered.files), "directories": list(rendered.directories)}, indent=2))
+        emit_json({"files": list(rendered.files), "directories": list(rendered.directories)}, sort_keys=False)
     else:
         click.echo(f"{len(loaded)} jails, {len(rendered.files)} files rendered into {out}")
 
@@ -54,15 +50,14 @@ def render_cmd(opts, species: str, out: Path, as_json: bool) -> None:
 @click.argument("species")
 @json_option
 @click.pass_obj
-def check_cmd(opts, species: str, as_json: bool) -> None:
+def check_cmd(opts: Options, species: str, as_json: bool) -> None:
     """Check SPECIES' jails; prints the writable-and-executable exceptions and every broken rule (exit 2)."""
     project = opts.project
-    loaded = jails.load_all(project, resolve(project, species).jails)
-    issues, exceptions = jailcheck.check(loaded, jailcheck.load_policy(project))
+    loaded = definitions.load_all(project, resolve(project, species).jails)
+    issues, exceptions = rules.check(loaded, rules.load_policy(project))
     if as_json:
-        click.echo(json.dumps({"ok": not issues, "jails": [j.name for j in loaded],
-                               "exceptions": [asdict(e) for e in exceptions],
-                               "problems": [str(i) for i in issues]}, indent=2))
+        emit_json({"ok": not issues, "jails": [j.name for j in loaded], "exceptions": [asdict(e) for e in exceptions],
+                   "problems": [str(i) for i in issues]}, sort_keys=False)
     else:
         for exception in exceptions:
             click.echo(f"allowed: {exception}")
@@ -80,14 +75,14 @@ def check_cmd(opts, species: str, as_json: bool) -> None:
 @click.argument("name")
 @json_option
 @click.pass_obj
-def show_cmd(opts, species: str, name: str, as_json: bool) -> None:
+def show_cmd(opts: Options, species: str, name: str, as_json: bool) -> None:
     """Show jail NAME of SPECIES: its settings and its mounts with their flags, as a table."""
     loaded, _ = checked(opts.project, species)
     jail = next((j for j in loaded if j.name == name), None)
     if jail is None:
         raise click.BadParameter(f"{species} has no jail {name} ({', '.join(j.name for j in loaded)})")
     if as_json:
-        click.echo(json.dumps(jail.to_dict(), indent=2, sort_keys=True))
+        emit_json(jail.to_dict())
         return
     click.echo(f"{jail.name}: {jail.description}")
     click.echo(f"  context {jail.context}  root {jail.root}  cmd {jail.cmd}  addr {' '.join(jail.addr)}")
@@ -108,7 +103,7 @@ def show_cmd(opts, species: str, name: str, as_json: bool) -> None:
 @click.option("--userland", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="A tree to put in the jail's root (e.g. a built ROOT) [default: busybox-static].")
 @click.pass_obj
-def run_cmd(opts, species: str, name: str, command: tuple[str, ...], userland: Path | None) -> None:
+def run_cmd(opts: Options, species: str, name: str, command: tuple[str, ...], userland: Path | None) -> None:
     """Run COMMAND in jail NAME of SPECIES, realised for real without root.
 
     Namespaces, the jail's fstab mounts with their ro/nosuid/nodev/noexec flags, its capability bounding set:
@@ -118,8 +113,8 @@ def run_cmd(opts, species: str, name: str, command: tuple[str, ...], userland: P
     jail = next((j for j in loaded if j.name == name), None)
     if jail is None:
         raise click.BadParameter(f"{species} has no jail {name} ({', '.join(j.name for j in loaded)})")
-    rendered = jails.render(opts.project, loaded, species)
-    result = jailrun.run_in_jail(jail, rendered, command, userland, capture=False)
+    rendered = definitions.render(opts.project, loaded, species)
+    result = realise.run_in_jail(jail, rendered, command, userland, capture=False)
     sys.exit(result.returncode)
 
 

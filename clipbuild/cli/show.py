@@ -8,10 +8,10 @@ from typing import Any
 import yaml
 
 from clipbuild.core.executor import StepStatus
-from clipbuild.spec.model import PROFILE_SCHEMA, Profile
 from clipbuild.core.plan import BuildPlan
-from clipbuild.spec.schema import ListOf, MapOf, Nullable, Size, Struct, Type
 from clipbuild.core.sizes import format_size
+from clipbuild.spec.model import PROFILE_SCHEMA, Profile
+from clipbuild.spec.schema import ListOf, MapOf, Nullable, Size, Struct, Type
 
 COMMENT_COLUMN = 56
 

@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import click
 
-from clipbuild.signing import batch
-from clipbuild.signing import pki
-from clipbuild.update import repository
-from clipbuild.signing import signer
-from clipbuild.signing import trust
+from clipbuild.cli.context import emit_json, json_option
 from clipbuild.core.errors import EXIT_FAILED, InputError
+from clipbuild.signing import batch, pki, signer, trust
+from clipbuild.update import repository
 
 ROLE = click.Choice(["developer", "controller"])
 passphrase_option = click.option(
     "--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
     help=f"File holding the key passphrase [default: ${signer.PASSPHRASE_ENV}]. Never on the command line.")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 policy_option = click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
                              required=True, help="The trust policy file (clipbuild pki init writes one).")
-
-
-def _emit(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _secret(passphrase_file: Path | None) -> bytes:
@@ -121,7 +112,7 @@ def countersign_cmd(batch_dir: Path, key: Path, cert: Path, policy: Path, passph
     key_pair = signer.load_signing_key(key, cert, signer.passphrase(passphrase_file))
     rows = batch.countersign(batch_dir, key_pair, trust.load_policy(policy))
     if as_json:
-        _emit([asdict(r) for r in rows])
+        emit_json([asdict(r) for r in rows])
     else:
         click.echo((batch_dir / f"{batch.REPORT}.txt").read_text(), nl=False)
 
@@ -142,7 +133,7 @@ def verify_cmd(debs: tuple[Path, ...], policy: Path, at: dt.datetime | None, as_
     when = at.replace(tzinfo=dt.UTC) if at else None
     verdicts = [trust.verify_file(deb, loaded, at=when) for deb in debs]
     if as_json:
-        _emit([v.to_dict() for v in verdicts])
+        emit_json([v.to_dict() for v in verdicts])
     else:
         for verdict in verdicts:
             if verdict.ok:

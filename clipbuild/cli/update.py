@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
-from clipbuild.image import inspection
-from clipbuild.update import repository
-from clipbuild.signing import trust
-from clipbuild.update import apply as update
+from clipbuild.cli.context import Options, emit_json, json_option
 from clipbuild.cli.image import build_image, image_path, image_policy, signing_options
-from clipbuild.spec.profile import resolve
+from clipbuild.image import inspection
 from clipbuild.image.slot import CLIP_SETS, RM_SETS
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+from clipbuild.signing import trust
+from clipbuild.spec.profile import resolve
+from clipbuild.update import apply, repository
 
 
 @click.command("release")
@@ -28,7 +25,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 @click.option("--offline", is_flag=True, help="Do not fetch missing distfiles first; fail instead.")
 @json_option
 @click.pass_obj
-def release_cmd(opts: Any, species: str, release: bool, batches: tuple[Path, ...], policy: Path | None,
+def release_cmd(opts: Options, species: str, release: bool, batches: tuple[Path, ...], policy: Path | None,
                 out_dir: Path | None, offline: bool, as_json: bool) -> None:
     """Make the release of SPECIES at its profile's version: the image, and the signed update repositories
     in CLIP's layout (one per conf package: pool/ and dists/<dist>/main/binary-amd64/Packages.gz).
@@ -46,8 +43,8 @@ def release_cmd(opts: Any, species: str, release: bool, batches: tuple[Path, ...
     policy_path = image_policy(json.loads(done.manifest.read_text()), policy, "publishing")
     written = repository.publish(debs, trust.load_policy(policy_path), out_dir / "repo")
     if as_json:
-        click.echo(json.dumps({"image": str(done.image), "manifest": str(done.manifest),
-                               "repositories": [str(p) for p in written]}, indent=2))
+        emit_json({"image": str(done.image), "manifest": str(done.manifest),
+                   "repositories": [str(p) for p in written]}, sort_keys=False)
         return
     click.echo(f"{done.image}")
     for path in written:
@@ -69,7 +66,7 @@ def update_group() -> None:
 @click.option("--allow-high-impact", is_flag=True, help="Accept packages with Impact 2 or more.")
 @json_option
 @click.pass_obj
-def apply_cmd(opts: Any, image: str, repo: Path, policy: Path | None, max_age: int, allow_high_impact: bool,
+def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_age: int, allow_high_impact: bool,
               as_json: bool) -> None:
     """Apply the update repositories under REPO to IMAGE (a file, or a species' latest image), in place.
 
@@ -87,11 +84,11 @@ def apply_cmd(opts: Any, image: str, repo: Path, policy: Path | None, max_age: i
     """
     path = image_path(opts, image)
     found_policy = image_policy(inspection.read(path).manifest, policy, "updating")
-    rules = update.Rules(maximum_age_days=max_age, install_high_impact=allow_high_impact)
-    outcome = update.apply(path, repo, trust.load_policy(found_policy), rules,
+    rules = apply.Rules(maximum_age_days=max_age, install_high_impact=allow_high_impact)
+    outcome = apply.apply(path, repo, trust.load_policy(found_policy), rules,
                            progress=lambda message: click.echo(f"update: {message}", err=True))
     if as_json:
-        click.echo(json.dumps(outcome.to_dict(), indent=2))
+        emit_json(outcome.to_dict(), sort_keys=False)
         return
     for note in outcome.notes:
         click.echo(f"note: {note}")
@@ -107,10 +104,10 @@ def apply_cmd(opts: Any, image: str, repo: Path, policy: Path | None, max_age: i
 @update_group.command("rollback")
 @click.argument("image")
 @click.pass_obj
-def rollback_cmd(opts: Any, image: str) -> None:
+def rollback_cmd(opts: Options, image: str) -> None:
     """Boot the other slot again (after checking its root against its boot entry)."""
     path = image_path(opts, image)
-    old, new = update.rollback(path)
+    old, new = apply.rollback(path)
     click.echo(f"{path.name}: slot {new} is active again (was {old})")
 
 

@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,9 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} cannot be part of a plan")
 
 
-def key_of(components: Mapping[str, Any]) -> str:
-    """SHA-256 over the canonical JSON of a step's (or a package's) key components."""
-    return hashlib.sha256(canonical_json(components).encode()).hexdigest()
+def key_of(data: Any) -> str:
+    """SHA-256 over the canonical JSON of `data`: a step's or a package's key components, a build root recipe."""
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

@@ -18,7 +18,6 @@ committed object and every steps/ link as they were, and the next run removes th
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -27,14 +26,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from clipbuild import __version__
+from clipbuild.core.digest import key_of, sha256_file
 from clipbuild.core.errors import CacheError, ClipbuildError, StepError
-from clipbuild.stages.pipeline import STEP_KINDS
 from clipbuild.core.plan import BuildPlan, Step, StepContext, StepKind, required_tools
-from clipbuild.core.digest import canonical_json, sha256_file
-from clipbuild.core.report import Reporter
 from clipbuild.core.run import require
 
 MANIFEST = "manifest.json"
@@ -70,17 +67,40 @@ def key_components(step: Step, version: int, input_keys: Mapping[str, str]) -> d
     }
 
 
-def key_of(components: Mapping[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(components).encode()).hexdigest()
+class Reporter(Protocol):
+    """What the executor says while it runs a plan (clipbuild.core.report writes it for people or CI). The
+    bodies here say nothing, so `Silent` is the reporter that reports nothing."""
+
+    def plan_started(self, plan: BuildPlan, to_run: int) -> None:
+        """A run starts: the plan, and how many of its steps are not cached."""
+
+    def step_started(self, index: int, total: int, step: Step, status: StepStatus) -> None:
+        """Step `index` of `total` is looked at: cached, or about to run (`status.reason` says why)."""
+
+    def step_progress(self, step: Step, message: str) -> None:
+        """A running step says what it is doing."""
+
+    def step_finished(self, index: int, total: int, step: Step, outcome: Outcome) -> None:
+        """A step was reused or ran."""
+
+    def plan_finished(self, outcomes: list[Outcome]) -> None:
+        """Every step is done."""
+
+
+class Silent(Reporter):
+    """The reporter of an executor given none."""
 
 
 class Executor:
-    def __init__(self, workdir: Path, kinds: Mapping[str, type[StepKind]] = STEP_KINDS,
-                 reporter: Reporter | None = None, project_root: Path | None = None):
+    """Runs plans in one work directory, with the step kinds of `kinds` (clipbuild.stages.pipeline.STEP_KINDS
+    for the real pipeline)."""
+
+    def __init__(self, workdir: Path, kinds: Mapping[str, type[StepKind]], reporter: Reporter | None = None,
+                 project_root: Path | None = None):
         self.workdir = workdir
         self.project_root = project_root or Path.cwd()
         self.kinds = kinds
-        self.reporter = reporter or Reporter.silent()
+        self.reporter = reporter or Silent()
         self.objects = workdir / "objects"
 
     # -- keys and explanations -------------------------------------------------------------------------

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipbuild.core.errors import ProjectError
+from clipbuild.core.run import run
 
 MARKERS = ("profiles", "jails")
+OVERLAY = "overlays/clip"  # the Portage overlay with CLIP's packages, relative to the project root
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,6 @@ class Project:
         if os.environ.get("SOURCE_DATE_EPOCH", "").isdigit():
             return int(os.environ["SOURCE_DATE_EPOCH"])
         if (self.root / ".git").exists():
-            from clipbuild.core.run import run
-
             result = run(["git", "-C", str(self.root), "log", "-1", "--format=%ct"], check=False)
             if result.returncode == 0 and result.stdout.strip().isdigit():
                 return int(result.stdout.strip())
@@ -71,7 +71,7 @@ def find_project(explicit: Path | None = None) -> Project:
     for candidate in (here, *here.parents):
         if _is_project(candidate):
             return Project(candidate)
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]  # clipbuild/core/project.py in a source checkout
     if _is_project(checkout):
         return Project(checkout)
     raise ProjectError("no clipbuild project here: no folder with profiles/ and jails/ at or above "

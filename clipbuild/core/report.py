@@ -1,26 +1,24 @@
-"""Progress with two faces: a line per step for people, JSON lines for CI (`--json`)."""
+"""Progress with two faces: a line per step for people, JSON lines for CI (`--json`). Implements the
+executor's `Reporter` protocol."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-if TYPE_CHECKING:
-    from clipbuild.core.executor import Outcome, StepStatus
-    from clipbuild.core.plan import BuildPlan, Step
+from clipbuild.core.executor import Outcome, StepStatus
+from clipbuild.core.plan import BuildPlan, Step
 
 
-class Reporter:
+class StreamReporter:
+    """Progress written to a stream (none: nothing written), as text or as JSON lines."""
+
     def __init__(self, stream: IO[str] | None = None, *, as_json: bool = False):
         self.stream = stream
         self.as_json = as_json
         self._started = time.monotonic()
-
-    @classmethod
-    def silent(cls) -> Reporter:
-        return cls(None)
 
     def _emit(self, text: str, **event: Any) -> None:
         if self.stream is None:
@@ -57,5 +55,5 @@ class Reporter:
                    cached=cached, seconds=round(seconds, 3))
 
 
-def stderr_reporter(as_json: bool) -> Reporter:
-    return Reporter(sys.stderr, as_json=as_json)
+def stderr_reporter(as_json: bool) -> StreamReporter:
+    return StreamReporter(sys.stderr, as_json=as_json)

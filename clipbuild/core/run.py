@@ -108,34 +108,80 @@ def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run(args: Sequence[str | os.PathLike[str]], *, cwd: Path | str | None = None,
+@dataclass(frozen=True)
+class Sandbox:
+    """The isolation a program runs in: the wrapper program and its options (bubblewrap, as the build root
+    sets it up: root, mounts, environment, network), put before the program's own command line.
+
+    A failure is the program's (its name and exit status), and the command shown is the whole sandboxed one,
+    ready to paste. Only the wrapper itself must be installed on the host."""
+
+    wrapper: tuple[str, ...]
+
+    def command(self, argv: Sequence[str]) -> tuple[str, ...]:
+        return (*self.wrapper, *argv)
+
+    def failed(self, argv: Sequence[str], output: str) -> str:
+        """What failed: the program, or the wrapper when it could not set the sandbox up (bwrap then says
+        so on stderr, as "bwrap: ...")."""
+        wrapper = Path(self.wrapper[0]).name
+        if any(line.startswith(f"{wrapper}: ") for line in output.splitlines()[-3:]):
+            return f"{wrapper} failed to start {Path(argv[0]).name} in its sandbox"
+        return f"{Path(argv[0]).name} failed"
+
+
+@dataclass(frozen=True)
+class _Command:
+    """A command about to run: the program's own argv, the full one (sandbox included), the shell line a user
+    can paste, and the environment."""
+
+    argv: tuple[str, ...]
+    full: tuple[str, ...]
+    shown: str
+    env: dict[str, str]
+    sandbox: Sandbox | None
+
+    def failed(self, output: str) -> str:
+        return self.sandbox.failed(self.argv, output) if self.sandbox else f"{Path(self.argv[0]).name} failed"
+
+
+def _prepare(args: Sequence[str | os.PathLike[str]], sandbox: Sandbox | None, env: Mapping[str, str] | None,
+             cwd: Path | str | None, *, replace_env: bool = False) -> _Command:
+    """Check the program is installed (the sandbox's wrapper, for a sandboxed one) and log the command."""
+    argv = tuple(str(a) for a in args)
+    if not argv:
+        raise ValueError("run() needs a program")
+    full = sandbox.command(argv) if sandbox else argv
+    full_env = dict(env or {}) if replace_env else clean_env(env)
+    shown = format_command(full, env, cwd)
+    log.info("run: %s", shown)
+    if shutil.which(full[0], path=full_env.get("PATH")) is None and not os.path.isfile(full[0]):
+        raise missing_tool_error(full[0])
+    return _Command(argv, full, shown, full_env, sandbox)
+
+
+def run(args: Sequence[str | os.PathLike[str]], *, sandbox: Sandbox | None = None, cwd: Path | str | None = None,
         env: Mapping[str, str] | None = None, input: str | None = None, check: bool = True,
         capture: bool = True, timeout: float | None = None, replace_env: bool = False) -> Result:
     """Run a program and wait for it.
 
-    `env` adds to a clean copy of the environment (or replaces it with `replace_env=True`). With `capture`,
-    stdout and stderr are returned as text; without it they go to the terminal (for interactive shells).
-    With `check`, a non-zero exit raises ToolError.
+    `sandbox` runs it isolated (in a build root). `env` adds to a clean copy of the environment (or replaces
+    it with `replace_env=True`); a sandbox sets the program's own environment. With `capture`, stdout and
+    stderr are returned as text; without it they go to the terminal (for interactive shells). With `check`,
+    a non-zero exit raises ToolError.
     """
-    argv = tuple(str(a) for a in args)
-    if not argv:
-        raise ValueError("run() needs a program")
-    full_env = dict(env or {}) if replace_env else clean_env(env)
-    shown = format_command(argv, env, cwd)
-    log.info("run: %s", shown)
-    if shutil.which(argv[0], path=full_env.get("PATH")) is None and not os.path.isfile(argv[0]):
-        raise missing_tool_error(argv[0])
+    cmd = _prepare(args, sandbox, env, cwd, replace_env=replace_env)
     try:
-        proc = subprocess.run(argv, cwd=cwd, env=full_env, input=input, text=True, timeout=timeout,
+        proc = subprocess.run(cmd.full, cwd=cwd, env=cmd.env, input=input, text=True, timeout=timeout,
                               capture_output=capture, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise ToolError(f"{argv[0]} did not finish within {timeout:g} s", command=shown,
+        raise ToolError(f"{cmd.argv[0]} did not finish within {timeout:g} s", command=cmd.shown,
                         stderr_tail=_tail(_as_text(exc.stderr))) from None
     except OSError as exc:
-        raise ToolError(f"cannot run {argv[0]}: {exc.strerror}", command=shown) from None
-    result = Result(argv, proc.returncode, proc.stdout or "", proc.stderr or "")
+        raise ToolError(f"cannot run {cmd.full[0]}: {exc.strerror}", command=cmd.shown) from None
+    result = Result(cmd.full, proc.returncode, proc.stdout or "", proc.stderr or "")
     if check and proc.returncode != 0:
-        raise ToolError(f"{Path(argv[0]).name} failed", command=shown, exit_status=proc.returncode,
+        raise ToolError(cmd.failed(result.stderr), command=cmd.shown, exit_status=proc.returncode,
                         stderr_tail=_tail(result.stderr or result.stdout))
     return result
 
@@ -155,20 +201,16 @@ def run_bytes(args: Sequence[str | os.PathLike[str]], data: bytes, *, timeout: f
 
 
 def run_streaming(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], None], *,
-                  env: Mapping[str, str] | None = None, cwd: Path | str | None = None,
-                  tail_lines: int = STDERR_TAIL_LINES) -> Result:
-    """Run a program, handing each line of its merged stdout and stderr to `on_line` as it comes.
+                  sandbox: Sandbox | None = None, env: Mapping[str, str] | None = None,
+                  cwd: Path | str | None = None, tail_lines: int = STDERR_TAIL_LINES) -> Result:
+    """Run a program (in `sandbox`, if given), handing each line of its merged stdout and stderr to `on_line`
+    as it comes.
 
     Raises ToolError with the last `tail_lines` lines when it fails. The returned Result holds the tail only.
     """
-    argv = tuple(str(a) for a in args)
-    full_env = clean_env(env)
-    shown = format_command(argv, env, cwd)
-    log.info("run: %s", shown)
-    if shutil.which(argv[0], path=full_env.get("PATH")) is None and not os.path.isfile(argv[0]):
-        raise missing_tool_error(argv[0])
+    cmd = _prepare(args, sandbox, env, cwd)
     tail: deque[str] = deque(maxlen=tail_lines)
-    with subprocess.Popen(argv, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    with subprocess.Popen(cmd.full, cwd=cwd, env=cmd.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL, text=True, errors="replace", bufsize=1) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -176,10 +218,9 @@ def run_streaming(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str
             tail.append(line)
             on_line(line)
         status = proc.wait()
-    result = Result(argv, status, "\n".join(tail), "")
+    result = Result(cmd.full, status, "\n".join(tail), "")
     if status != 0:
-        raise ToolError(f"{Path(argv[0]).name} failed", command=shown, exit_status=status,
-                        stderr_tail="\n".join(tail))
+        raise ToolError(cmd.failed(result.stdout), command=cmd.shown, exit_status=status, stderr_tail=result.stdout)
     return result
 
 

@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import re
 
+from clipbuild.core.errors import SizeError
+
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20, "G": 1 << 30,
          "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
 MIB = 1 << 20
 
 _SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-
-
-class SizeError(ValueError):
-    def __init__(self, message: str, hint: str = "use a whole number with a binary unit: 512MiB, 2GiB"):
-        super().__init__(message)
-        self.hint = hint
 
 
 def parse_size(value: object) -> int:

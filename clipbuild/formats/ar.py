@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clipbuild.core.errors import ArError
+
 MAGIC = b"!<arch>\n"
 HEADER = 60
 FMAG = b"`\n"
 MAX_MEMBERS = 64
-
-
-class ArError(ValueError):
-    """A malformed archive; the message says what and where."""
 
 
 @dataclass(frozen=True)

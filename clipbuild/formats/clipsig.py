@@ -17,6 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from clipbuild.core.errors import ArError, LayoutError
 from clipbuild.formats import ar
 
 DEV = "dev_sign"
@@ -27,10 +28,6 @@ _DEB_MEMBERS = (("debian-binary", re.compile(r"debian-binary")),
                 ("control.tar", re.compile(r"control\.tar(\.(gz|xz|zst))?")),
                 ("data.tar", re.compile(r"data\.tar(\.(gz|xz|zst|bz2))?")))
 MAX_SIGNATURE_MEMBER = 64 * 1024  # a certificate and a signature: a few KiB; anything bigger is refused
-
-
-class LayoutError(ValueError):
-    """The package is not laid out as a CLIP package; the message says which rule failed."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ class Layout:
 
 
 def read_layout(data: bytes | memoryview) -> Layout:
-    """Parse and check the package's layout; raise LayoutError or ar.ArError with the failed rule."""
+    """Parse and check the package's layout; raise LayoutError or ArError with the failed rule."""
     view = memoryview(data)
     members = ar.parse(view, what="package")
     names = [m.name for m in members]
@@ -97,7 +94,7 @@ def _signature(role: str, view: memoryview, member: ar.Member) -> Signature:
     body = view[member.data_offset:member.data_offset + member.size]
     try:
         inner = ar.parse(body, what=member.name)
-    except ar.ArError as exc:
+    except ArError as exc:
         raise LayoutError(str(exc)) from None
     if [m.name for m in inner] != ["certificate", "signature"]:
         raise LayoutError(f"{member.name} must hold certificate then signature, not "

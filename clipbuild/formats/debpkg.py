@@ -18,20 +18,16 @@ from pathlib import Path
 
 from debian.deb822 import Deb822
 
-from clipbuild.formats.depmap import deb_name, deb_version, relations, split_pf
-from clipbuild.core.errors import ClipbuildError
-from clipbuild.formats.gpkg import Gpkg, extract
+from clipbuild.core.errors import PackagingError
 from clipbuild.core.run import run
+from clipbuild.formats.depmap import deb_name, deb_version, relations, split_pf
+from clipbuild.formats.gpkg import Gpkg, extract
 
 PRIORITY = {"core": "Required", "apps": "Important"}
 # CLIP-Pkg-QA clippkg_check_paths: where an apps package may install, per distribution.
 APPS_TREES = {"clip": ("usr/local/", "var/", "mounts/", "viewers/", "etc/admin/"),
               "rm": ("usr/local/", "var/", "audit_root/", "user_root/")}
 ARCH = {"x86_64": "amd64", "i686": "i386", "i586": "i386", "i486": "i386", "i386": "i386"}
-
-
-class PackagingError(ClipbuildError):
-    """A binpkg cannot become a CLIP package; the message names the package and the rule."""
 
 
 @dataclass(frozen=True)

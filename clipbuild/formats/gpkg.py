@@ -16,12 +16,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipbuild.core.errors import ClipbuildError
+from clipbuild.core.errors import ClipbuildError, UnsafeArchive
 from clipbuild.core.run import run_bytes
-
-
-class UnsafeArchive(ClipbuildError):
-    """An archive member would escape or corrupt the tree it is extracted into."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ Layout under ~/.cache/clipbuild/binpkgs/:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,22 +24,13 @@ from typing import Any
 
 from portage.versions import catpkgsplit
 
+from clipbuild.core.digest import key_of, sha256_file, tree_digest
 from clipbuild.core.paths import cache_dir
-from clipbuild.core.digest import canonical_json, sha256_file
 
 
 def store_dir() -> Path:
     """~/.cache/clipbuild/binpkgs, or $CLIPBUILD_BINPKGS (tests use a fresh one to force builds from source)."""
     return Path(os.environ["CLIPBUILD_BINPKGS"]) if os.environ.get("CLIPBUILD_BINPKGS") else cache_dir() / "binpkgs"
-
-
-def tree_digest(paths: list[Path], base: Path) -> str:
-    """One digest over files (names relative to `base`, and contents)."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        if path.is_file():
-            digest.update(f"{path.relative_to(base).as_posix()}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -50,7 +40,7 @@ class PackageKey:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(canonical_json(self.components).encode()).hexdigest()
+        return key_of(self.components)
 
     @property
     def category(self) -> str:

@@ -8,7 +8,8 @@ Two kinds, one interface:
 
 Build roots are cached by the key of their recipe under ~/.cache/clipbuild/sdk/<key>/ and shared by every work
 directory. Commands run in bubblewrap: the root read-only, only the mounts a caller names writable, the network
-unshared unless a caller asks for it, uid 0 inside a user namespace (as root or as an unprivileged user).
+unshared unless a caller asks for it, uid 0 inside a user namespace (as root or as an unprivileged user): a
+`Sandbox` that clipbuild.core.run puts around the command, so a failure names the command, not bwrap.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipbuild.core.errors import ClipbuildError, InputError
+from clipbuild.core.digest import key_of, sha256_file
+from clipbuild.core.errors import BuildRootError, InputError
 from clipbuild.core.paths import cache_dir
-from clipbuild.core.digest import canonical_json, sha256_file
-from clipbuild.core.run import Result, require, run
+from clipbuild.core.run import Result, Sandbox, require, run
 
 RECIPE_VERSION = 1  # bump when the way a build root is made changes
 DEBIAN_SUITE = "bookworm"
@@ -44,10 +45,6 @@ MOUNT_POINTS = ("dev", "proc", "tmp", "etc/portage", "var/db/repos/clip", "var/c
 PATH_IN_ROOT = "/opt/portage/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class BuildRootError(ClipbuildError):
-    """The build root cannot be made or used."""
-
-
 @dataclass(frozen=True)
 class Recipe:
     """Everything that decides what a build root holds; its key names the cached root."""
@@ -61,7 +58,7 @@ class Recipe:
 
     @property
     def key(self) -> str:
-        return hashlib.sha256(canonical_json(self).encode()).hexdigest()[:20]
+        return key_of(self)[:20]
 
 
 DEFAULT_RECIPE = Recipe("debian")
@@ -99,9 +96,9 @@ class BuildRoot:
             env.update({"EPREFIX": "", "PORTAGE_USERNAME": "root", "PORTAGE_GRPNAME": "root"})
         return env
 
-    def command(self, argv: Sequence[str], mounts: Sequence[Mount] = (), env: Mapping[str, str] | None = None,
-                *, network: bool = False, cwd: str = "/", writable_root: bool = False) -> list[str]:
-        """The bubblewrap command line that runs `argv` in this root (read-only unless `writable_root`)."""
+    def sandbox(self, mounts: Sequence[Mount] = (), env: Mapping[str, str] | None = None, *, network: bool = False,
+                cwd: str = "/", writable_root: bool = False) -> Sandbox:
+        """The bubblewrap settings of a command in this root (read-only unless `writable_root`)."""
         cmd = ["bwrap", "--bind" if writable_root else "--ro-bind", str(self.root), "/", "--dev", "/dev",
                "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/build", "--unshare-all",
                "--die-with-parent", "--clearenv", "--uid", "0", "--gid", "0", "--chdir", cwd]
@@ -113,13 +110,13 @@ class BuildRoot:
             cmd += ["--bind" if mount.writable else "--ro-bind", str(mount.source), mount.dest]
         for name, value in {**self.portage_env(), **(env or {})}.items():
             cmd += ["--setenv", name, value]
-        return [*cmd, *argv]
+        return Sandbox(tuple(cmd))
 
     def run(self, argv: Sequence[str], mounts: Sequence[Mount] = (), env: Mapping[str, str] | None = None, *,
             network: bool = False, check: bool = True, capture: bool = True, cwd: str = "/",
             timeout: float | None = None, writable_root: bool = False) -> Result:
         require("bwrap")
-        return run(self.command(argv, mounts, env, network=network, cwd=cwd, writable_root=writable_root),
+        return run(argv, sandbox=self.sandbox(mounts, env, network=network, cwd=cwd, writable_root=writable_root),
                    check=check, capture=capture, timeout=timeout)
 
 

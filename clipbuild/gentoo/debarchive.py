@@ -2,7 +2,7 @@
 
 clipbuild keeps a private apt index per suite (under the cache, never touching the machine's apt state) over
 every suite of the machine's Debian sources that belongs to it: `bookworm` means bookworm, bookworm-updates
-and bookworm-security, as `deb` and `deb-src`. A pin (clipbuild.pins) names the exact version; apt is asked
+and bookworm-security, as `deb` and `deb-src`. A pin (clipbuild.gentoo.pins) names the exact version; apt is asked
 for `name=version`, so a newer candidate never replaces what the Manifest pins. The machine's sources are
 read from $CLIPBUILD_APT_SOURCES, else /etc/apt/sources.list.d/debian.sources, else /etc/apt/sources.list.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from debian.deb822 import Deb822
 
-from clipbuild.core.errors import ClipbuildError
+from clipbuild.core.errors import ClipbuildError, PinGone
 from clipbuild.core.paths import cache_dir
-from clipbuild.gentoo.pins import Pin
 from clipbuild.core.run import require, run
+from clipbuild.gentoo.pins import Pin
 
 DEB822_SOURCES = Path("/etc/apt/sources.list.d/debian.sources")
 ONE_LINE_SOURCES = Path("/etc/apt/sources.list")
@@ -30,16 +30,6 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 INDEX_MAX_AGE = 24 * 3600  # seconds before the private index is read anew
 
 Say = Callable[[str], None]
-
-
-class PinGone(ClipbuildError):
-    """The pinned version is no longer offered by the archive; says what it offers now."""
-
-    def __init__(self, pin: Pin, offered: list[str]):
-        self.pin = pin
-        self.offered = offered
-        super().__init__(f"{pin.package} {pin.version} is no longer offered "
-                         f"(it offers {', '.join(offered) or 'no version of ' + pin.package})")
 
 
 @dataclass(frozen=True)
@@ -96,7 +86,7 @@ class Archive:
             self.ensure_index(say, force=True)  # the index may be older than the archive
             found = self._download(pin, tmp)
         if found is None:
-            raise PinGone(pin, self.offered(pin))
+            raise PinGone(pin.package, pin.version, self.offered(pin))
         return found
 
     def _download(self, pin: Pin, tmp: Path) -> Path | None:

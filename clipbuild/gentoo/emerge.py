@@ -11,11 +11,11 @@ from pathlib import Path
 
 from portage.dep import Atom, match_from_list, use_reduce
 
-from clipbuild.gentoo.buildroot import BuildRoot, Mount
 from clipbuild.core.errors import ToolError
 from clipbuild.core.run import run_streaming
+from clipbuild.gentoo.buildroot import BuildRoot, Mount
+from clipbuild.gentoo.guest import PKGINFO_HELPER
 
-HELPER = Path(__file__).with_name("pkginfo_helper.py")
 LOG_TAIL = 30
 _MERGE_LINE = re.compile(r"^\[(?P<type>ebuild|binary)\s[^\]]*\]\s+(?P<cpv>[^\s:]+)::(?P<repo>\S+)"
                          r"(?:\s+to\s+\S+)?(?:\s+USE=\"(?P<use>[^\"]*)\")?")
@@ -56,7 +56,7 @@ class Emerge:
     def metadata(self, cpvs: Sequence[str]) -> dict[str, dict]:
         """DEPEND, BDEPEND, INHERITED of each package, read by the build root's own Portage."""
         python = "/opt/portage/bin/python3" if self.sdk.recipe.kind == "debian" else "python3"
-        mounts = [*self.mounts, Mount(HELPER, "/build/src/pkginfo_helper.py")]
+        mounts = [*self.mounts, Mount(PKGINFO_HELPER, "/build/src/pkginfo_helper.py")]
         result = self.sdk.run(["sh", "-c", f"echo '{json.dumps(list(cpvs))}' | {python} "
                                "/build/src/pkginfo_helper.py"], mounts, self.env)
         return json.loads(result.stdout)
@@ -71,10 +71,9 @@ class Emerge:
             if match:
                 on_event(match["what"], int(match["n"]), int(match["total"]), match["cpv"])
 
-        cmd = self.sdk.command([self.sdk.emerge, "--buildpkg", "--usepkg", "--binpkg-respect-use=y",
-                                "--binpkg-changed-deps=n", "--color=n", "--nospinner", "--quiet-build=y",
-                                "--oneshot", *atoms], self.mounts, self.env)
-        run_streaming(cmd, line, tail_lines=OUTPUT_TAIL)
+        run_streaming([self.sdk.emerge, "--buildpkg", "--usepkg", "--binpkg-respect-use=y", "--binpkg-changed-deps=n",
+                       "--color=n", "--nospinner", "--quiet-build=y", "--oneshot", *atoms], line,
+                      sandbox=self.sdk.sandbox(self.mounts, self.env), tail_lines=OUTPUT_TAIL)
 
 
 def _enabled(use: str) -> list[str]:

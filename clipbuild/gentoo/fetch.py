@@ -6,7 +6,7 @@ Mirrors, tried in the order the profile lists them (`sources.mirrors`), every fa
 - `http://HOST/PATH/`, `https://...`: a team mirror, a folder of distfiles by name served over HTTP (what
   `clipbuild distfiles mirror` writes), as Gentoo's distfiles mirrors;
 - `debian:SUITE`: Debian's archive, SUITE with its -updates and -security suites as the machine's apt sources
-  give them, at the exact version the package's `Pins` file names (clipbuild.pins, clipbuild.debarchive).
+  give them, at the exact version the package's `Pins` file names (clipbuild.gentoo.pins, clipbuild.gentoo.debarchive).
   `debian-source:SUITE` and `debian-binary:SUITE` are older spellings of the same.
 """
 
@@ -22,38 +22,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipbuild.gentoo.debarchive import Archive, PinGone, Say
-from clipbuild.core.errors import ClipbuildError, InputError
+from clipbuild.core.errors import ClipbuildError, FetchError, InputError, PinGone
 from clipbuild.core.paths import cache_dir
+from clipbuild.gentoo.debarchive import Archive, Say
 from clipbuild.gentoo.pins import Pin, read_pins
 
 HASHES = {"BLAKE2B": hashlib.blake2b, "SHA512": hashlib.sha512, "SHA256": hashlib.sha256}
 DEBIAN_KINDS = ("debian", "debian-source", "debian-binary")
 HTTP_TIMEOUT = 60
 ORIGINS = ".origins.json"  # in the store: which mirror each distfile came from
-
-
-class FetchError(ClipbuildError):
-    """Distfiles no mirror could provide, each with what every mirror said. Exit 2 when a pin must move."""
-
-    def __init__(self, failures: list[tuple[Distfile, list[str]]], gone: list[tuple[Distfile, PinGone]]):
-        self.failures = failures
-        self.gone = gone
-        if gone:
-            self.exit_code = 2
-        super().__init__("could not fetch " + ", ".join(d.name for d, _ in failures))
-
-    def lines(self) -> list[str]:
-        out = [str(self)]
-        for dist, attempts in self.failures:
-            out.append(f"  {dist.name} ({dist.manifest}):")
-            out += [f"      {a}" for a in attempts]
-        for dist, exc in self.gone:
-            out.append(f"  {dist.name} is pinned to {exc.pin} ({exc.pin.where}), which Debian no longer offers;"
-                       f" it offers {', '.join(exc.offered) or 'no version'}")
-        for package in sorted({d.package for d, _ in self.gone}):
-            out.append(f"  hint: move the pin with: clipbuild distfiles pin {package}")
-        return out
 
 
 @dataclass(frozen=True)
@@ -171,8 +148,24 @@ def fetch(distfiles: Iterable[Distfile], mirrors: Iterable[str], project_root: P
         else:
             failures.append((dist, attempts))
     if failures:
-        raise FetchError(failures, [(d, e) for d, e in gone if any(d is f for f, _ in failures)])
+        raise _fetch_error(failures, [(d, e) for d, e in gone if any(d is f for f, _ in failures)])
     return fetched
+
+
+def _fetch_error(failures: list[tuple[Distfile, list[str]]], gone: list[tuple[Distfile, PinGone]]) -> FetchError:
+    """Each distfile with what every mirror said, then each pin Debian no longer offers and how to move it."""
+    detail = []
+    for dist, attempts in failures:
+        detail.append(f"  {dist.name} ({dist.manifest}):")
+        detail += [f"      {a}" for a in attempts]
+    for dist, exc in gone:
+        pin = f"{dist.pin} ({dist.pin.where})" if dist.pin else "a version"
+        detail.append(f"  {dist.name} is pinned to {pin}, which Debian no longer offers; it offers "
+                      f"{', '.join(exc.offered) or 'no version'}")
+    packages = sorted({d.package for d, _ in gone})
+    hints = [f"move the pin with: clipbuild distfiles pin {package}" for package in packages]
+    return FetchError("could not fetch " + ", ".join(d.name for d, _ in failures), detail=detail, hint=hints,
+                      pin_gone=bool(gone))
 
 
 def _try_mirror(dist: Distfile, mirror: str, project_root: Path, store: Path, say: Say) -> str | None:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from debian.debian_support import version_compare
 
+from clipbuild.core.errors import InputError
 from clipbuild.gentoo import fetch
 from clipbuild.gentoo.debarchive import Archive, Say
-from clipbuild.core.errors import InputError
 from clipbuild.gentoo.pins import Pin, moved, pins_file, read_pin_file, write_atomically, write_pin_file
 
 MANIFEST_HASHES = ("BLAKE2B", "SHA512")

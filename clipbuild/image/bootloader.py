@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipbuild.image.fsimage import Verity
 from clipbuild.core.run import run
+from clipbuild.image.fsimage import Verity
 
 SYSLINUX_MODULES = Path("/usr/lib/syslinux/modules/bios")
 GPTMBR = Path("/usr/lib/syslinux/mbr/gptmbr.bin")

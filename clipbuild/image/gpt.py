@@ -17,11 +17,11 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+from clipbuild.core.digest import extents
 from clipbuild.core.errors import ImageError
+from clipbuild.core.run import run
 from clipbuild.spec.layout import ALIGNMENT, GPT_HEAD, GPT_TAIL, align, verity_hash_size
 from clipbuild.spec.model import Disk
-from clipbuild.core.digest import extents
-from clipbuild.core.run import run
 
 SECTOR = 512
 # Partition type GUIDs (Discoverable Partitions Specification where one exists).

@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipbuild.image import bootloader
-from clipbuild.image import fsimage
-from clipbuild.image import gpt
-from clipbuild.signing import trust
-from clipbuild.core.errors import ImageError
-from clipbuild.stages.image import EMBEDDED_MANIFEST
 from clipbuild.core.digest import sha256_file
+from clipbuild.core.errors import ImageError
 from clipbuild.core.run import run
+from clipbuild.image import bootloader, fsimage, gpt
+from clipbuild.image.manifest import EMBEDDED_MANIFEST
+from clipbuild.signing import trust
 
 
 @dataclass

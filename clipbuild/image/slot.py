@@ -9,11 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clipbuild.image import fsimage
-from clipbuild.image import gpt
-from clipbuild.image import install
+from clipbuild.image import fsimage, gpt, install
+from clipbuild.signing.devpki import DEVELOPMENT
 
-DEVELOPMENT = "development"
 CLIP_SETS = ("clip-core", "clip-apps")
 RM_SETS = ("rm-core", "rm-apps")
 

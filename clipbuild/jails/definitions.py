@@ -1,7 +1,7 @@
 """Jails: their definitions in jails/, resolved onto jails/_defaults.yaml, rendered from Jinja templates into
 the /etc/jails/<name>/ directories vsctl reads (clipos4.md §5), with the trees they mount.
 
-A jail file merges onto the defaults with the profiles' rules (clipbuild.merge) and is validated by the same
+A jail file merges onto the defaults with the profiles' rules (clipbuild.spec.merge) and is validated by the same
 schema engine, so every value keeps its file and line. Strings in the defaults may use {name}, {root_source}
 and {priv}, replaced by the jail's own values. Templates render with undefined variables as errors, and every
 value reaching a template has passed a pattern that forbids whitespace and newlines where a file is
@@ -19,8 +19,8 @@ from typing import Any
 import jinja2
 
 from clipbuild.core.errors import InputError, Issue, Location, ProfileError
-from clipbuild.spec.merge import merge
 from clipbuild.core.project import Project
+from clipbuild.spec.merge import merge
 from clipbuild.spec.schema import INVALID, Checker, Integer, ListOf, MapOf, Nullable, Struct, Text, nearest_origin, spec
 from clipbuild.spec.yamlnodes import Node, load_file
 

@@ -16,9 +16,9 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from clipbuild.jails.check import KERNEL_CAPS
-from clipbuild.jails.definitions import Jail, Rendered, write
 from clipbuild.core.run import Result, require, run
+from clipbuild.jails.definitions import Jail, Rendered, write
+from clipbuild.jails.rules import KERNEL_CAPS
 
 APPLETS = ("sh", "cat", "ls", "touch", "id", "grep", "echo", "chmod", "mkdir", "rm", "test", "[", "mount",
            "head", "stat", "true", "false")

@@ -11,26 +11,12 @@ from dataclasses import asdict, dataclass
 from hashlib import sha256
 from pathlib import Path
 
-from clipbuild.core.errors import ClipbuildError, InputError
+from clipbuild.core.errors import BatchRefused, InputError
 from clipbuild.core.run import run
 from clipbuild.signing.signer import SigningKey, check_fit, sign_file
 from clipbuild.signing.trust import Policy, Verdict, verify_developer
 
 REPORT = "batch-report"
-
-
-class BatchRefused(ClipbuildError):
-    def __init__(self, batch: Path, failures: list[Verdict]):
-        self.failures = failures
-        super().__init__(f"batch {batch} refused: {len(failures)} package(s) fail the developer check; "
-                         "nothing was countersigned")
-
-    def lines(self) -> list[str]:
-        out = [str(self)]
-        for verdict in self.failures:
-            out.append(f"  {Path(verdict.path).name}:")
-            out += [f"    {reason}" for reason in verdict.reasons]
-        return out
 
 
 @dataclass(frozen=True)
@@ -46,6 +32,14 @@ class Row:
     controller_fingerprint: str
 
 
+def _failure_lines(failures: list[Verdict]) -> list[str]:
+    out = []
+    for verdict in failures:
+        out.append(f"  {Path(verdict.path).name}:")
+        out += [f"    {reason}" for reason in verdict.reasons]
+    return out
+
+
 def packages(batch: Path) -> list[Path]:
     debs = sorted(batch.glob("*.deb"))
     if not debs:
@@ -59,7 +53,8 @@ def countersign(batch: Path, signer: SigningKey, policy: Policy) -> list[Row]:
     verdicts = [verify_developer(deb.read_bytes(), policy, path=str(deb)) for deb in debs]
     failures = [v for v in verdicts if not v.ok]
     if failures:
-        raise BatchRefused(batch, failures)
+        raise BatchRefused(f"batch {batch} refused: {len(failures)} package(s) fail the developer check; "
+                           "nothing was countersigned", detail=_failure_lines(failures))
     controller = signer.cert.subject.rfc4514_string()
     fingerprint = sha256(signer.cert_der).hexdigest()
     rows = []

@@ -19,14 +19,16 @@ from pathlib import Path
 
 from cryptography import x509
 
-from clipbuild.signing import pki
 from clipbuild.core.paths import cache_dir
+from clipbuild.signing import pki
 from clipbuild.signing.signer import SigningKey, load_signing_key
 from clipbuild.signing.trust import DEFAULT_MIN_VALIDITY_DAYS, Policy, load_policy
 
 SECRET = b"clipbuild development PKI: this passphrase is public"
 ORGANISATION = "clipbuild DEVELOPMENT PKI (not for release)"
 CRL_MARGIN = dt.timedelta(days=15)
+DEVELOPMENT = "development"  # the signing mode of plans, sign steps and images signed by this PKI
+RELEASE = "release"  # the other one: packages taken from countersigned controller batches
 
 
 @dataclass(frozen=True)

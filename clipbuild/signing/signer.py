@@ -21,16 +21,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from clipbuild.formats import ar
+from clipbuild.core.errors import ArError, InputError, LayoutError, SigningError
 from clipbuild.formats import clipsig
-from clipbuild.core.errors import ClipbuildError, InputError
 from clipbuild.signing.trust import DEFAULT_MIN_VALIDITY_DAYS, HASHES, RolePolicy, check_certificate, hash_of, now
 
 PASSPHRASE_ENV = "CLIPBUILD_PASSPHRASE"
-
-
-class SigningError(ClipbuildError):
-    """A package cannot be signed as asked; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +92,7 @@ def sign_bytes(data: bytes, role: str, signer: SigningKey, date: int | None = No
     """`data` with the role's signature member appended."""
     try:
         layout = clipsig.read_layout(data)
-    except (ar.ArError, clipsig.LayoutError) as exc:
+    except (ArError, LayoutError) as exc:
         raise SigningError(f"not a package clipbuild can sign: {exc}") from None
     if role == "developer" and layout.dev is not None:
         raise SigningError("already signed by a developer")

@@ -28,9 +28,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from clipbuild.formats import ar
+from clipbuild.core.errors import ArError, InputError, LayoutError
 from clipbuild.formats import clipsig
-from clipbuild.core.errors import InputError
 
 CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "brainpoolP256r1": "brainpoolP256r1"}
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha512": hashes.SHA512}
@@ -267,7 +266,7 @@ def verify_bytes(data: bytes | memoryview | mmap.mmap, policy: Policy, *, path: 
     with memoryview(data) as view:
         try:
             layout = clipsig.read_layout(view)
-        except (ar.ArError, clipsig.LayoutError) as exc:
+        except (ArError, LayoutError) as exc:
             return Verdict(path, False, (str(exc),), sha256=hashlib.sha256(view).hexdigest())
         if layout.dev is None:
             return Verdict(path, False, ("no dev_sign: the package is not signed",))
@@ -283,7 +282,7 @@ def verify_developer(data: bytes, policy: Policy, *, path: str = "", at: dt.date
     at = at or now()
     try:
         layout = clipsig.read_layout(data)
-    except (ar.ArError, clipsig.LayoutError) as exc:
+    except (ArError, LayoutError) as exc:
         return Verdict(path, False, (str(exc),))
     if layout.dev is None:
         return Verdict(path, False, ("no dev_sign: a developer must sign it first",))

@@ -10,10 +10,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 
 from clipbuild.core.errors import Issue, Location
-from clipbuild.spec.layout import minimum_disk_size, partition_footprint
-from clipbuild.spec.model import READ_ONLY_FILESYSTEMS, SLOTS, Partition, Profile
 from clipbuild.core.project import Project
 from clipbuild.core.sizes import MIB, format_size
+from clipbuild.spec.layout import minimum_disk_size, partition_footprint
+from clipbuild.spec.model import READ_ONLY_FILESYSTEMS, SLOTS, Partition, Profile
 
 # The A/B set of CLIP OS 4: root (partitions 5 and 10) and /mounts (6 and 11). Everything else is shared.
 SLOTTED_MOUNTS = ("/", "/mounts")

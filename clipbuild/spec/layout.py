@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clipbuild.spec.model import Disk, Partition
 from clipbuild.core.sizes import MIB
+from clipbuild.spec.model import Disk, Partition
 
 ALIGNMENT = MIB
 GPT_HEAD = MIB  # protective MBR + primary GPT, rounded to the first aligned partition start

@@ -14,7 +14,19 @@ from portage.dep import isvalidatom
 from portage.versions import ververify
 
 from clipbuild.core.errors import Location
-from clipbuild.spec.schema import Choice, Flag, Integer, ListOf, MapOf, Nullable, Size, Struct, Text, nearest_origin, spec
+from clipbuild.spec.schema import (
+    Choice,
+    Flag,
+    Integer,
+    ListOf,
+    MapOf,
+    Nullable,
+    Size,
+    Struct,
+    Text,
+    nearest_origin,
+    spec,
+)
 
 DISTRIBUTIONS = ("clip", "rm")
 PARTS = ("core", "apps")

@@ -3,8 +3,8 @@
 Resolution runs in layers and reports every problem at once, each with file, line and key path:
 1. each file is parsed (YAML syntax, duplicate keys, tags);
 2. `inherits` is linearised (parents first, each file once) with missing parents and cycles reported;
-3. the files are merged in that order (clipbuild.merge), then the merged tree is checked against the schema
-   (clipbuild.model), then the named semantic checks run (clipbuild.checks).
+3. the files are merged in that order (clipbuild.spec.merge), then the merged tree is checked against the schema
+   (clipbuild.spec.model), then the named semantic checks run (clipbuild.spec.checks).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import difflib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from clipbuild.spec.checks import run_checks
 from clipbuild.core.errors import Issue, Location, ProfileError
+from clipbuild.core.project import Project
+from clipbuild.spec.checks import run_checks
 from clipbuild.spec.merge import merge
 from clipbuild.spec.model import PROFILE_SCHEMA, Profile
-from clipbuild.core.project import Project
 from clipbuild.spec.schema import INVALID, Checker
 from clipbuild.spec.yamlnodes import Node, load_file
 

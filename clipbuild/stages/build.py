@@ -3,7 +3,7 @@
 One step per set (`build/clip-core`, `build/clip-apps`, `build/rm-core`, `build/rm-apps`). A step's key covers
 the build root recipe, the rendered Portage configuration and every file of the overlay, so an unchanged
 species is a cached no-op. Inside a step that must run, each package is keyed on its own inputs
-(clipbuild.binpkgs): packages found in the store are installed from their binpkgs, the others built from
+(clipbuild.gentoo.binpkgs): packages found in the store are installed from their binpkgs, the others built from
 source. Output of a step:
 
     portage/        the rendered /etc/portage, readable for debugging
@@ -23,25 +23,22 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from clipbuild.gentoo import binpkgs
-from clipbuild.gentoo import buildroot
-from clipbuild.gentoo import fetch
+from clipbuild.core.digest import sha256_file, tree_digest
+from clipbuild.core.errors import StepError, ToolError
+from clipbuild.core.paths import cache_dir
+from clipbuild.core.plan import PlanSettings, SourceFile, Step, StepContext, StepKind
+from clipbuild.core.project import OVERLAY, Project
+from clipbuild.gentoo import binpkgs, buildroot, fetch
 from clipbuild.gentoo.buildroot import BuildRoot, Mount, Recipe
 from clipbuild.gentoo.emerge import Emerge, build_deps, log_tail, parse_failure
-from clipbuild.core.errors import StepError, ToolError
-from clipbuild.spec.model import Profile
-from clipbuild.core.paths import cache_dir
-from clipbuild.core.plan import PlanSettings, SourceFile, Step, StepContext, StepKind, planner, step_kind
-from clipbuild.core.digest import sha256_file
+from clipbuild.gentoo.guest import KCONFIG
 from clipbuild.gentoo.portage_config import CCACHE_DIR, REPO_PATH, host_conf, render
-from clipbuild.core.project import Project
+from clipbuild.spec.model import Profile
 
-OVERLAY = "overlays/clip"
 JAILS = "jails"  # the render-jails step, read by the clip/core set
 JAILS_MOUNT = "/build/jails"
 KERNEL_DIR = "kernel-patches"  # the project's patch series and configuration fragments, read by clip/core
 KERNEL_MOUNT = "/build/kernel-patches"
-KCONFIG = Path(__file__).with_name("kconfig.py")
 KCONFIG_MOUNT = "/build/clipbuild/kconfig.py"
 
 
@@ -62,7 +59,6 @@ class EmergeOptions:
         return f"{self.species}/{self.dist}-{self.part}"
 
 
-@step_kind
 class EmergeSet(StepKind):
     name = "emerge-set"
     version = 1
@@ -97,7 +93,7 @@ class EmergeSet(StepKind):
             tree = ctx.inputs[JAILS] / "tree"
             mounts.append(Mount(tree, JAILS_MOUNT))
             env["CLIP_JAILS_TREE"] = JAILS_MOUNT
-            extra[JAILS] = binpkgs.tree_digest(list(tree.rglob("*")), tree)
+            extra[JAILS] = tree_digest(list(tree.rglob("*")), tree)
         if opts.kernel_fragments:  # the kernel's patches, fragments and checker, for clip-kernel.eclass
             patches = ctx.source(KERNEL_DIR)
             compiler_cache = cache_dir() / "ccache"  # ccache: how fast, never what (not keyed)
@@ -106,7 +102,7 @@ class EmergeSet(StepKind):
                        Mount(compiler_cache, CCACHE_DIR, writable=True)]
             env.update({"CLIP_KERNEL_DIR": KERNEL_MOUNT, "CLIP_KERNEL_FRAGMENTS": " ".join(opts.kernel_fragments),
                         "CLIP_KCONFIG": KCONFIG_MOUNT})
-            extra["kernel"] = " ".join([binpkgs.tree_digest(list(patches.rglob("*")), patches),
+            extra["kernel"] = " ".join([tree_digest(list(patches.rglob("*")), patches),
                                         sha256_file(KCONFIG), *opts.kernel_fragments])
         emerge = Emerge(sdk, mounts, env)
         plan = _key_packages(emerge, opts, overlay, sdk, extra)
@@ -128,8 +124,8 @@ def _check_distfiles(step_id: str, overlay: Path, species: str) -> None:
     problems = fetch.missing_or_bad(fetch.read_manifests(overlay).values())
     if problems:
         raise StepError(step_id, "distfiles are missing or wrong; builds never download",
-                        detail=[f"  {dist.name}: {why}" for dist, why in problems]
-                        + [f"  hint: run clipbuild fetch {species}"])
+                        detail=[f"  {dist.name}: {why}" for dist, why in problems],
+                        hint=f"run clipbuild fetch {species}")
 
 
 def _write_config(target: Path, opts: EmergeOptions) -> Path:
@@ -148,7 +144,7 @@ def _key_packages(emerge: Emerge, opts: EmergeOptions, overlay: Path, sdk: Build
     items = emerge.merge_list(opts.atoms)
     meta = emerge.metadata([i.cpv for i in items])
     shared = {
-        "profile": binpkgs.tree_digest(list((overlay / "profiles").rglob("*")), overlay),
+        "profile": tree_digest(list((overlay / "profiles").rglob("*")), overlay),
         "make_conf": _build_digest(opts.config["make.conf/00-profile.conf"]),
         "package_config": _build_digest("".join(
             v for k, v in sorted(opts.config.items()) if k.startswith("package."))),
@@ -252,7 +248,6 @@ def kernel_sources(project: Project) -> tuple[SourceFile, ...]:
     return (*_tree_sources(project, KERNEL_DIR), SourceFile("clipbuild:kconfig.py", sha256_file(KCONFIG)))
 
 
-@planner
 def plan_build(profile: Profile, project: Project, settings: PlanSettings) -> list[Step]:
     recipe = settings.buildroot or asdict(buildroot.DEFAULT_RECIPE)
     sources = overlay_sources(project)

@@ -5,10 +5,10 @@ Step `image` reads every `sign/<dist>-<part>` pool and:
 1. verifies both signatures of every package against the trust policy (the development PKI's, or the
    release policy); one failure stops the build, naming the package and the rule;
 2. installs clip/core and clip/apps with `dpkg --root` into one tree, then splits it the way CLIP OS 4 laid it
-   out (clipbuild.install): the read-only root, the mounts partition (/mounts, /usr/local, /var), /var/log;
+   out (clipbuild.image.install): the read-only root, the mounts partition (/mounts, /usr/local, /var), /var/log;
    the rm distribution goes into each RM partition (/vservers/rm_h, /vservers/rm_b), with its own database;
 3. writes /etc/fstab from the profile's partitions and marks a development image in /etc/os-release;
-4. builds every filesystem as a file (clipbuild.fsimage) and the root's dm-verity hash tree, fills the boot
+4. builds every filesystem as a file (clipbuild.image.fsimage) and the root's dm-verity hash tree, fills the boot
    partition (kernels, the A/B syslinux configuration, the manifest) and copies all of it into a GPT disk.
 
 Slot B at first install is a copy of slot A (same packages; its own salt, so its own root hash): the
@@ -19,29 +19,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipbuild.image import bootloader
-from clipbuild.image import fsimage
-from clipbuild.image import gpt
-from clipbuild.image import install
-from clipbuild.image import slot
-from clipbuild.signing import trust
-from clipbuild.core.errors import InputError, StepError
-from clipbuild.spec.model import Profile
-from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind, planner, step_kind
 from clipbuild.core.digest import sha256_file
+from clipbuild.core.errors import InputError, StepError
+from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
 from clipbuild.core.project import Project
-from clipbuild.core.run import run
-from clipbuild.image.slot import DEVELOPMENT
+from clipbuild.image import bootloader, fsimage, gpt, install, slot
+from clipbuild.image.manifest import EMBEDDED_MANIFEST, MANIFEST, describe, image_name
+from clipbuild.signing import devpki, trust
+from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
+from clipbuild.spec.model import Profile
 
 STEP = "image"
-MANIFEST = "manifest.json"
-EMBEDDED_MANIFEST = "clip/manifest.json"  # on the boot partition
-MANIFEST_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -65,13 +57,6 @@ class ImageOptions:
         return image_name(self.species, self.version, self.mode)
 
 
-def image_name(species: str, version: str, mode: str) -> str:
-    """`<species>-<version>.img` for a release, `<species>-<version>-dev.img` for a development image, so the
-    two can never be taken for each other."""
-    return f"{species}-{version}{'-dev' if mode == DEVELOPMENT else ''}.img"
-
-
-@step_kind
 class AssembleImage(StepKind):
     name = "assemble-image"
     version = 3
@@ -228,27 +213,9 @@ class Assembly:
 
     def manifest(self, pool: dict[str, list[tuple[Path, trust.Verdict]]], slots: dict[str, dict[str, Any]],
                  release: str) -> dict[str, Any]:
-        packages, signers = [], {}
-        for set_name, entries in pool.items():
-            for deb, verdict in entries:
-                fields = install.control_fields(deb)
-                packages.append({"set": set_name, "package": fields["Package"], "version": fields["Version"],
-                                 "file": deb.name, "sha256": sha256_file(deb),
-                                 "signers": {s.role: s.fingerprint for s in verdict.signers}})
-                for s in verdict.signers:
-                    signers[s.fingerprint] = {"role": s.role, "subject": s.subject, "fingerprint": s.fingerprint,
-                                              "digest": s.digest}
-        for info in slots.values():  # what each slot holds; an update changes one slot's entry
-            info["packages"] = packages
-            info["release"] = release
-        return {
-            "format": MANIFEST_FORMAT, "species": self.opts.species, "version": self.opts.version,
-            "release": release, "description": self.opts.description, "signing": self.opts.mode,
-            "source_date_epoch": self.opts.date, "active_slot": sorted(slots)[0],
-            "disk": {"size": self.opts.disk_size, "guid": gpt.stable_guid(self.opts.species, "disk")},
-            "partitions": [s.to_dict() for s in self.slices], "slots": slots, "packages": packages,
-            "signers": sorted(signers.values(), key=lambda s: (s["role"], s["fingerprint"])),
-        }
+        opts = self.opts
+        return describe(pool, slots, self.slices, release, species=opts.species, version=opts.version,
+                        description=opts.description, signing=opts.mode, date=opts.date, disk_size=opts.disk_size)
 
 
 def policy_digest(policy_path: Path) -> str:
@@ -267,8 +234,6 @@ def policy_digest(policy_path: Path) -> str:
 
 def _policy(profile: Profile, project: Project, settings: PlanSettings) -> Path:
     if not settings.release:
-        from clipbuild.signing import devpki
-
         return devpki.ensure().policy_path
     if settings.policy:
         return Path(settings.policy).resolve()
@@ -278,7 +243,6 @@ def _policy(profile: Profile, project: Project, settings: PlanSettings) -> Path:
                      "profile")
 
 
-@planner
 def plan_image(profile: Profile, project: Project, settings: PlanSettings) -> list[Step]:
     disk_size, slices = gpt.plan(profile.disk, profile.species)
     sets = tuple(f"{dist}-{part}" for dist, part, _ in profile.packages.sets())
@@ -286,59 +250,9 @@ def plan_image(profile: Profile, project: Project, settings: PlanSettings) -> li
     policy = _policy(profile, project, settings)
     options = ImageOptions(
         species=profile.species, version=profile.version, date=settings.source_date_epoch,
-        mode="release" if settings.release else DEVELOPMENT, policy=str(policy),
+        mode=RELEASE if settings.release else DEVELOPMENT, policy=str(policy),
         policy_digest=policy_digest(policy) if policy.is_file() else "", disk_size=disk_size,
         slices=tuple(s.to_dict() for s in slices), cmdline=tuple(profile.boot.cmdline),
         timeout=profile.boot.timeout, sets=sets, description=profile.description, rm_partitions=rm_partitions)
     return [AssembleImage.step(STEP, options, inputs=tuple(f"sign/{s}" for s in sets),
                                description=f"assemble {options.file_name}")]
-
-
-
-@dataclass(frozen=True)
-class Published:
-    image: Path
-    manifest: Path
-    copies: tuple[Path, ...]
-    updated: bool
-
-
-def publish(step_out: Path, out_dir: Path, *, qcow2: bool = False, zstd: bool = False) -> Published:
-    """Copy the image step's output to `out_dir` (`<species>-<version>.img`, `.manifest.json`, and qcow2 or
-    zstd copies on request), each written under a temporary name and renamed when complete. An up-to-date
-    copy (same manifest, same size and mtime) is left alone."""
-    manifest = json.loads((step_out / MANIFEST).read_text())
-    name = manifest["image"]["file"]
-    source = step_out / name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    image, sidecar = out_dir / name, out_dir / f"{Path(name).stem}.manifest.json"
-    state = source.stat()
-    current = (sidecar.is_file() and sidecar.read_bytes() == (step_out / MANIFEST).read_bytes()
-               and image.is_file() and (image.stat().st_size, image.stat().st_mtime_ns) ==
-               (state.st_size, state.st_mtime_ns))
-    if not current:
-        _atomic_copy(["cp", "--sparse=always", "--preserve=timestamps", source], image)
-        _atomic_copy(["cp", step_out / MANIFEST], sidecar)
-    copies = []
-    if qcow2:
-        copies.append(_derived(image, image.with_suffix(".qcow2"), ["qemu-img", "convert", "-q", "-f", "raw",
-                                                                       "-O", "qcow2", image], not current))
-    if zstd:
-        copies.append(_derived(image, image.with_name(image.name + ".zst"),
-                               ["zstd", "-q", "-f", "-T0", "-10", image, "-o"], not current))
-    return Published(image, sidecar, tuple(copies), not current)
-
-
-def _atomic_copy(command: list[Any], target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        run([*command, tmp])
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _derived(image: Path, target: Path, command: list[Any], stale: bool) -> Path:
-    if stale or not target.is_file() or target.stat().st_mtime_ns < image.stat().st_mtime_ns:
-        _atomic_copy(command, target)
-    return target

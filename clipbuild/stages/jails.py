@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipbuild.jails import check as jailcheck
-from clipbuild.jails import definitions as jails
 from clipbuild.core.errors import ProfileError
-from clipbuild.spec.model import Profile
-from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind, planner, step_kind
+from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
 from clipbuild.core.project import Project
+from clipbuild.jails import definitions, rules
+from clipbuild.spec.model import Profile
 
 STEP = "jails"
 
@@ -23,7 +22,6 @@ class JailsOptions:
     directories: tuple[str, ...] = ()
 
 
-@step_kind
 class RenderJails(StepKind):
     name = "render-jails"
     version = 1
@@ -35,18 +33,17 @@ class RenderJails(StepKind):
 
     def run(self, ctx: StepContext) -> None:
         opts: JailsOptions = ctx.options
-        jails.write(jails.Rendered(opts.files, opts.directories), ctx.out / "tree")
+        definitions.write(definitions.Rendered(opts.files, opts.directories), ctx.out / "tree")
         ctx.progress(f"{len(opts.files)} files for {opts.species}'s jails")
 
 
-@planner
 def plan_jails(profile: Profile, project: Project, settings: PlanSettings) -> list[Step]:
     if not profile.jails:
         return []
-    loaded = jails.load_all(project, profile.jails)
-    issues, _ = jailcheck.check(loaded, jailcheck.load_policy(project))
+    loaded = definitions.load_all(project, profile.jails)
+    issues, _ = rules.check(loaded, rules.load_policy(project))
     if issues:
         raise ProfileError(issues)
-    rendered = jails.render(project, loaded, profile.species)
+    rendered = definitions.render(project, loaded, profile.species)
     options = JailsOptions(profile.species, rendered.files, rendered.directories)
     return [RenderJails.step(STEP, options, description=f"render and check {len(loaded)} jails")]

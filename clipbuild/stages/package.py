@@ -10,11 +10,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from clipbuild.formats import debpkg
-from clipbuild.formats import gpkg
-from clipbuild.spec.model import Profile
-from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind, planner, step_kind
+from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
 from clipbuild.core.project import Project
+from clipbuild.formats import debpkg, gpkg
+from clipbuild.spec.model import Profile
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,6 @@ class PackageOptions:
     urgency: str = "NA"
 
 
-@step_kind
 class DebSet(StepKind):
     name = "deb-set"
     version = 1
@@ -49,7 +47,6 @@ class DebSet(StepKind):
         (ctx.out / "debs.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
-@planner
 def plan_packages(profile: Profile, project: Project, settings: PlanSettings) -> list[Step]:
     env = profile.portage.env
     steps = []

@@ -1,6 +1,6 @@
 """The signing stage: the signed pool of each (distribution, part), `sign/<dist>-<part>`, read by the image.
 
-Development (default): the development PKI (clipbuild.devpki) signs every package as developer, then
+Development (default): the development PKI (clipbuild.signing.devpki) signs every package as developer, then
 countersigns it as controller, dated SOURCE_DATE_EPOCH; the signatures are deterministic, so the pool is
 reproducible on a machine. Release (`clipbuild image --release --batch DIR...`): nothing is signed here; each
 package the plan built must be found, developer-signed and countersigned, in a controller batch (a folder
@@ -18,18 +18,17 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clipbuild.core.digest import sha256_file
+from clipbuild.core.errors import InputError, StepError
+from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
+from clipbuild.core.project import Project
 from clipbuild.formats import clipsig
 from clipbuild.signing import devpki
 from clipbuild.signing.batch import REPORT
-from clipbuild.core.errors import InputError, StepError
-from clipbuild.spec.model import Profile
-from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind, planner, step_kind
-from clipbuild.core.digest import sha256_file
-from clipbuild.core.project import Project
+from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
 from clipbuild.signing.signer import sign_bytes
-from clipbuild.image.slot import DEVELOPMENT
+from clipbuild.spec.model import Profile
 
-RELEASE = "release"
 RELEASE_HINT = ("  a release takes only the packages this build made, as a controller countersigned them "
                 "(clipbuild countersign); pass every batch with --batch")
 
@@ -44,7 +43,6 @@ class SignOptions:
     batches: dict[str, dict[str, str]] = field(default_factory=dict)  # release: folder -> {file: sha256}
 
 
-@step_kind
 class SignSet(StepKind):
     name = "sign-set"
     version = 1
@@ -144,7 +142,6 @@ def batch_digests(folders: tuple[str, ...]) -> dict[str, dict[str, str]]:
     return out
 
 
-@planner
 def plan_signing(profile: Profile, project: Project, settings: PlanSettings) -> list[Step]:
     if settings.release:
         options = {"mode": RELEASE, "batches": batch_digests(settings.batches)}

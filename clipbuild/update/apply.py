@@ -27,32 +27,16 @@ from typing import Any
 
 from debian.deb822 import Deb822
 
-from clipbuild.update import apps as appsupdate
-from clipbuild.image import bootloader
-from clipbuild.image import fsimage
-from clipbuild.update import imageedit
-from clipbuild.image import inspection
-from clipbuild.image import install
-from clipbuild.image import slot
-from clipbuild.signing import trust
-from clipbuild.core.errors import ClipbuildError, ImageError
 from clipbuild.core.digest import sha256_file
-from clipbuild.update.repository import CONF, Package, read_package
+from clipbuild.core.errors import ClipbuildError, ImageError, UpdateRefused
 from clipbuild.core.run import run
+from clipbuild.image import bootloader, fsimage, inspection, install, slot
+from clipbuild.signing import trust
+from clipbuild.update import apps, imageedit
+from clipbuild.update.repository import CONF, Package, read_package
 
 PRIORITY = {"core": "required", "apps": "important"}
 CONFFILES = "etc/clip_update/conffiles.list"
-
-
-class UpdateRefused(ClipbuildError):
-    """The repository cannot be applied; every reason is listed and nothing was written."""
-
-    def __init__(self, message: str, reasons: list[str]):
-        self.reasons = reasons
-        super().__init__(message)
-
-    def lines(self) -> list[str]:
-        return [str(self), *(f"  {reason}" for reason in self.reasons)]
 
 
 @dataclass(frozen=True)
@@ -174,7 +158,7 @@ class Outcome:
 def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = None,
           progress: Callable[[str], None] = lambda message: None) -> Outcome:
     rules = rules or Rules()
-    notes = [note] if (note := appsupdate.recover(image)) else []
+    notes = [note] if (note := apps.recover(image)) else []
     found = inspection.read(image)
     manifest = found.manifest
     active = found.active_slot
@@ -189,17 +173,18 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
     installed = imageedit.installed(manifest, active)
     reasons = [r for part in parts.values() for r in check_part(part, policy, installed.get(part.name, {}), rules)]
     if reasons:
-        raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}", reasons)
-    core, apps = parts.get("clip-core"), parts.get("clip-apps")
+        raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}",
+                            detail=[f"  {reason}" for reason in reasons])
+    core, new_apps = parts.get("clip-core"), parts.get("clip-apps")
     old_version = manifest["slots"][active]["version"]
     if core is None or compare_versions(core.conf.version, installed["clip-core"].get(core.conf.name, "0")) == 0:
-        if apps is None or compare_versions(apps.conf.version,
-                                            installed.get("clip-apps", {}).get(apps.conf.name, "0")) == 0:
+        if new_apps is None or compare_versions(new_apps.conf.version,
+                                                installed.get("clip-apps", {}).get(new_apps.conf.name, "0")) == 0:
             return Outcome(image, "nothing", active, target, old_version, old_version,
                            [*notes, "the core and the apps in the repository are the ones installed"])
-        progress(f"apps {apps.conf.name} {apps.conf.version} on the running slot {active}")
+        progress(f"apps {new_apps.conf.name} {new_apps.conf.version} on the running slot {active}")
         with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
-            info = appsupdate.apply_apps(found, apps.members, Path(tmp), progress)
+            info = apps.apply_apps(found, new_apps.members, Path(tmp), progress)
             imageedit.write_manifest(found, {**manifest, "slots": {**manifest["slots"], active: info},
                                              "packages": info["packages"]}, Path(tmp))
         return Outcome(image, "apps", active, target, old_version, old_version, notes)
@@ -300,7 +285,7 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
 
 def rollback(image: Path) -> tuple[str, str]:
     """Make the other slot active again, once its root verifies against its boot entry: (from, to)."""
-    appsupdate.recover(image)
+    apps.recover(image)
     found = inspection.read(image)
     active = found.active_slot or ""
     other = next((s for s in sorted(found.manifest["slots"]) if s != active), None)

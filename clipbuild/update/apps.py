@@ -21,22 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from clipbuild.image import fsimage
-from clipbuild.image import gpt
-from clipbuild.update import imageedit
-from clipbuild.image import inspection
-from clipbuild.image import install
-from clipbuild.image import slot
-from clipbuild.core.errors import ClipbuildError, ImageError
-from clipbuild.update.repository import Package
+from clipbuild.core.errors import AppsUpdateFailed, ClipbuildError, ImageError
 from clipbuild.core.run import run
+from clipbuild.image import fsimage, gpt, inspection, install, slot
+from clipbuild.update import imageedit
+from clipbuild.update.repository import Package
 
 LISTS = ("pending", "installing", "upgrading", "removing")
 WRITING, EMPTIED = "apps: writing the mounts partition", "apps: old mounts partition content dropped"
-
-
-class AppsUpdateFailed(ClipbuildError):
-    """dpkg failed; the apps were rolled back and the image was not written."""
 
 
 def apply_apps(found: inspection.Inspection, members: tuple[Package, ...], scratch: Path,

@@ -12,12 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from clipbuild.image import fsimage
-from clipbuild.image import gpt
-from clipbuild.image import inspection
 from clipbuild.core.digest import sha256_file
-from clipbuild.update.repository import read_package
 from clipbuild.core.run import run
+from clipbuild.image import fsimage, gpt, inspection
+from clipbuild.update.repository import read_package
 
 JOURNAL_SUFFIX = ".clipbuild-update.json"
 

@@ -21,16 +21,12 @@ from pathlib import Path
 
 from debian.deb822 import Deb822
 
-from clipbuild.core.errors import ClipbuildError
+from clipbuild.core.errors import RepositoryError
 from clipbuild.core.run import run
 from clipbuild.signing.trust import Policy, verify_file
 
 CONF = re.compile(r"(?P<dist>clip|rm)-(?P<part>core|apps)-conf(-[bh])?")
 _PIN = re.compile(r"^(?P<name>[a-z0-9][a-z0-9+.-]*) \(= (?P<version>[^)]+)\)$")
-
-
-class RepositoryError(ClipbuildError):
-    """Packages cannot be published as asked; the message lists each problem."""
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 import yaml
 
 from clipbuild.core.errors import InputError, Issue
-from clipbuild.jails.definitions import Jail, Mount
 from clipbuild.core.project import Project
+from clipbuild.jails.definitions import Jail, Mount
 
 POLICY = "_policy.yaml"
 # include/uapi/linux/capability.h, Linux 6.1.
