@@ -1,8 +1,9 @@
 """End-to-end support: a copy of the project driven through the installed `clipbuild` command.
 
-One copy per test session (the `e2e_project` fixture), with its own fresh binary package store (so the first
-build compiles everything) and the machine's shared build root and distfiles (~/.cache/clipbuild). The build
-tests run first (files sort that way); the image tests then reuse what they built.
+One copy per test session (the `e2e_project` fixture in tests/e2e/conftest.py), with its own fresh binary
+package store (so the first build compiles everything) and the machine's shared build root and distfiles
+(~/.cache/clipbuild). The session fixtures build the client once, then its image, in that order whichever test
+asks first, and every test module reuses them: no test depends on the order its file runs in.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from pathlib import Path
 
 from clipbuild.core.run import Result, run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLIPBUILD = Path(sys.executable).with_name("clipbuild")
+DATE = "1700000000"  # SOURCE_DATE_EPOCH of every e2e run
 
 
 class Project:
@@ -37,6 +39,11 @@ class Project:
 
     def build(self, species: str, workdir: Path | None = None) -> dict:
         result = self.clipbuild("build", species, "--json", workdir=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout)
+
+    def image(self, species: str, *args: str, workdir: Path | None = None) -> dict:
+        result = self.clipbuild("image", species, "--json", *args, workdir=workdir)
         assert result.returncode == 0, result.stderr[-3000:]
         return json.loads(result.stdout)
 

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from clipbuild.gentoo.guest import kconfig
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from clipbuild.jails import definitions
 from clipbuild.jails.realise import run_in_jail
 from clipbuild.jails.rules import KERNEL_CAPS
 from clipbuild.spec.profile import resolve
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +16,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def client(request):
     from clipbuild.core.project import Project
-    from tests.conftest import ROOT
 
     project = Project(ROOT)
     loaded = definitions.load_all(project, resolve(project, "client").jails)

@@ -1,7 +1,8 @@
-"""End to end: `clipbuild image` on the e2e project (tests/e2e.py), booted in QEMU, inspected, rebuilt.
+"""End to end: `clipbuild image` on the e2e project (tests/e2e/support.py), booted in QEMU, inspected, rebuilt.
 
-Runs after the build tests, reusing their package store: what is measured here is packaging, signing, image
-assembly and boot, all with the real tools (dpkg, mksquashfs, mkfs.ext4, veritysetup, syslinux, sgdisk, QEMU).
+Reuses the session's client build (tests/e2e/conftest.py) and its package store: what is measured here is
+packaging, signing, image assembly and boot, all with the real tools (dpkg, mksquashfs, mkfs.ext4, veritysetup,
+syslinux, sgdisk, QEMU).
 """
 
 from __future__ import annotations
@@ -12,28 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e import Project, kernel_version, sparse_copy
+from tests.e2e.support import Project, kernel_version, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 KERNEL = kernel_version()
-DATE = "1700000000"
-
-
-def image(project: Project, species: str, *args: str, workdir: Path | None = None) -> dict:
-    result = project.clipbuild("image", species, "--json", *args, workdir=workdir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
-def project(e2e_project: Project) -> Project:
-    e2e_project.env["SOURCE_DATE_EPOCH"] = DATE
+def project(e2e_project: Project, client_build: dict) -> Project:
     return e2e_project
 
 
 @pytest.fixture(scope="module")
-def client(project: Project) -> dict:
-    return image(project, "client")
+def client(client_image: dict) -> dict:
+    return client_image
 
 
 def manifest(built: dict) -> dict:
@@ -79,9 +72,9 @@ def test_inspect_verifies_the_image_from_itself(project, client):
 
 
 def test_a_warm_rebuild_is_a_no_op_and_the_same_inputs_give_the_same_image(project, client, tmp_path):
-    again = image(project, "client")
+    again = project.image("client")
     assert again["sha256"] == client["sha256"]
-    elsewhere = image(project, "client", workdir=tmp_path / "second")  # a new work directory: all re-done
+    elsewhere = project.image("client", workdir=tmp_path / "second")  # a new work directory: all re-done
     assert elsewhere["sha256"] == client["sha256"]
     assert Path(elsewhere["image"]).read_bytes() == Path(client["image"]).read_bytes()
 
@@ -146,7 +139,7 @@ def test_a_tampered_package_in_the_signed_pool_stops_the_build(project, client):
     assert "package(s) fail the trust policy" in result.stderr and "nothing was installed" in result.stderr
     line = next(line for line in result.stderr.splitlines() if "clip-sysinfo_1.0.0_amd64.deb" in line)
     assert "clip-core/clip-sysinfo_1.0.0_amd64.deb: dev_sign: the signature does not match" in line, line
-    assert image(project, "client")["sha256"] == client["sha256"]  # and back to the good image
+    assert project.image("client")["sha256"] == client["sha256"]  # and back to the good image
 
 
 def test_a_release_takes_countersigned_batches_only(project, client, tmp_path):
@@ -165,7 +158,7 @@ def test_a_release_takes_countersigned_batches_only(project, client, tmp_path):
                                  "--cert", str(pki / "controller-1.pem"), "--policy", policy).returncode == 0
         batches += ["--batch", str(batch)]
     out = tmp_path / "release"
-    released = image(project, "client", "--release", "--policy", policy, "--out", str(out), *batches)
+    released = project.image("client", "--release", "--policy", policy, "--out", str(out), *batches)
     m = manifest(released)
     assert Path(released["image"]).name == "client-4.5.0.img"
     assert m["signing"] == "release" and all("clipbuild test PKI" in s["subject"] for s in m["signers"])
@@ -181,7 +174,7 @@ def test_a_release_takes_countersigned_batches_only(project, client, tmp_path):
 
 
 def test_the_gateway_image_boots_too(project):
-    gateway = image(project, "gateway", "--qcow2")
+    gateway = project.image("gateway", "--qcow2")
     assert gateway["copies"] and gateway["copies"][0].endswith(".qcow2")
     result = project.clipbuild("vm", gateway["copies"][0], "--check", "--json", "--timeout", "240")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import pytest
 
 from clipbuild.core.errors import InputError, ProfileError
 from clipbuild.jails import definitions, rules
 from clipbuild.spec.profile import resolve
+from tests.conftest import ROOT
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
+GOLDEN = ROOT / "tests" / "data" / "golden"
 UPDATE = os.environ.get("CLIPBUILD_UPDATE_GOLDEN") == "1"
 
 

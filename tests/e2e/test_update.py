@@ -2,8 +2,8 @@
 repositories with a tampered, unsigned, developer-only or downgraded package refused; an update killed
 half-way leaves N booting; apps updated in place, rolled back when dpkg fails, recovered when killed.
 
-N is the e2e project's own release (after the image tests, its image is built already); N+1 is a copy with
-baselayout-clip 4.5.1 (core) and clip-apps-conf 4.5.1 (apps), sharing the package store."""
+N is the e2e project's own release (after the session's client image, so its image is built already); N+1 is a
+copy with baselayout-clip 4.5.1 (core) and clip-apps-conf 4.5.1 (apps), sharing the package store."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from clipbuild.formats.clipsig import read_layout
 from clipbuild.signing import devpki
 from clipbuild.signing.signer import sign_bytes
 from clipbuild.update import repository
-from tests.e2e import Project, sparse_copy
+from tests.e2e.support import Project, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 DAY = 86400
@@ -53,7 +53,7 @@ def _release(proj: Project) -> dict:
 
 
 @pytest.fixture(scope="module")
-def releases(e2e_project: Project, tmp_path_factory) -> dict[str, dict]:
+def releases(e2e_project: Project, client_image: dict, tmp_path_factory) -> dict[str, dict]:
     new = _project(tmp_path_factory.mktemp("n1"), e2e_project.env["CLIPBUILD_BINPKGS"], int(time.time()) - DAY)
     _bump(new)
     return {"n": _release(e2e_project), "n1": _release(new), "project": e2e_project}

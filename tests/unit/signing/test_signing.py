@@ -14,9 +14,10 @@ from clipbuild.core import errors
 from clipbuild.core.errors import InputError
 from clipbuild.formats import ar, clipsig
 from clipbuild.signing import batch, pki, signer, trust
+from tests.conftest import ROOT
 
 # A copy of shared/vectors/gencrypt-bp256: packages signed and checked by the original CLIP OS 4 tools.
-VECTORS = Path(__file__).resolve().parent / "data" / "vectors" / "gencrypt-bp256"
+VECTORS = ROOT / "tests" / "data" / "vectors" / "gencrypt-bp256"
 AT = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 SECRET = b"correct horse battery staple"
 

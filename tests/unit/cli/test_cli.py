@@ -8,8 +8,7 @@ from pathlib import Path
 
 from clipbuild import __version__
 from clipbuild.core.run import run
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT
 
 
 def test_version(clipbuild):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from clipbuild.core.run import run
-from tests.e2e import Project, kernel_version
+from tests.e2e.support import Project, kernel_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 KERNEL = kernel_version()
@@ -32,13 +32,13 @@ def statuses(report: dict) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def project(e2e_project) -> Project:
+def project(e2e_project, client_build) -> Project:
     return e2e_project
 
 
 @pytest.fixture(scope="module")
-def client(project) -> dict:
-    return project.build("client")
+def client(client_build) -> dict:
+    return client_build
 
 
 def test_client_builds_every_package_from_source(client):

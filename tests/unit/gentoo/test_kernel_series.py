@@ -9,8 +9,8 @@ import pytest
 
 from clipbuild.core.run import run
 from clipbuild.gentoo.guest import KCONFIG
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 ECLASS = ROOT / "overlays" / "clip" / "eclass" / "clip-kernel.eclass"
 
 STUBS = """

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
@@ -12,8 +11,9 @@ from clipbuild.spec.checks import SLOTTED_MOUNTS
 from clipbuild.spec.layout import minimum_disk_size
 from clipbuild.spec.profile import list_profiles, resolve, validate_paths
 from clipbuild.stages.pipeline import compile_plan
+from tests.conftest import ROOT
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
+GOLDEN = ROOT / "tests" / "data" / "golden"
 UPDATE = os.environ.get("CLIPBUILD_UPDATE_GOLDEN") == "1"
 
 
