@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clipbuild.core.errors import ToolError
-from clipbuild.core.run import debian_package_for, format_command, host_tools, require, run
+from clipbuild.core.run import Sandbox, debian_package_for, format_command, host_tools, require, run, run_streaming
 
 
 def test_output_is_captured_with_a_c_locale():
@@ -64,3 +64,30 @@ def test_host_tools_table_is_well_formed():
     programs = [t.program for t in tools if t.program != "-"]
     assert len(programs) == len(set(programs)), "a program is listed twice"
     assert debian_package_for("/usr/sbin/mkfs.vfat") == "dosfstools"
+
+
+def test_a_sandboxed_failure_is_the_program_s_with_the_whole_command_shown():
+    sandbox = Sandbox(("env", "-i", "PATH=/usr/bin:/bin"))
+    assert run(["sh", "-c", "echo inside"], sandbox=sandbox).stdout == "inside\n"
+    with pytest.raises(ToolError) as exc:
+        run(["sh", "-c", "echo broken >&2; exit 3"], sandbox=sandbox)
+    lines = exc.value.lines()
+    assert lines[0] == "sh failed"
+    assert lines[1] == "  command: env -i PATH=/usr/bin:/bin sh -c 'echo broken >&2; exit 3'"
+    assert "  exit status: 3" in lines and "    broken" in lines
+    with pytest.raises(ToolError, match=r"^sh failed$"):
+        run_streaming(["sh", "-c", "exit 4"], lambda line: None, sandbox=sandbox)
+
+
+def test_a_sandbox_that_cannot_start_says_so():
+    """bubblewrap reports its own failures as `bwrap: ...`; a wrapper doing the same is named instead."""
+    wrapper = Sandbox(("sh", "-c", 'echo "sh: cannot set the sandbox up" >&2; exit 1', "sh"))
+    with pytest.raises(ToolError) as exc:
+        run(["emerge", "--info"], sandbox=wrapper)
+    assert exc.value.lines()[0] == "sh failed to start emerge in its sandbox"
+
+
+def test_only_the_sandbox_wrapper_must_be_installed_on_the_host():
+    with pytest.raises(ToolError, match="required program 'clipbuild-no-such-wrapper' is not installed"):
+        run(["sh", "-c", "true"], sandbox=Sandbox(("clipbuild-no-such-wrapper",)))
+    assert run(["clipbuild-only-inside"], sandbox=Sandbox(("sh", "-c", "true")), check=False).returncode == 0
