@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import click
 
-from clipbuild.cli.context import Options, emit_json, json_option
+from clipbuild.cli.context import Options, debug_shell_option, emit_json, json_option
 from clipbuild.cli.show import format_build_summary, format_plan
 from clipbuild.core.errors import EXIT_FAILED
 from clipbuild.core.executor import Executor
@@ -43,9 +43,10 @@ def plan_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None:
 @click.argument("species")
 @click.option("--step", "steps", multiple=True, metavar="ID",
               help="Run only this step and what it reads (repeatable); see clipbuild plan SPECIES.")
+@debug_shell_option
 @json_option
 @click.pass_obj
-def run_cmd(opts: Options, species: str, steps: tuple[str, ...], as_json: bool) -> None:
+def run_cmd(opts: Options, species: str, steps: tuple[str, ...], debug_shell: bool, as_json: bool) -> None:
     """Run the plan of SPECIES: every step whose cache key changed, each with the reason it re-ran.
 
     Steps whose inputs did not change are reused from the work directory (--workdir). Progress goes to
@@ -55,7 +56,7 @@ def run_cmd(opts: Options, species: str, steps: tuple[str, ...], as_json: bool) 
     unknown = [s for s in steps if s not in {step.id for step in plan.steps}]
     if unknown:
         raise click.BadParameter(f"no step {', '.join(unknown)} in the plan of {species}", param_hint="--step")
-    opts.execute(plan.subset(list(steps)) if steps else plan, as_json)
+    opts.execute(plan.subset(list(steps)) if steps else plan, as_json, debug_shell=debug_shell)
 
 
 @click.group("cache")
@@ -104,9 +105,10 @@ def fetch_cmd(opts: Options, species: str) -> None:
 @click.argument("species")
 @click.option("--explain", is_flag=True, help="List every package with why it was built or that it was reused.")
 @click.option("--offline", is_flag=True, help="Do not fetch missing distfiles first; fail instead.")
+@debug_shell_option
 @json_option
 @click.pass_obj
-def build_cmd(opts: Options, species: str, explain: bool, offline: bool, as_json: bool) -> None:
+def build_cmd(opts: Options, species: str, explain: bool, offline: bool, debug_shell: bool, as_json: bool) -> None:
     """Build every package set of SPECIES from source with emerge, each into its own ROOT.
 
     First, missing distfiles are fetched (as clipbuild fetch does; --offline skips it); then the builds run
@@ -117,7 +119,7 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, as_json
     if not offline:
         opts.fetch(species)
     build_ids = [s.id for s in plan.steps if s.kind == "emerge-set"]
-    executor, outcomes = opts.execute(plan.subset(build_ids), as_json)
+    executor, outcomes = opts.execute(plan.subset(build_ids), as_json, debug_shell=debug_shell)
     sets = []
     for outcome in outcomes:
         if outcome.step_id in build_ids:

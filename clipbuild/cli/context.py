@@ -10,10 +10,12 @@ from typing import Any
 
 import click
 
+from clipbuild.core.errors import ClipbuildError, StepError, ToolError
 from clipbuild.core.executor import Executor, Outcome
-from clipbuild.core.plan import BuildPlan, PlanSettings
+from clipbuild.core.plan import BuildPlan, PlanSettings, Step
 from clipbuild.core.project import OVERLAY, Project, find_project
 from clipbuild.core.report import stderr_reporter
+from clipbuild.core.run import run
 from clipbuild.gentoo import buildroot, fetch
 from clipbuild.spec.profile import resolve
 from clipbuild.stages.pipeline import STEP_KINDS, compile_plan
@@ -50,10 +52,11 @@ class Options:
                                 self.project.source_date_epoch(), **choices)
         return compile_plan(resolve(self.project, species), self.project, settings)
 
-    def execute(self, plan: BuildPlan, as_json: bool) -> tuple[Executor, list[Outcome]]:
-        """Run the plan in the work directory, progress on stderr."""
+    def execute(self, plan: BuildPlan, as_json: bool, *, debug_shell: bool = False) -> tuple[Executor, list[Outcome]]:
+        """Run the plan in the work directory, progress on stderr; with `debug_shell`, a failed step opens a
+        shell where its failed command ran."""
         executor = Executor(self.workdir, STEP_KINDS, reporter=stderr_reporter(as_json),
-                            project_root=self.project.root)
+                            project_root=self.project.root, on_failure=open_debug_shell if debug_shell else None)
         return executor, executor.run(plan)
 
     def fetch(self, species: str) -> tuple[int, int]:
@@ -62,3 +65,19 @@ class Options:
         wanted = list(fetch.read_manifests(project.root / OVERLAY).values())
         mirrors = resolve(project, species).sources.mirrors
         return len(wanted), len(fetch.fetch(wanted, mirrors, project.root, say=say))
+
+
+debug_shell_option = click.option("--debug-shell", is_flag=True,
+                                  help="When a step fails in the build root, open a shell there first: same mounts, "
+                                       "environment and partial output; the run fails when it exits.")
+
+
+def open_debug_shell(step: Step, error: ClipbuildError) -> None:
+    """A shell in the sandbox the failed command of `step` ran in, its mounts and scratch still in place."""
+    sandbox = error.sandbox if isinstance(error, ToolError | StepError) else None
+    if sandbox is None:
+        say(f"--debug-shell: step {step.id} failed outside the build root: no shell to open")
+        return
+    headline = str(error) if isinstance(error, StepError) else f"step {step.id} failed: {error.lines()[0]}"
+    say(f"{headline}\n--debug-shell: a shell where it ran (the build root, the step's mounts); exit to end the run")
+    run(["bash"], sandbox=sandbox, check=False, capture=False)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from clipbuild.core.sandbox import Sandbox
+
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
@@ -104,13 +106,14 @@ class ProjectError(InputError):
 
 class ToolError(ClipbuildError):
     """An external program is missing or failed: the command (ready to paste), its exit status, the tail of
-    its error output."""
+    its error output, and the sandbox it ran in, if any."""
 
     def __init__(self, message: str, *, command: str = "", exit_status: int | None = None,
-                 stderr_tail: str = "", hint: str = ""):
+                 stderr_tail: str = "", hint: str = "", sandbox: Sandbox | None = None):
         self.command = command
         self.exit_status = exit_status
         self.stderr_tail = stderr_tail
+        self.sandbox = sandbox
         super().__init__(message, hint=hint)
 
     def details(self) -> list[str]:
@@ -124,11 +127,13 @@ class ToolError(ClipbuildError):
 
 
 class StepError(ClipbuildError):
-    """A build step failed; names the step, the cause, and where its log and partial output are."""
+    """A build step failed; names the step, the cause, and where its log and partial output are. `sandbox` is
+    the one the failing command ran in, when it ran in the build root."""
 
     def __init__(self, step_id: str, message: str, *, detail: Sequence[str] = (), hint: str | Sequence[str] = "",
-                 log: str = "", kept: str = "", output_log: str = ""):
+                 log: str = "", kept: str = "", output_log: str = "", sandbox: Sandbox | None = None):
         self.step_id = step_id
+        self.sandbox = sandbox
         self.log = log
         self.kept = kept
         self.output_log = output_log  # a log inside the step's output folder, relative to it

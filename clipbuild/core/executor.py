@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,11 +96,12 @@ class Executor:
     for the real pipeline)."""
 
     def __init__(self, workdir: Path, kinds: Mapping[str, type[StepKind]], reporter: Reporter | None = None,
-                 project_root: Path | None = None):
+                 project_root: Path | None = None, on_failure: Callable[[Step, ClipbuildError], None] | None = None):
         self.workdir = workdir
         self.project_root = project_root or Path.cwd()
         self.kinds = kinds
         self.reporter = reporter or Silent()
+        self.on_failure = on_failure  # called when a step fails, while its output and scratch are still in place
         self.objects = workdir / "objects"
 
     # -- keys and explanations -------------------------------------------------------------------------
@@ -189,6 +190,8 @@ class Executor:
             if missing:
                 raise StepError(step.id, f"it did not produce {', '.join(missing)}")
         except ClipbuildError as exc:
+            if self.on_failure is not None:
+                self.on_failure(step, exc)
             kept = self._keep_failed(species, step.id, tmp)
             if isinstance(exc, StepError):
                 exc.log, exc.kept = str(kept / "log.txt"), str(kept / "out")

@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 from clipbuild.core.errors import ToolError
+from clipbuild.core.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -109,28 +110,6 @@ def _tail(text: str, lines: int = STDERR_TAIL_LINES) -> str:
 
 
 @dataclass(frozen=True)
-class Sandbox:
-    """The isolation a program runs in: the wrapper program and its options (bubblewrap, as the build root
-    sets it up: root, mounts, environment, network), put before the program's own command line.
-
-    A failure is the program's (its name and exit status), and the command shown is the whole sandboxed one,
-    ready to paste. Only the wrapper itself must be installed on the host."""
-
-    wrapper: tuple[str, ...]
-
-    def command(self, argv: Sequence[str]) -> tuple[str, ...]:
-        return (*self.wrapper, *argv)
-
-    def failed(self, argv: Sequence[str], output: str) -> str:
-        """What failed: the program, or the wrapper when it could not set the sandbox up (bwrap then says
-        so on stderr, as "bwrap: ...")."""
-        wrapper = Path(self.wrapper[0]).name
-        if any(line.startswith(f"{wrapper}: ") for line in output.splitlines()[-3:]):
-            return f"{wrapper} failed to start {Path(argv[0]).name} in its sandbox"
-        return f"{Path(argv[0]).name} failed"
-
-
-@dataclass(frozen=True)
 class _Command:
     """A command about to run: the program's own argv, the full one (sandbox included), the shell line a user
     can paste, and the environment."""
@@ -176,13 +155,13 @@ def run(args: Sequence[str | os.PathLike[str]], *, sandbox: Sandbox | None = Non
                               capture_output=capture, check=False)
     except subprocess.TimeoutExpired as exc:
         raise ToolError(f"{cmd.argv[0]} did not finish within {timeout:g} s", command=cmd.shown,
-                        stderr_tail=_tail(_as_text(exc.stderr))) from None
+                        stderr_tail=_tail(_as_text(exc.stderr)), sandbox=sandbox) from None
     except OSError as exc:
         raise ToolError(f"cannot run {cmd.full[0]}: {exc.strerror}", command=cmd.shown) from None
     result = Result(cmd.full, proc.returncode, proc.stdout or "", proc.stderr or "")
     if check and proc.returncode != 0:
         raise ToolError(cmd.failed(result.stderr), command=cmd.shown, exit_status=proc.returncode,
-                        stderr_tail=_tail(result.stderr or result.stdout))
+                        stderr_tail=_tail(result.stderr or result.stdout), sandbox=sandbox)
     return result
 
 
@@ -220,7 +199,8 @@ def run_streaming(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str
         status = proc.wait()
     result = Result(cmd.full, status, "\n".join(tail), "")
     if status != 0:
-        raise ToolError(cmd.failed(result.stdout), command=cmd.shown, exit_status=status, stderr_tail=result.stdout)
+        raise ToolError(cmd.failed(result.stdout), command=cmd.shown, exit_status=status, stderr_tail=result.stdout,
+                        sandbox=sandbox)
     return result
 
 

@@ -209,12 +209,12 @@ def _emerge(ctx: StepContext, emerge: Emerge, opts: EmergeOptions, total: int) -
         failure = parse_failure(exc)
         if failure is None:
             raise StepError(ctx.step.id, "emerge failed before building any package",
-                            detail=exc.lines()[1:]) from None
+                            detail=exc.lines()[1:], sandbox=exc.sandbox) from None
         relative = failure.log.removeprefix("/var/log/portage/")
         tail = log_tail(ctx.out / "logs" / relative)
         raise StepError(ctx.step.id, f"{failure.cpv} failed in the {failure.phase} phase",
                         detail=[f"  last {len(tail)} lines of its log:", *(f"    {t}" for t in tail)],
-                        output_log=f"logs/{relative}" if relative else "") from None
+                        output_log=f"logs/{relative}" if relative else "", sandbox=exc.sandbox) from None
 
 
 def _store_new_binpkgs(pkgdir: Path, plan: list[binpkgs.PackageKey], seeded: set[str], set_name: str) -> None:

@@ -7,7 +7,11 @@ import sys
 from pathlib import Path
 
 from clipbuild import __version__
+from clipbuild.cli.context import open_debug_shell
+from clipbuild.core.errors import StepError
+from clipbuild.core.plan import Step
 from clipbuild.core.run import run
+from clipbuild.core.sandbox import Sandbox
 from tests.conftest import ROOT
 
 
@@ -133,3 +137,14 @@ def test_an_unexpected_error_is_one_line_with_the_traceback_in_a_log(clipbuild, 
     assert "Traceback" in Path(log).read_text() and Path(log).parent == tmp_path / "logs"
     assert "Traceback" not in result.err
     assert "Traceback" in clipbuild("-vv", "profile", "list").err
+
+
+def test_debug_shell_opens_in_the_failed_command_s_sandbox(tmp_path, capsys):
+    marker = tmp_path / "opened"
+    sandbox = Sandbox(("sh", "-c", f"echo \"$0\" > {marker}"))  # the shell program lands in $0
+    step = Step("build/clip-core", "emerge-set", {})
+    open_debug_shell(step, StepError(step.id, "emerge failed", sandbox=sandbox))
+    assert marker.read_text() == "bash\n"
+    assert "--debug-shell: a shell where it ran" in capsys.readouterr().err
+    open_debug_shell(step, StepError(step.id, "it did not produce root"))
+    assert "failed outside the build root: no shell to open" in capsys.readouterr().err

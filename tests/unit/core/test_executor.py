@@ -226,6 +226,19 @@ def test_a_failed_step_keeps_previous_output_and_its_own_for_inspection(executor
         executor.output("test", "e")
 
 
+def test_a_failed_step_is_shown_to_on_failure_while_its_output_is_in_place(tmp_path):
+    seen = []
+
+    def on_failure(step, error):
+        (out,) = (tmp_path / "work" / "objects").glob(".tmp-*/out")
+        seen.append((step.id, error.lines()[0], (out / "data.txt").read_text()))
+
+    plan = BuildPlan("test", "1", (Fail.step("e", ConcatOptions()),))
+    with pytest.raises(StepError):
+        Executor(tmp_path / "work", KINDS, on_failure=on_failure).run(plan)
+    assert seen == [("e", "sh failed", "half")]
+
+
 def test_a_step_must_produce_its_declared_outputs(executor):
     plan = BuildPlan("test", "1", (Forgetful.step("f", ConcatOptions()),))
     with pytest.raises(StepError, match=r"step f failed: it did not produce other.txt"):
