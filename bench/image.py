@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from clipbuild.run import run
+from clipbuild.core.run import run
 
 CLIPBUILD = Path(sys.executable).with_name("clipbuild")
 

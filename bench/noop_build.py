@@ -16,16 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from clipbuild import stages  # noqa: F401 (registers the stages)
-from clipbuild.build import EmergeSet
-from clipbuild.buildroot import Mount, ensure
-from clipbuild.cli import main
-from clipbuild.executor import Executor
-from clipbuild.plan import compile_plan
-from clipbuild.portage_config import REPO_PATH
-from clipbuild.profile import resolve
-from clipbuild.project import find_project
-from clipbuild.run import run
+from clipbuild.cli.main import main
+from clipbuild.core.executor import Executor
+from clipbuild.core.project import find_project
+from clipbuild.core.run import run
+from clipbuild.gentoo.buildroot import Mount, ensure
+from clipbuild.gentoo.portage_config import REPO_PATH
+from clipbuild.spec.profile import resolve
+from clipbuild.stages.build import EmergeSet
+from clipbuild.stages.pipeline import STEP_KINDS, compile_plan
 
 
 def clipbuild_build(workdir: Path, species: str) -> float:
@@ -49,7 +48,7 @@ def bare_emerge(workdir: Path, species: str) -> float:
     """emerge --usepkgonly --pretend of every set, from the binpkgs clipbuild built, into an empty ROOT."""
     project = find_project()
     plan = compile_plan(resolve(project, species), project)
-    executor = Executor(workdir, project_root=project.root)
+    executor = Executor(workdir, STEP_KINDS, project_root=project.root)
     sdk = ensure()
     started = time.perf_counter()
     for step in plan.steps:

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from clipbuild import pki, signer, trust
-from clipbuild.run import run
+from clipbuild.core.run import run
+from clipbuild.signing import pki, signer, trust
 
 SECRET = b"bench only"
 

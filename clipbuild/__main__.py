@@ -1,3 +1,3 @@
-from clipbuild.cli import main
+from clipbuild.cli.main import main
 
 main()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.cli import main
-from clipbuild.project import Project
+from clipbuild.cli.main import main
+from clipbuild.core.project import Project
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -72,14 +72,3 @@ def clipbuild(capsys: pytest.CaptureFixture[str]):
         return CliResult(code if isinstance(code, int) else 1, captured.out, captured.err)
 
     return invoke
-
-
-@pytest.fixture(scope="session")
-def e2e_project(tmp_path_factory: pytest.TempPathFactory):
-    """The end-to-end project copy (tests/e2e.py), its distfiles fetched."""
-    from tests.e2e import Project as E2EProject
-
-    proj = E2EProject(tmp_path_factory.mktemp("e2e"))
-    fetched = proj.clipbuild("fetch", "client")
-    assert fetched.returncode == 0, fetched.stderr
-    return proj

@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from clipbuild.checks import CHECKS
-from clipbuild.model import DISTRIBUTIONS, PARTS, PROFILE_SCHEMA
-from clipbuild.profile import resolve
-from clipbuild.schema import key_paths
+from clipbuild.spec.checks import CHECKS
+from clipbuild.spec.model import DISTRIBUTIONS, PARTS, PROFILE_SCHEMA
+from clipbuild.spec.profile import resolve
+from clipbuild.spec.schema import key_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES_MD = (ROOT / "docs" / "profiles.md").read_text()
@@ -49,7 +49,7 @@ def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
 
 def test_host_packages_have_one_source():
     """The Makefile installs from host-tools.tsv; .ci/run only bootstraps make, then calls it."""
-    from clipbuild.run import host_tools
+    from clipbuild.core.run import host_tools
 
     assert "HOST_TOOLS := clipbuild/host-tools.tsv" in (ROOT / "Makefile").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
@@ -58,6 +58,9 @@ def test_host_packages_have_one_source():
 
 
 def test_architecture_names_every_module():
+    """Each module as `package/module` (`gentoo/guest/kconfig`), in its package's table."""
     text = (ROOT / "docs" / "architecture.md").read_text()
-    modules = sorted(p.stem for p in (ROOT / "clipbuild").glob("*.py") if not p.stem.startswith("_"))
+    package = ROOT / "clipbuild"
+    modules = sorted(p.relative_to(package).with_suffix("").as_posix() for p in package.rglob("*.py")
+                     if not p.stem.startswith("_"))
     assert [m for m in modules if f"`{m}`" not in text] == []

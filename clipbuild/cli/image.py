@@ -1,0 +1,213 @@
+"""The image commands: image (build it), inspect (read it back, --verify), vm (boot it, --check)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from clipbuild.cli.context import Options, emit_json, json_option
+from clipbuild.core.errors import InputError, VmCheckError
+from clipbuild.core.executor import Executor
+from clipbuild.core.sizes import format_size
+from clipbuild.image import inspection, vm
+from clipbuild.image.manifest import image_name
+from clipbuild.image.publish import Published, publish
+from clipbuild.signing import devpki, trust
+from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
+from clipbuild.spec.profile import resolve, species_path
+from clipbuild.stages.image import STEP
+
+
+def signing_options(func: Any) -> Any:
+    """--release, --batch and --policy, shared by the commands that make images."""
+    options = [
+        click.option("--release", is_flag=True,
+                     help="Take only packages countersigned in controller batches (--batch), checked against the "
+                          "release trust policy, instead of signing with the development PKI."),
+        click.option("--batch", "batches", multiple=True,
+                     type=click.Path(path_type=Path, file_okay=False, exists=True),
+                     help="A countersigned controller batch folder (repeatable; with --release)."),
+        click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                     help="Release trust policy [default: the profile's signing.policy]."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.command("image")
+@click.argument("species")
+@signing_options
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where to write the image and its manifest [default: WORKDIR/images].")
+@click.option("--qcow2", is_flag=True, help="Also write a qcow2 copy.")
+@click.option("--zstd", is_flag=True, help="Also write a zstd-compressed copy (.img.zst).")
+@click.option("--offline", is_flag=True, help="Do not fetch missing distfiles first; fail instead.")
+@json_option
+@click.pass_obj
+def image_cmd(opts: Options, species: str, release: bool, batches: tuple[Path, ...], policy: Path | None,
+              out_dir: Path | None, qcow2: bool, zstd: bool, offline: bool, as_json: bool) -> None:
+    """Build the A/B disk image of SPECIES, running every stage that is out of date.
+
+    \b
+    Stages: build root, emerge of every package set, CLIP .debs, signatures, jails, then the image:
+    every package's two signatures verified against the trust policy, installed with dpkg --root into
+    slot A's root (core) and the mounts partition (apps), filesystems and dm-verity built without root,
+    SYSLINUX with CLIP's A/B switch, a GPT disk. Slot B starts as a copy of slot A.
+
+    \b
+    Development (default): the local development PKI signs and countersigns every package and the image
+    says so (os-release VARIANT_ID=dev, manifest "signing": "development").
+    Release: --release --batch DIR... takes each package from a countersigned controller batch; it must be
+    exactly the package this build made, and pass the release policy.
+
+    \b
+    Examples:
+      clipbuild image client
+      clipbuild image client --qcow2 --out dist/
+      clipbuild image client --release --batch batches/clip-core --batch batches/clip-apps ...
+      clipbuild vm client --check
+    """
+    done, _ = build_image(opts, species, release=release, batches=batches, policy=policy, offline=offline,
+                          as_json=as_json, out_dir=out_dir or opts.workdir / "images", qcow2=qcow2, zstd=zstd)
+    manifest = json.loads(done.manifest.read_text())
+    if as_json:
+        emit_json({"image": str(done.image), "manifest": str(done.manifest), "copies": [str(c) for c in done.copies],
+               "sha256": manifest["image"]["sha256"], "signing": manifest["signing"]})
+        return
+    click.echo(f"{done.image}  ({format_size(manifest['disk']['size'])}, {manifest['signing']} signing, "
+               f"sha256 {manifest['image']['sha256'][:16]}...)")
+    for copy in done.copies:
+        click.echo(f"{copy}")
+    click.echo(f"boot it: clipbuild vm {done.image}   check it: clipbuild inspect {done.image} --verify")
+
+
+def build_image(opts: Options, species: str, *, release: bool, batches: tuple[Path, ...], policy: Path | None,
+                offline: bool, as_json: bool, out_dir: Path, **copies: bool) -> tuple[Published, Executor]:
+    """Run the plan up to the image and publish it to `out_dir`: (what was written, the executor)."""
+    if batches and not release:
+        raise click.UsageError("--batch goes with --release")
+    if release and not batches:
+        raise click.UsageError("--release needs the countersigned controller batches: --batch DIR (repeatable)")
+    plan = opts.plan(species, release=release, batches=tuple(str(b) for b in batches),
+                     policy=str(policy) if policy else "")
+    if not offline:
+        opts.fetch(species)
+    executor, _ = opts.execute(plan, as_json)
+    return publish(executor.output(species, STEP), out_dir, **copies), executor
+
+
+def image_path(opts: Options, name: str) -> Path:
+    """IMAGE as a file, or a species name meaning its newest image in WORKDIR/images/ (development
+    `<species>-<version>-dev.img` or release `<species>-<version>.img`)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    if "/" not in name and species_path(opts.project, name).is_file():
+        profile = resolve(opts.project, name)
+        paths = [opts.workdir / "images" / image_name(profile.species, profile.version, mode)
+                 for mode in (DEVELOPMENT, RELEASE)]
+        found = [p for p in paths if p.is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime_ns)
+        raise InputError(f"no image of {name} yet ({' or '.join(str(p) for p in paths)})")
+    raise InputError(f"{name}: no such image file (or species)")
+
+
+@click.command("inspect")
+@click.argument("image")
+@click.option("--verify", is_flag=True, help="Re-check the GPT, each slot's dm-verity root and kernel, and "
+              "every package's signatures, from the image itself. Exit 1 on any failure.")
+@click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Trust policy for --verify [default: the development PKI's, for a development image].")
+@json_option
+@click.pass_obj
+def inspect_cmd(opts: Options, image: str, verify: bool, policy: Path | None, as_json: bool) -> None:
+    """Show what IMAGE (a file, or a species' latest image) holds: partitions, slots, the active slot,
+    packages, signers, development or release."""
+    found = inspection.read(image_path(opts, image))
+    data = found.to_dict()
+    report = None
+    if verify:
+        report = inspection.verify(found, trust.load_policy(image_policy(found.manifest, policy, "--verify of")))
+        data["verify"] = report.to_dict()
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(_format(data))
+    if report is not None and not report.ok:
+        sys.exit(1)
+
+
+def image_policy(manifest: dict[str, Any], policy: Path | None, what: str) -> Path:
+    """The trust policy for work on an image: --policy, else the development PKI's for a development image;
+    `what` names the work in the error a release image without --policy gets."""
+    if policy is not None:
+        return policy
+    if manifest["signing"] == DEVELOPMENT:
+        return devpki.location() / "policy.yaml"
+    raise InputError(f"{what} a release image needs the release trust policy: --policy FILE")
+
+
+def _format(data: dict[str, Any]) -> str:
+    lines = [f"{data['image']}: {data['release']} ({data['species']} {data['version']}), {data['signing']} image",
+             f"active slot: {data['active_slot']}", "partitions:"]
+    for p in data["partitions"]:
+        lines.append(f"  {p['number']:>2} {p['label']:<16} {format_size(p['size']):>10}  at "
+                     f"{format_size(p['start']):>10}  {p['guid']}")
+    lines.append("slots:")
+    for slot, info in data["slots"].items():
+        role = "active" if slot == data["active_slot"] else "previous-version entry"
+        lines.append(f"  {slot}  {info['version']}  root hash {info['root_hash']}  ({role})")
+    lines.append(f"packages ({len(data['packages'])}):")
+    for p in data["packages"]:
+        lines.append(f"  {p['set']:<10} {p['package']:<18} {p['version']:<10} {p['sha256'][:16]}...")
+    lines.append("signers:")
+    for s in data["signers"]:
+        lines.append(f"  {s['role']:<10} {s['subject']}  {s['fingerprint'][:16]}...")
+    if "verify" in data:
+        lines.append("verify:")
+        for check in data["verify"]["checks"]:
+            mark = "ok    " if check["ok"] else "FAILED"
+            lines.append(f"  {mark} {check['check']}" + (f": {check['detail']}" if check["detail"] else ""))
+        lines.append("verified: every check passed" if data["verify"]["ok"] else "verification FAILED")
+    return "\n".join(lines)
+
+
+@click.command("vm")
+@click.argument("image")
+@click.option("--check", is_flag=True, help="Boot headless, wait for the boot marker, exit 0 (up) or 1.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds --check waits for the marker.")
+@click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Console log of --check [default: WORKDIR/vm/<image>.console.log].")
+@click.option("--memory", default=512, show_default=True, help="Guest memory in MiB.")
+@json_option
+@click.pass_obj
+def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Path | None, memory: int,
+           as_json: bool) -> None:
+    """Boot IMAGE (a file, or a species' latest image) in QEMU (TCG) on the serial console.
+
+    The disk is opened read-only (snapshot): the image file never changes. Quit with Ctrl-A X.
+    With --check: boot headless until the system prints CLIP_BOOT_OK (root read-only on an intact
+    dm-verity target, jails configured, slot known); CLIP_BOOT_FAILED, a kernel panic (a corrupted root
+    block), or the timeout fail. The console is saved either way.
+    """
+    path = image_path(opts, image)
+    if not check:
+        sys.exit(vm.boot(path, memory))
+    log_path = log_path or opts.workdir / "vm" / f"{path.name}.console.log"
+    result = vm.check(path, log_path, timeout=timeout, memory_mib=memory)
+    if as_json:
+        emit_json(result.to_dict())
+    elif result.ok:
+        click.echo(f"boot ok in {result.seconds:.1f} s: {result.marker}\nconsole log: {result.log}")
+    if not result.ok:
+        raise VmCheckError(f"boot check of {path.name} failed after {result.seconds:.1f} s: {result.reason}; "
+                           f"console log: {result.log}")
+
+
+COMMANDS = (image_cmd, inspect_cmd, vm_cmd)

@@ -1,0 +1,118 @@
+"""Human renderings for the CLI: a resolved profile as YAML annotated with where each value came from, and
+plans as tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from clipbuild.core.executor import StepStatus
+from clipbuild.core.plan import BuildPlan
+from clipbuild.core.sizes import format_size
+from clipbuild.spec.model import PROFILE_SCHEMA, Profile
+from clipbuild.spec.schema import ListOf, MapOf, Nullable, Size, Struct, Type
+
+COMMENT_COLUMN = 56
+
+
+def format_resolved(profile: Profile) -> str:
+    """The resolved profile as YAML, each value followed by `# file:line` of the file that set it."""
+    lines = [f"# {profile.species}: resolved from {', '.join(profile.files)}",
+             "# (values without a comment are defaults)"]
+    rows: list[tuple[str, str]] = []
+    _struct(PROFILE_SCHEMA, profile, "", 0, rows, first_prefix="")
+    for text, path in rows:
+        origin = profile.origins.get(path)
+        if origin is None:
+            lines.append(text)
+        else:
+            lines.append(f"{text.ljust(COMMENT_COLUMN - 1)} # {origin}")
+    return "\n".join(lines) + "\n"
+
+
+def _scalar(type_: Type, value: Any) -> str:
+    if isinstance(_unwrap(type_), Size) and isinstance(value, int):
+        return format_size(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=True)
+    return text.removesuffix("\n").removesuffix("\n...").strip()
+
+
+def _unwrap(type_: Type) -> Type:
+    return type_.inner if isinstance(type_, Nullable) else type_
+
+
+def _struct(type_: Struct, obj: Any, path: str, indent: int, rows: list[tuple[str, str]],
+            first_prefix: str) -> None:
+    pad = " " * indent
+    for position, fld in enumerate(type_.fields()):
+        prefix = first_prefix if position == 0 and first_prefix else pad
+        _value(fld.metadata["schema"], getattr(obj, fld.name), f"{path}.{fld.name}".lstrip("."), fld.name,
+               prefix, indent, rows)
+
+
+def _value(type_: Type, value: Any, path: str, label: str, prefix: str, indent: int,
+           rows: list[tuple[str, str]]) -> None:
+    inner = _unwrap(type_)
+    head = f"{prefix}{label}:"
+    if isinstance(inner, Struct) and value is not None:
+        rows.append((head, path))
+        _struct(inner, value, path, indent + 2, rows, first_prefix="")
+    elif isinstance(inner, ListOf) and value:
+        rows.append((head, path))
+        item_type = _unwrap(inner.item)
+        for index, item in enumerate(value):
+            name = getattr(item, "name", None)
+            sub = f"{path}[{name if isinstance(name, str) else index}]"
+            dash = " " * (indent + 2) + "- "
+            if isinstance(item_type, Struct):
+                _struct(item_type, item, sub, indent + 4, rows, first_prefix=dash)
+            else:
+                rows.append((dash + _scalar(item_type, item), sub))
+    elif isinstance(inner, MapOf) and value:
+        rows.append((head, path))
+        for key, item in value.items():
+            rows.append((f"{' ' * (indent + 2)}{_scalar(inner.key, key)}: {_scalar(inner.value, item)}",
+                         f"{path}.{key}"))
+    else:
+        empty = {tuple: "[]", dict: "{}"}.get(type(value))
+        rows.append((f"{head} {empty or _scalar(type_, value)}", path))
+
+
+def format_plan(plan: BuildPlan, statuses: list[StepStatus] | None = None) -> str:
+    lines = [f"plan for {plan.species} {plan.version}: {len(plan.steps)} steps"]
+    by_id = {s.step_id: s for s in statuses or []}
+    for index, step in enumerate(plan.steps, 1):
+        reads = f" <- {', '.join(step.inputs)}" if step.inputs else ""
+        lines.append(f"  {index:>2}. {step.id} [{step.kind}]{reads}")
+        if step.description:
+            lines.append(f"      {step.description}")
+        if step.id in by_id:
+            status = by_id[step.id]
+            state = "cached" if status.cached else f"will run: {status.reason}"
+            lines.append(f"      key {status.key[:16]}  {state}")
+    return "\n".join(lines) + "\n"
+
+
+def format_build_summary(species: str, sets: list[dict[str, Any]], explain: bool) -> str:
+    """What `clipbuild build` did: per set cached or run, and in a run set, packages built (with why) or reused."""
+    lines = []
+    built = reused = cached = 0
+    for entry in sets:
+        packages = entry["packages"]
+        if entry["status"] == "cached":
+            cached += len(packages)
+            if explain:
+                lines.append(f"{entry['step']}: cached, {len(packages)} packages unchanged")
+            continue
+        for row in packages:
+            if row["status"] == "built":
+                built += 1
+                if explain:
+                    lines.append(f"{entry['step']}: {row['cpv']}: built ({row['reason']})")
+            else:
+                reused += 1
+                if explain:
+                    lines.append(f"{entry['step']}: {row['cpv']}: reused from the package store")
+    lines.append(f"{species}: {built} built, {reused} reused from the package store, {cached} in cached sets")
+    return "\n".join(lines) + "\n"

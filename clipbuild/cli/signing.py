@@ -1,0 +1,171 @@
+"""Commands for keys, signatures and controller batches: pki, sign, countersign, verify."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from clipbuild.cli.context import emit_json, json_option
+from clipbuild.core.errors import EXIT_FAILED, InputError
+from clipbuild.signing import batch, pki, signer, trust
+from clipbuild.update import repository
+
+ROLE = click.Choice(["developer", "controller"])
+passphrase_option = click.option(
+    "--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
+    help=f"File holding the key passphrase [default: ${signer.PASSPHRASE_ENV}]. Never on the command line.")
+policy_option = click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                             required=True, help="The trust policy file (clipbuild pki init writes one).")
+
+
+def _secret(passphrase_file: Path | None) -> bytes:
+    secret = signer.passphrase(passphrase_file)
+    if not secret:
+        raise InputError(f"keys are written encrypted: give --passphrase-file FILE or set {signer.PASSPHRASE_ENV}")
+    return secret
+
+
+@click.group("pki")
+def pki_group() -> None:
+    """A developer CA and a controller CA with signer certificates, CRLs and a trust policy.
+
+    For tests and first steps; real deployments keep the two CAs on separate, offline machines.
+    """
+
+
+@pki_group.command("init")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--curve", type=click.Choice(list(pki.CURVES)), default="p256", show_default=True)
+@click.option("--digest", type=click.Choice(list(pki.DIGESTS)), default="sha256", show_default=True,
+              help="The CAs sign with it, and so packages are signed over it.")
+@passphrase_option
+def pki_init(directory: Path, curve: str, digest: str, passphrase_file: Path | None) -> None:
+    """Create both CAs, signers developer-1 and controller-1, empty CRLs and DIRECTORY/policy.yaml."""
+    files = pki.init(directory, _secret(passphrase_file), pki.PkiSettings(curve=curve, digest=digest))
+    for path in files:
+        click.echo(path)
+
+
+@pki_group.command("issue")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--role", type=ROLE, required=True)
+@click.option("--name", required=True, help="Common name and file name, e.g. developer-2.")
+@click.option("--days", type=click.IntRange(1), help="Validity [default: 730].")
+@passphrase_option
+def pki_issue(directory: Path, role: str, name: str, days: int | None, passphrase_file: Path | None) -> None:
+    """Issue a new signer certificate and key for ROLE."""
+    click.echo(pki.issue(directory, role, name, _secret(passphrase_file), days=days))
+
+
+@pki_group.command("revoke")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("certificate", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@passphrase_option
+def pki_revoke(directory: Path, certificate: Path, passphrase_file: Path | None) -> None:
+    """Revoke CERTIFICATE: its CA's CRL is re-issued with it."""
+    role = pki.revoke(directory, certificate, _secret(passphrase_file))
+    click.echo(f"revoked {certificate} ({role}); publish {directory / (role + '-ca.crl.pem')}")
+
+
+@click.command("sign")
+@click.argument("debs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--role", type=ROLE, required=True)
+@click.option("--key", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+@click.option("--cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+@click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Check the certificate against the role's CA and rules before signing.")
+@passphrase_option
+def sign_cmd(debs: tuple[Path, ...], role: str, key: Path, cert: Path, policy: Path | None,
+             passphrase_file: Path | None) -> None:
+    """Sign packages in CLIP's format, in place: a developer signs, a controller countersigns.
+
+    Controllers usually sign a whole batch with clipbuild countersign, which checks the developer
+    signatures first.
+    """
+    key_pair = signer.load_signing_key(key, cert, signer.passphrase(passphrase_file))
+    role_policy = trust.load_policy(policy).role(role) if policy else None
+    signer.check_fit(key_pair, role, role_policy)
+    for deb in debs:
+        signed = signer.sign_file(deb, role, key_pair)
+        click.echo(f"signed {deb} as {role}: sha256 {signed.sha256_after}")
+
+
+@click.command("countersign")
+@click.argument("batch_dir", metavar="BATCH", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--key", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+@click.option("--cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+@policy_option
+@passphrase_option
+@json_option
+def countersign_cmd(batch_dir: Path, key: Path, cert: Path, policy: Path, passphrase_file: Path | None,
+                    as_json: bool) -> None:
+    """Countersign every package of BATCH as the controller, or none of them.
+
+    Every developer signature is verified first against the policy; if one fails, the whole batch is
+    refused and each failure listed (exit 1). Otherwise each package is countersigned in place and
+    BATCH/batch-report.json and .txt record package, version, sha256 before and after, and both signers.
+    """
+    key_pair = signer.load_signing_key(key, cert, signer.passphrase(passphrase_file))
+    rows = batch.countersign(batch_dir, key_pair, trust.load_policy(policy))
+    if as_json:
+        emit_json([asdict(r) for r in rows])
+    else:
+        click.echo((batch_dir / f"{batch.REPORT}.txt").read_text(), nl=False)
+
+
+@click.command("verify")
+@click.argument("debs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@policy_option
+@click.option("--at", "at", type=click.DateTime(), help="Verify as of this time (UTC) instead of now.")
+@json_option
+def verify_cmd(debs: tuple[Path, ...], policy: Path, at: dt.datetime | None, as_json: bool) -> None:
+    """Check both signatures of each package against the trust policy; exit 1 if any is refused.
+
+    Each refusal says which rule failed: missing, extra or reordered members, truncated or oversized
+    members, modified bytes, a certificate of the wrong role's CA, a wrong key usage, an expired, not yet
+    valid or revoked certificate, a subject that does not match.
+    """
+    loaded = trust.load_policy(policy)
+    when = at.replace(tzinfo=dt.UTC) if at else None
+    verdicts = [trust.verify_file(deb, loaded, at=when) for deb in debs]
+    if as_json:
+        emit_json([v.to_dict() for v in verdicts])
+    else:
+        for verdict in verdicts:
+            if verdict.ok:
+                signers = "; ".join(f"{s.role} {s.subject}" for s in verdict.signers)
+                click.echo(f"ok       {verdict.path} ({signers})")
+            else:
+                click.echo(f"REFUSED  {verdict.path}")
+                for reason in verdict.reasons:
+                    click.echo(f"         {reason}")
+    if not all(v.ok for v in verdicts):
+        sys.exit(EXIT_FAILED)
+
+
+@click.group("repo")
+def repo_group() -> None:
+    """Update repositories in CLIP's layout, from countersigned packages."""
+
+
+@repo_group.command("publish")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@policy_option
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Where OUT/<dist>/<conf>/{pool,dists} are written.")
+def repo_publish(sources: tuple[Path, ...], policy: Path, out: Path) -> None:
+    """Publish countersigned packages (files, or batch directories) as CLIP update repositories.
+
+    One repository per conf package (clip-core-conf, clip-apps-conf, rm-core-conf, rm-apps-conf), holding it
+    and exactly the versions it pins. Every package must verify; otherwise nothing is published.
+    """
+    debs = sorted({deb for src in sources for deb in ([src] if src.is_file() else src.glob("*.deb"))})
+    for path in repository.publish(debs, trust.load_policy(policy), out):
+        click.echo(path)
+
+
+COMMANDS = (pki_group, sign_cmd, countersign_cmd, verify_cmd, repo_group)

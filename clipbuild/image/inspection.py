@@ -1,0 +1,189 @@
+"""Reading an image back: `clipbuild inspect IMAGE [--verify]`.
+
+Everything comes from the image file itself: the GPT, the manifest the image stage wrote on the boot
+partition, the A/B switch (`extlinux.conf`) and each slot's boot entry. `--verify` re-checks, without root:
+the GPT against the manifest; each slot's root against the root hash its boot entry passes to the kernel
+(veritysetup verify over the partitions); each slot's kernel against the digest recorded at build; and every
+package of the local mirror in each mounts partition, both signatures against the trust policy, and its
+digest against the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipbuild.core.digest import sha256_file
+from clipbuild.core.errors import ImageError
+from clipbuild.core.run import run
+from clipbuild.image import bootloader, fsimage, gpt
+from clipbuild.image.manifest import EMBEDDED_MANIFEST
+from clipbuild.signing import trust
+
+
+@dataclass
+class Inspection:
+    image: Path
+    disk_guid: str
+    entries: list[gpt.Entry]
+    manifest: dict[str, Any]
+    active_slot: str | None
+    boot_hashes: dict[str, str]  # slot -> root hash in that slot's current entry
+
+    def entry(self, label: str) -> gpt.Entry:
+        for e in self.entries:
+            if e.label == label:
+                return e
+        raise ImageError(f"{self.image}: no partition labelled {label}")
+
+    def boot(self) -> gpt.Entry:
+        return self.entry(next(p["label"] for p in self.manifest["partitions"] if p["mount"] == "/boot"))
+
+    def mtools(self) -> str:
+        """The boot partition as mtools addresses it inside the image file."""
+        return f"{self.image}@@{self.boot().start}"
+
+    def slices(self) -> list[gpt.Slice]:
+        return [gpt.Slice.from_dict(p) for p in self.manifest["partitions"]]
+
+    def slice(self, label: str) -> gpt.Slice:
+        return next(s for s in self.slices() if s.label == label)
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "image": str(self.image), "species": m["species"], "version": m["version"], "release": m["release"],
+            "signing": m["signing"], "active_slot": self.active_slot, "disk_guid": self.disk_guid,
+            "partitions": [{"number": e.number, "label": e.label, "start": e.start, "size": e.size,
+                            "guid": e.guid, "type": e.type_guid} for e in self.entries],
+            "slots": {slot: {"version": info["version"], "root_hash": info["root_hash"],
+                             "boot_entry_root_hash": self.boot_hashes.get(slot)}
+                      for slot, info in sorted(m["slots"].items())},
+            "packages": [{k: p[k] for k in ("set", "package", "version", "sha256")} for p in m["packages"]],
+            "signers": m["signers"],
+        }
+
+
+def slot_packages(manifest: dict[str, Any], slot: str) -> list[dict[str, Any]]:
+    """What the manifest says a slot holds (images from before per-slot lists: the image's list)."""
+    return manifest["slots"][slot].get("packages") or manifest["packages"]
+
+
+def read_boot_file(image: Path, start: int, name: str, scratch: Path) -> str:
+    out = scratch / Path(name).name
+    fsimage.vfat_read(f"{image}@@{start}", name, out)
+    return out.read_text()
+
+
+def read(image: Path) -> Inspection:
+    if not image.is_file():
+        raise ImageError(f"{image}: no such image file")
+    disk_guid, entries = gpt.read_table(image)
+    boot = next((e for e in entries if e.label == "boot"), None) or next(
+        (e for e in entries if e.type_guid == gpt.TYPES["esp"]), None)
+    if boot is None:
+        raise ImageError(f"{image}: no boot partition in the GPT")
+    with tempfile.TemporaryDirectory(prefix="clipbuild-inspect-") as tmp:
+        scratch = Path(tmp)
+        try:
+            manifest = json.loads(read_boot_file(image, boot.start, EMBEDDED_MANIFEST, scratch))
+        except (ValueError, OSError) as exc:
+            raise ImageError(f"{image}: the boot partition holds no readable {EMBEDDED_MANIFEST} ({exc})",
+                             hint="was it made by clipbuild image?") from None
+        active = bootloader.active_slot(read_boot_file(image, boot.start, bootloader.SWITCH, scratch))
+        hashes = {}
+        for slot in manifest.get("slots", {}):
+            text = read_boot_file(image, boot.start, f"{bootloader.DIRECTORY}/"
+                                   f"{bootloader.slot_config_name(slot)}", scratch)
+            hashes[slot] = current_root_hash(text)
+    return Inspection(image, disk_guid, entries, manifest, active, hashes)
+
+
+def current_root_hash(slot_config: str) -> str:
+    """The root hash in the dm-verity table of the config's default (first) entry."""
+    match = re.search(r"APPEND .*?verity 1 \S+ \S+ \d+ \d+ \d+ \d+ \w+ ([0-9a-f]{64}) ", slot_config)
+    return match.group(1) if match else ""
+
+
+@dataclass
+class Report:
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    def add(self, what: str, ok: bool, detail: str = "") -> None:
+        self.checks.append((what, ok, detail))
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok, _ in self.checks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [{"check": w, "ok": ok, "detail": d} for w, ok, d in self.checks]}
+
+
+def verify(found: Inspection, policy: trust.Policy) -> Report:
+    report = Report()
+    _verify_table(found, report)
+    with tempfile.TemporaryDirectory(prefix="clipbuild-verify-") as tmp:
+        scratch = Path(tmp)
+        for slot, info in sorted(found.manifest["slots"].items()):
+            verify_slot(found, slot, info, scratch, report)
+        _verify_packages(found, policy, scratch, report)
+    return report
+
+
+def _verify_table(found: Inspection, report: Report) -> None:
+    by_label = {e.label: e for e in found.entries}
+    for part in found.manifest["partitions"]:
+        entry = by_label.get(part["label"])
+        same = entry is not None and (entry.start, entry.size, entry.guid) == (part["start"], part["size"],
+                                                                                part["guid"])
+        report.add(f"partition {part['label']}", same, "" if same else "differs from the manifest")
+
+
+def verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Path, report: Report) -> None:
+    data, hashes = scratch / f"root_{slot}.img", scratch / f"root_{slot}_verity.img"
+    root, tree = found.entry(info["root_partition"]), found.entry(info["verity_partition"])
+    gpt.copy_out(found.image, root.start, info["data_blocks"] * fsimage.VERITY_BLOCK, data)
+    gpt.copy_out(found.image, tree.start, tree.size, hashes)
+    boot_hash = found.boot_hashes.get(slot, "")
+    report.add(f"slot {slot}: boot entry root hash = manifest", boot_hash == info["root_hash"],
+               boot_hash or "no verity table in the boot entry")
+    intact = fsimage.verity_verify(data, hashes, boot_hash or info["root_hash"])
+    report.add(f"slot {slot}: root verifies against its root hash (dm-verity)", intact,
+               "" if intact else f"{info['root_partition']} does not match its hash tree")
+    kernel = scratch / f"vmlinuz-{slot}"
+    fsimage.vfat_read(found.mtools(), bootloader.kernel_name(slot), kernel)
+    same = sha256_file(kernel) == info["kernel_sha256"]
+    report.add(f"slot {slot}: kernel on the boot partition = the one installed in its root", same)
+    data.unlink()
+    hashes.unlink()
+
+
+def _verify_packages(found: Inspection, policy: trust.Policy, scratch: Path, report: Report) -> None:
+    for slot in sorted(found.manifest["slots"]):
+        entries = slot_packages(found.manifest, slot)
+        expected = {f"{p['set'].split('-')[0]}/{p['file']}": p for p in entries}
+        label = f"mounts_{slot}"
+        entry = found.entry(label)
+        part = scratch / f"{label}.img"
+        gpt.copy_out(found.image, entry.start, entry.size, part)
+        mirror = scratch / label
+        mirror.mkdir()
+        run(["debugfs", "-R", f"rdump /var/pkg/mirrors {mirror}", part])
+        debs = {f"{p.parent.name}/{p.name}": p for p in (mirror / "mirrors").glob("*/*.deb")}
+        part.unlink()
+        missing = sorted(set(expected) - set(debs))
+        report.add(f"{label}: every package of the manifest is in the local mirror", not missing,
+                   ", ".join(missing))
+        for name, path in sorted(debs.items()):
+            verdict = trust.verify_file(path, policy)
+            # A package the manifest does not list is an older one the mirror keeps for rollback (CLIP's apt cache).
+            matches = name not in expected or sha256_file(path) == expected[name]["sha256"]
+            detail = "; ".join(verdict.reasons) or ("" if matches else "not the package the manifest lists")
+            if name not in expected and not detail:
+                detail = "kept in the mirror, not installed"
+            report.add(f"{label}: {name} (developer and controller signatures)", verdict.ok and matches, detail)

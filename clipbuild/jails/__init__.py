@@ -1,0 +1,2 @@
+"""Jails: their definitions rendered from templates, CLIP's isolation rules, and a jail realised on the
+build machine."""

@@ -1,0 +1,81 @@
+"""Controller batches: a plain directory of developer-signed packages that travels to the controller's
+(possibly offline) machine and back. Countersigning is all or nothing: every developer signature is verified
+first, and one failure refuses the whole batch, listing each failure; otherwise every package is
+countersigned and the batch gets a report (batch-report.json and batch-report.txt)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from hashlib import sha256
+from pathlib import Path
+
+from clipbuild.core.errors import BatchRefused, InputError
+from clipbuild.core.run import run
+from clipbuild.signing.signer import SigningKey, check_fit, sign_file
+from clipbuild.signing.trust import Policy, Verdict, verify_developer
+
+REPORT = "batch-report"
+
+
+@dataclass(frozen=True)
+class Row:
+    file: str
+    package: str
+    version: str
+    sha256_before: str
+    sha256_after: str
+    developer: str
+    developer_fingerprint: str
+    controller: str
+    controller_fingerprint: str
+
+
+def _failure_lines(failures: list[Verdict]) -> list[str]:
+    out = []
+    for verdict in failures:
+        out.append(f"  {Path(verdict.path).name}:")
+        out += [f"    {reason}" for reason in verdict.reasons]
+    return out
+
+
+def packages(batch: Path) -> list[Path]:
+    debs = sorted(batch.glob("*.deb"))
+    if not debs:
+        raise InputError(f"{batch}: no .deb packages in this batch")
+    return debs
+
+
+def countersign(batch: Path, signer: SigningKey, policy: Policy) -> list[Row]:
+    check_fit(signer, "controller", policy.controller)
+    debs = packages(batch)
+    verdicts = [verify_developer(deb.read_bytes(), policy, path=str(deb)) for deb in debs]
+    failures = [v for v in verdicts if not v.ok]
+    if failures:
+        raise BatchRefused(f"batch {batch} refused: {len(failures)} package(s) fail the developer check; "
+                           "nothing was countersigned", detail=_failure_lines(failures))
+    controller = signer.cert.subject.rfc4514_string()
+    fingerprint = sha256(signer.cert_der).hexdigest()
+    rows = []
+    for deb, verdict in zip(debs, verdicts, strict=True):
+        fields = run(["dpkg-deb", "--field", deb, "Package", "Version"]).stdout
+        values = dict(line.split(": ", 1) for line in fields.splitlines() if ": " in line)
+        signed = sign_file(deb, "controller", signer)
+        dev = verdict.signers[0]
+        rows.append(Row(deb.name, values.get("Package", "?"), values.get("Version", "?"), signed.sha256_before,
+                        signed.sha256_after, dev.subject, dev.fingerprint, controller, fingerprint))
+    write_report(batch, rows)
+    return rows
+
+
+def write_report(batch: Path, rows: list[Row]) -> None:
+    data = json.dumps([asdict(r) for r in rows], indent=2) + "\n"
+    lines = [f"{len(rows)} packages countersigned by {rows[0].controller if rows else '-'}", ""]
+    for r in rows:
+        lines += [f"{r.package} {r.version} ({r.file})", f"  developer  {r.developer}",
+                  f"  sha256 before {r.sha256_before}", f"  sha256 after  {r.sha256_after}"]
+    for suffix, text in ((".json", data), (".txt", "\n".join(lines) + "\n")):
+        tmp = batch / f".{REPORT}{suffix}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, batch / f"{REPORT}{suffix}")

@@ -1,0 +1,190 @@
+"""A small two-role PKI for tests and first steps: a developer CA and a controller CA, leaf certificates with
+keyUsage digitalSignature only, CRLs, and the trust policy that uses them.
+
+    DIR/developer-ca.pem  .key  .crl.pem      DIR/controller-ca.pem  .key  .crl.pem
+    DIR/developer-1.pem   .key                DIR/controller-1.pem   .key
+    DIR/policy.yaml
+
+Every private key is written encrypted (PEM, PKCS#8, best available encryption) with the passphrase given
+by file or environment. Real deployments keep the two CAs apart, ideally offline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from clipbuild.core.errors import InputError
+from clipbuild.signing.trust import DEFAULT_MIN_VALIDITY_DAYS
+
+ROLES = ("developer", "controller")
+CURVES = {"p256": ec.SECP256R1, "p384": ec.SECP384R1, "brainpoolP256r1": ec.BrainpoolP256R1}
+DIGESTS = {"sha256": hashes.SHA256, "sha512": hashes.SHA512}
+CRL_DAYS = 30
+
+
+@dataclass(frozen=True)
+class PkiSettings:
+    curve: str = "p256"
+    digest: str = "sha256"
+    organisation: str = "clipbuild test PKI"
+    ca_days: int = 3650
+    leaf_days: int = 730
+
+
+def _name(common: str, organisation: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
+                      x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _key_usage(*, signer: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(digital_signature=signer, content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, key_cert_sign=not signer,
+                         crl_sign=not signer, encipher_only=False, decipher_only=False)
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, secret: bytes) -> None:
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.BestAvailableEncryption(secret))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as stream:
+        stream.write(pem)
+
+
+def _write_pem(path: Path, obj: x509.Certificate | x509.CertificateRevocationList) -> None:
+    path.write_bytes(obj.public_bytes(serialization.Encoding.PEM))
+
+
+def _load_key(path: Path, secret: bytes) -> ec.EllipticCurvePrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=secret)
+    except (OSError, ValueError, TypeError):
+        raise InputError(f"{path}: cannot read the key (wrong passphrase?)") from None
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return key
+
+
+def _ca(directory: Path, role: str, settings: PkiSettings, secret: bytes, start: dt.datetime) -> None:
+    key = ec.generate_private_key(CURVES[settings.curve]())
+    name = _name(f"clipbuild {role} CA", settings.organisation)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start)
+            .not_valid_after(start + dt.timedelta(days=settings.ca_days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(signer=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, DIGESTS[settings.digest]()))
+    _write_key(directory / f"{role}-ca.key", key, secret)
+    _write_pem(directory / f"{role}-ca.pem", cert)
+    _write_crl(directory, role, key, cert, [], 1, start)
+
+
+def _write_crl(directory: Path, role: str, key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
+               revoked: list[x509.RevokedCertificate], number: int, start: dt.datetime) -> None:
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(start)
+               .next_update(start + dt.timedelta(days=CRL_DAYS))
+               .add_extension(x509.CRLNumber(number), critical=False))
+    for entry in revoked:
+        builder = builder.add_revoked_certificate(entry)
+    algorithm = ca.signature_hash_algorithm
+    assert algorithm is not None
+    tmp = directory / f".{role}-ca.crl.pem.tmp"
+    _write_pem(tmp, builder.sign(key, algorithm))
+    os.replace(tmp, directory / f"{role}-ca.crl.pem")
+
+
+def issue(directory: Path, role: str, name: str, secret: bytes, *, days: int | None = None,
+          start: dt.datetime | None = None) -> Path:
+    """A new signer certificate and key for `role`, issued by that role's CA; returns the certificate path."""
+    if role not in ROLES:
+        raise InputError(f"role {role!r}: developer or controller")
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    if cert_path.exists() or key_path.exists():
+        raise InputError(f"{cert_path} already exists: choose another name")
+    ca = x509.load_pem_x509_certificate((directory / f"{role}-ca.pem").read_bytes())
+    ca_key = _load_key(directory / f"{role}-ca.key", secret)
+    start = start or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    lifetime = dt.timedelta(days=days or PkiSettings().leaf_days)
+    key = ec.generate_private_key(type(ca_key.curve)())
+    organisation = ca.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+    algorithm = ca.signature_hash_algorithm
+    assert algorithm is not None
+    cert = (x509.CertificateBuilder().subject_name(_name(name, str(organisation))).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number()).not_valid_before(start)
+            .not_valid_after(start + lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(signer=True), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, algorithm))
+    _write_key(key_path, key, secret)
+    _write_pem(cert_path, cert)
+    return cert_path
+
+
+def revoke(directory: Path, cert_path: Path, secret: bytes) -> str:
+    """Add a certificate to its CA's CRL (re-signed, numbered up); returns the role."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    for role in ROLES:
+        ca = x509.load_pem_x509_certificate((directory / f"{role}-ca.pem").read_bytes())
+        if cert.issuer == ca.subject:
+            break
+    else:
+        raise InputError(f"{cert_path} was not issued by this PKI's CAs")
+    crl = x509.load_pem_x509_crl((directory / f"{role}-ca.crl.pem").read_bytes())
+    revoked = list(crl)
+    if any(r.serial_number == cert.serial_number for r in revoked):
+        raise InputError(f"{cert_path} is already revoked")
+    now = dt.datetime.now(dt.UTC)
+    revoked.append(x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build())
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    _write_crl(directory, role, _load_key(directory / f"{role}-ca.key", secret), ca, revoked, number, now)
+    return role
+
+
+def refresh_crl(directory: Path, role: str, secret: bytes) -> x509.CertificateRevocationList:
+    """Re-issue a role's CRL with the same entries, numbered up, valid from now for CRL_DAYS."""
+    ca = x509.load_pem_x509_certificate((directory / f"{role}-ca.pem").read_bytes())
+    crl = x509.load_pem_x509_crl((directory / f"{role}-ca.crl.pem").read_bytes())
+    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
+    _write_crl(directory, role, _load_key(directory / f"{role}-ca.key", secret), ca, list(crl), number,
+               dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+    return x509.load_pem_x509_crl((directory / f"{role}-ca.crl.pem").read_bytes())
+
+
+POLICY = """\
+# Trust policy of the clipbuild test PKI: for each role, the CA a signer must be issued by, its CRL, a
+# pattern searched in the signer's RFC 4514 subject, and the validity a certificate must have left to sign.
+developer:
+  ca: [developer-ca.pem]
+  crl: [developer-ca.crl.pem]
+  subject: "CN=developer-"
+  min_validity_days: {days}
+controller:
+  ca: [controller-ca.pem]
+  crl: [controller-ca.crl.pem]
+  subject: "CN=controller-"
+  min_validity_days: {days}
+"""
+
+
+def init(directory: Path, secret: bytes, settings: PkiSettings = PkiSettings()) -> list[Path]:
+    """Both CAs, one signer per role, empty CRLs and policy.yaml; refuses to overwrite an existing PKI."""
+    if settings.curve not in CURVES or settings.digest not in DIGESTS:
+        raise InputError(f"curve {settings.curve}, digest {settings.digest}: choose a curve among "
+                         f"{', '.join(CURVES)} and a digest among {', '.join(DIGESTS)}")
+    if (directory / "policy.yaml").exists() or (directory / "developer-ca.key").exists():
+        raise InputError(f"{directory} already holds a PKI")
+    directory.mkdir(parents=True, exist_ok=True)
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    for role in ROLES:
+        _ca(directory, role, settings, secret, start)
+        issue(directory, role, f"{role}-1", secret, days=settings.leaf_days, start=start)
+    (directory / "policy.yaml").write_text(POLICY.format(days=DEFAULT_MIN_VALIDITY_DAYS))
+    return sorted(directory.iterdir())

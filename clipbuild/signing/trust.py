@@ -1,0 +1,304 @@
+"""Trust policies and the verification of CLIP signatures, with a plain reason for every refusal.
+
+A policy (YAML) says, for each role (developer, controller): the CA certificates a signer must be issued by, the
+CRLs to check, a subject pattern (a regular expression searched in the RFC 4514 subject), and the minimum
+validity a certificate must have left to sign (CLIP OS 4 refused under about three months).
+
+A package is accepted only when its layout is right and both signatures verify: each by a certificate issued by
+its own role's CA (so a developer cannot countersign), valid now, not revoked by a current CRL of that CA, with
+keyUsage digitalSignature only, a matching subject, over exactly the bytes before its member. The digest is the
+one named by the signer certificate's own signature algorithm (SHA-256 or SHA-512).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import mmap
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from clipbuild.core.errors import ArError, InputError, LayoutError
+from clipbuild.formats import clipsig
+
+CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "brainpoolP256r1": "brainpoolP256r1"}
+HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha512": hashes.SHA512}
+DEFAULT_MIN_VALIDITY_DAYS = 90
+
+
+@dataclass(frozen=True)
+class RolePolicy:
+    role: str
+    cas: tuple[x509.Certificate, ...]
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+    subject: str = ""
+    min_validity_days: int = DEFAULT_MIN_VALIDITY_DAYS
+
+    def ca_names(self) -> str:
+        return ", ".join(ca.subject.rfc4514_string() for ca in self.cas) or "none"
+
+
+@dataclass(frozen=True)
+class Policy:
+    developer: RolePolicy
+    controller: RolePolicy
+    source: str = ""
+
+    def role(self, name: str) -> RolePolicy:
+        return self.developer if name == "developer" else self.controller
+
+
+def load_policy(path: Path) -> Policy:
+    """Read a policy file; paths in it are relative to it. Errors name the file and key."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: cannot read the trust policy: {exc}") from None
+    if not isinstance(data, dict) or set(data) - {"developer", "controller"} or len(data) != 2:
+        raise InputError(f"{path}: a trust policy has exactly two keys, developer and controller")
+    roles = {name: _role(path, name, data[name]) for name in ("developer", "controller")}
+    return Policy(roles["developer"], roles["controller"], str(path))
+
+
+def _role(path: Path, name: str, data: Any) -> RolePolicy:
+    known = {"ca", "crl", "subject", "min_validity_days"}
+    if not isinstance(data, dict) or not data.get("ca"):
+        raise InputError(f"{path}: {name}: needs at least `ca: [CA certificate files]`")
+    if unknown := set(data) - known:
+        raise InputError(f"{path}: {name}.{sorted(unknown)[0]}: unknown key (known: {', '.join(sorted(known))})")
+    base = path.parent
+    cas = tuple(c for f in _files(data["ca"]) for c in _load_certs(base / f, f"{path}: {name}.ca"))
+    crls = tuple(_load_crl(base / f, f"{path}: {name}.crl") for f in _files(data.get("crl", [])))
+    try:
+        re.compile(data.get("subject", ""))
+    except re.error as exc:
+        raise InputError(f"{path}: {name}.subject: not a regular expression ({exc})") from None
+    return RolePolicy(name, cas, crls, data.get("subject", ""),
+                      int(data.get("min_validity_days", DEFAULT_MIN_VALIDITY_DAYS)))
+
+
+def _files(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _load_certs(path: Path, where: str) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{where}: {path}: not a PEM certificate ({exc})") from None
+
+
+def _load_crl(path: Path, where: str) -> x509.CertificateRevocationList:
+    try:
+        return x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{where}: {path}: not a PEM CRL ({exc})") from None
+
+
+@dataclass(frozen=True)
+class SignerCheck:
+    role: str
+    ok: bool
+    reasons: tuple[str, ...]
+    subject: str = ""
+    fingerprint: str = ""  # SHA-256 of the DER certificate
+    digest: str = ""  # "sha256" or "sha512"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    path: str
+    ok: bool
+    reasons: tuple[str, ...]
+    signers: tuple[SignerCheck, ...] = ()
+    sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"package": self.path, "ok": self.ok, "reasons": list(self.reasons), "sha256": self.sha256,
+                "signers": [{"role": s.role, "ok": s.ok, "subject": s.subject, "fingerprint": s.fingerprint,
+                             "digest": s.digest, "reasons": list(s.reasons)} for s in self.signers]}
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@lru_cache(maxsize=256)
+def _certificate(der: bytes) -> x509.Certificate:
+    return x509.load_der_x509_certificate(der)
+
+
+def hash_of(cert: x509.Certificate) -> str:
+    """The digest CLIP signs with: the one of the certificate's own signature algorithm."""
+    try:
+        algorithm = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        algorithm = None
+    name = algorithm.name if algorithm else "none"
+    if name not in HASHES:
+        raise ValueError(f"certificate signed with {cert.signature_algorithm_oid._name}: only "
+                         "ecdsa-with-SHA256 and ecdsa-with-SHA512 are supported")
+    return name
+
+
+def check_certificate(cert: x509.Certificate, policy: RolePolicy, at: dt.datetime) -> list[str]:
+    """Everything wrong with `cert` as a signer for the role, in words (empty when it is fine)."""
+    problems = []
+    subject = cert.subject.rfc4514_string()
+    issuer = next((ca for ca in policy.cas if _issued_by(cert, ca)), None)
+    if issuer is None:
+        problems.append(f"certificate {subject} is not issued by the {policy.role} CA ({policy.ca_names()})")
+    else:
+        problems += _ca_problems(issuer, policy.role)
+        problems += _revocation(cert, issuer, policy, at)
+    problems += _usage_problems(cert)
+    if at < cert.not_valid_before_utc:
+        problems.append(f"certificate {subject} is not yet valid (valid from {cert.not_valid_before_utc:%Y-%m-%d})")
+    if at > cert.not_valid_after_utc:
+        problems.append(f"certificate {subject} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    if policy.subject and not re.search(policy.subject, subject):
+        problems.append(f"subject {subject} does not match the {policy.role} pattern {policy.subject!r}")
+    public = cert.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name not in CURVES:
+        what = public.curve.name if isinstance(public, ec.EllipticCurvePublicKey) else type(public).__name__
+        problems.append(f"certificate key {what}: CLIP signatures are ECDSA on {', '.join(CURVES.values())}")
+    return problems
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    if cert.issuer != ca.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _ca_problems(ca: x509.Certificate, role: str) -> list[str]:
+    try:
+        basic = ca.extensions.get_extension_for_class(x509.BasicConstraints).value
+        usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return [f"the {role} CA {ca.subject.rfc4514_string()} lacks basicConstraints or keyUsage"]
+    if not basic.ca or not usage.key_cert_sign:
+        return [f"the {role} CA {ca.subject.rfc4514_string()} is not a CA (CA:TRUE and keyCertSign required)"]
+    return []
+
+
+def _usage_problems(cert: x509.Certificate) -> list[str]:
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return ["certificate has no keyUsage: a CLIP signer's is digitalSignature only"]
+    flags = [name for name in ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+                               "key_agreement", "key_cert_sign", "crl_sign") if getattr(usage, name)]
+    if flags != ["digital_signature"]:
+        return [f"key usage is {', '.join(flags) or 'empty'}, not digitalSignature only"]
+    return []
+
+
+def _revocation(cert: x509.Certificate, ca: x509.Certificate, policy: RolePolicy, at: dt.datetime) -> list[str]:
+    crls = [crl for crl in policy.crls if crl.issuer == ca.subject]
+    problems = []
+    for crl in crls:
+        if not crl.is_signature_valid(ca.public_key()):
+            problems.append(f"the CRL of {ca.subject.rfc4514_string()} is not signed by that CA")
+            continue
+        if crl.next_update_utc is not None and at > crl.next_update_utc:
+            problems.append(f"the CRL of {ca.subject.rfc4514_string()} is stale (next update was "
+                            f"{crl.next_update_utc:%Y-%m-%d}): get a current one")
+        revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        if revoked is not None:
+            problems.append(f"certificate {cert.subject.rfc4514_string()} (serial {cert.serial_number:#x}) "
+                            f"is revoked since {revoked.revocation_date_utc:%Y-%m-%d}")
+    return problems
+
+
+def _check_signature(sig: clipsig.Signature, policy: RolePolicy, view: memoryview, at: dt.datetime) -> SignerCheck:
+    try:
+        return _check_signature_unsafe(sig, policy, view, at)
+    except Exception as exc:  # the certificate is attacker-controlled: any failure to read it refuses
+        return SignerCheck(sig.role, False, (f"{sig.member.name}: the certificate cannot be read "
+                                             f"({type(exc).__name__}: {exc})",))
+
+
+def _check_signature_unsafe(sig: clipsig.Signature, policy: RolePolicy, view: memoryview,
+                            at: dt.datetime) -> SignerCheck:
+    member = sig.member.name
+    cert = _certificate(sig.certificate)
+    if not sig.certificate.endswith(b"\x00" + cert.signature):
+        # OpenSSL tolerates a non-zero "unused bits" octet in the signature BIT STRING; DER does not, and a
+        # certificate that can change without its signature changing is refused.
+        return SignerCheck(sig.role, False, (f"{member}: the certificate is not in canonical DER",))
+    subject = cert.subject.rfc4514_string()
+    fingerprint = hashlib.sha256(sig.certificate).hexdigest()
+    try:
+        digest_name = hash_of(cert)
+    except ValueError as exc:
+        return SignerCheck(sig.role, False, (f"{member}: {exc}",), subject, fingerprint)
+    reasons = [f"{member}: {p}" for p in check_certificate(cert, policy, at)]
+    public = cert.public_key()
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        digest = hashlib.new(digest_name, view[:sig.signed_length]).digest()
+        try:
+            public.verify(sig.signature, digest, ec.ECDSA(Prehashed(HASHES[digest_name]())))
+        except InvalidSignature:
+            reasons.append(f"{member}: the signature does not match the package's bytes [0, "
+                           f"{sig.signed_length}) (modified after signing, or signed by another key)")
+    return SignerCheck(sig.role, not reasons, tuple(reasons), subject, fingerprint, digest_name)
+
+
+def verify_bytes(data: bytes | memoryview | mmap.mmap, policy: Policy, *, path: str = "",
+                 at: dt.datetime | None = None) -> Verdict:
+    """The verdict on one package's bytes: layout, then both signatures."""
+    at = at or now()
+    with memoryview(data) as view:
+        try:
+            layout = clipsig.read_layout(view)
+        except (ArError, LayoutError) as exc:
+            return Verdict(path, False, (str(exc),), sha256=hashlib.sha256(view).hexdigest())
+        if layout.dev is None:
+            return Verdict(path, False, ("no dev_sign: the package is not signed",))
+        if layout.ctrl is None:
+            return Verdict(path, False, ("no ctrl_sign: a developer signed it, no controller countersigned it",))
+        checks = tuple(_check_signature(s, policy.role(s.role), view, at) for s in (layout.dev, layout.ctrl))
+        reasons = tuple(r for c in checks for r in c.reasons)
+        return Verdict(path, not reasons, reasons, checks)
+
+
+def verify_developer(data: bytes, policy: Policy, *, path: str = "", at: dt.datetime | None = None) -> Verdict:
+    """What a controller checks before countersigning: layout, and the developer signature, last."""
+    at = at or now()
+    try:
+        layout = clipsig.read_layout(data)
+    except (ArError, LayoutError) as exc:
+        return Verdict(path, False, (str(exc),))
+    if layout.dev is None:
+        return Verdict(path, False, ("no dev_sign: a developer must sign it first",))
+    if layout.ctrl is not None:
+        return Verdict(path, False, ("already countersigned",))
+    check = _check_signature(layout.dev, policy.developer, memoryview(data), at)
+    return Verdict(path, check.ok, check.reasons, (check,))
+
+
+def verify_file(path: Path, policy: Policy, *, at: dt.datetime | None = None) -> Verdict:
+    try:
+        with path.open("rb") as stream:
+            size = path.stat().st_size
+            if size == 0:
+                return Verdict(str(path), False, ("empty file",))
+            with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return verify_bytes(mapped, policy, path=str(path), at=at)
+    except OSError as exc:
+        return Verdict(str(path), False, (f"cannot read: {exc.strerror}",))

@@ -1,0 +1,267 @@
+"""The build stage: every (distribution, part) package set of a species built with emerge into its own ROOT.
+
+One step per set (`build/clip-core`, `build/clip-apps`, `build/rm-core`, `build/rm-apps`). A step's key covers
+the build root recipe, the rendered Portage configuration and every file of the overlay, so an unchanged
+species is a cached no-op. Inside a step that must run, each package is keyed on its own inputs
+(clipbuild.gentoo.binpkgs): packages found in the store are installed from their binpkgs, the others built from
+source. Output of a step:
+
+    portage/        the rendered /etc/portage, readable for debugging
+    binpkgs/        PKGDIR: the set's gpkg binpkgs and their Packages index
+    root/           the ROOT the set was merged into
+    logs/           emerge.log and one build log per package (logs/build/)
+    packages.json   each package: cpv, key, built or reused, and why it was built
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from clipbuild.core.digest import sha256_file, tree_digest
+from clipbuild.core.errors import StepError, ToolError
+from clipbuild.core.paths import cache_dir
+from clipbuild.core.plan import PlanSettings, SourceFile, Step, StepContext, StepKind
+from clipbuild.core.project import OVERLAY, Project
+from clipbuild.gentoo import binpkgs, buildroot, fetch
+from clipbuild.gentoo.buildroot import BuildRoot, Mount, Recipe
+from clipbuild.gentoo.emerge import Emerge, build_deps, log_tail, parse_failure
+from clipbuild.gentoo.guest import KCONFIG
+from clipbuild.gentoo.portage_config import CCACHE_DIR, REPO_PATH, host_conf, render
+from clipbuild.spec.model import Profile
+
+JAILS = "jails"  # the render-jails step, read by the clip/core set
+JAILS_MOUNT = "/build/jails"
+KERNEL_DIR = "kernel-patches"  # the project's patch series and configuration fragments, read by clip/core
+KERNEL_MOUNT = "/build/kernel-patches"
+KCONFIG_MOUNT = "/build/clipbuild/kconfig.py"
+
+
+@dataclass(frozen=True)
+class EmergeOptions:
+    species: str
+    dist: str
+    part: str
+    atoms: tuple[str, ...]
+    config: dict[str, str] = field(default_factory=dict)  # /etc/portage files, host.conf excepted
+    profile_link: str = ""
+    overlay: str = OVERLAY
+    recipe: dict[str, Any] = field(default_factory=dict)
+    kernel_fragments: tuple[str, ...] = ()  # for the core set: the profile's kernel configuration fragments
+
+    @property
+    def set_name(self) -> str:
+        return f"{self.species}/{self.dist}-{self.part}"
+
+
+class EmergeSet(StepKind):
+    name = "emerge-set"
+    version = 1
+    Options = EmergeOptions
+    outputs = ("binpkgs/Packages", "root", "packages.json", "portage/make.conf/00-profile.conf")
+    tools = ("bwrap",)
+
+    def parse_options(self, options: dict[str, Any]) -> EmergeOptions:
+        recipe = dict(options["recipe"])
+        recipe["packages"] = tuple(recipe.get("packages", ()))
+        return EmergeOptions(**{**options, "atoms": tuple(options["atoms"]), "recipe": recipe,
+                                 "kernel_fragments": tuple(options.get("kernel_fragments", ()))})
+
+    def run(self, ctx: StepContext) -> None:
+        opts: EmergeOptions = ctx.options
+        sdk = buildroot.ensure(Recipe(**opts.recipe), say=ctx.progress)
+        overlay = ctx.source(opts.overlay)
+        _check_distfiles(ctx.step.id, overlay, opts.species)
+        portage_dir = _write_config(ctx.out / "portage", opts)
+        for sub in ("binpkgs", "root", "logs"):
+            (ctx.out / sub).mkdir()
+        (ctx.scratch / "tmp").mkdir()
+        mounts = [Mount(portage_dir, "/etc/portage"), Mount(overlay, REPO_PATH),
+                  Mount(fetch.store_dir(), "/var/cache/distfiles"),
+                  Mount(ctx.out / "binpkgs", "/var/cache/binpkgs", writable=True),
+                  Mount(ctx.out / "root", "/build/roots/set", writable=True),
+                  Mount(ctx.out / "logs", "/var/log/portage", writable=True),
+                  Mount(ctx.scratch / "tmp", "/var/tmp", writable=True)]
+        env = {"ROOT": "/build/roots/set", "PORTAGE_REPOSITORIES": opts.config["repos.conf/clip.conf"]}
+        extra: dict[str, str] = {}
+        if JAILS in ctx.inputs:  # the rendered jails, for clip-layout/clip-jails (inherits clip-jails.eclass)
+            tree = ctx.inputs[JAILS] / "tree"
+            mounts.append(Mount(tree, JAILS_MOUNT))
+            env["CLIP_JAILS_TREE"] = JAILS_MOUNT
+            extra[JAILS] = tree_digest(list(tree.rglob("*")), tree)
+        if opts.kernel_fragments:  # the kernel's patches, fragments and checker, for clip-kernel.eclass
+            patches = ctx.source(KERNEL_DIR)
+            compiler_cache = cache_dir() / "ccache"  # ccache: how fast, never what (not keyed)
+            compiler_cache.mkdir(parents=True, exist_ok=True)
+            mounts += [Mount(patches, KERNEL_MOUNT), Mount(KCONFIG, KCONFIG_MOUNT),
+                       Mount(compiler_cache, CCACHE_DIR, writable=True)]
+            env.update({"CLIP_KERNEL_DIR": KERNEL_MOUNT, "CLIP_KERNEL_FRAGMENTS": " ".join(opts.kernel_fragments),
+                        "CLIP_KCONFIG": KCONFIG_MOUNT})
+            extra["kernel"] = " ".join([tree_digest(list(patches.rglob("*")), patches),
+                                        sha256_file(KCONFIG), *opts.kernel_fragments])
+        emerge = Emerge(sdk, mounts, env)
+        plan = _key_packages(emerge, opts, overlay, sdk, extra)
+        seeded = _seed(plan, ctx.out / "binpkgs")
+        if seeded:
+            sdk.run(["emaint", "--fix", "binhost"], mounts, env)
+        reasons = {p.cpv: binpkgs.why_rebuilt(p, opts.set_name) for p in plan if p.cpv not in seeded}
+        ctx.progress(f"{len(plan)} packages: {len(seeded)} from the package store, {len(reasons)} to build")
+        for cpv, reason in reasons.items():
+            ctx.progress(f"to build: {cpv} ({reason})")
+        try:
+            _emerge(ctx, emerge, opts, len(plan))
+        finally:
+            _store_new_binpkgs(ctx.out / "binpkgs", plan, seeded, opts.set_name)
+        _write_report(ctx.out / "packages.json", plan, reasons)
+
+
+def _check_distfiles(step_id: str, overlay: Path, species: str) -> None:
+    problems = fetch.missing_or_bad(fetch.read_manifests(overlay).values())
+    if problems:
+        raise StepError(step_id, "distfiles are missing or wrong; builds never download",
+                        detail=[f"  {dist.name}: {why}" for dist, why in problems],
+                        hint=f"run clipbuild fetch {species}")
+
+
+def _write_config(target: Path, opts: EmergeOptions) -> Path:
+    for relative, content in {**opts.config, "make.conf/90-host.conf": host_conf()}.items():
+        path = target / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    (target / "make.profile").symlink_to(opts.profile_link)
+    return target
+
+
+def _key_packages(emerge: Emerge, opts: EmergeOptions, overlay: Path, sdk: BuildRoot,
+                  extra: dict[str, str]) -> list[binpkgs.PackageKey]:
+    """Each package's key; `extra` digests (the rendered jails) count only for packages inheriting the eclass
+    of the same name, so a jail change rebuilds clip-jails and nothing else."""
+    items = emerge.merge_list(opts.atoms)
+    meta = emerge.metadata([i.cpv for i in items])
+    shared = {
+        "profile": tree_digest(list((overlay / "profiles").rglob("*")), overlay),
+        "make_conf": _build_digest(opts.config["make.conf/00-profile.conf"]),
+        "package_config": _build_digest("".join(
+            v for k, v in sorted(opts.config.items()) if k.startswith("package."))),
+        "build_root": sdk.key,
+    }
+    keys: dict[str, str] = {}
+    plan = []
+    for item in items:
+        deps = build_deps(meta[item.cpv], item.use, [i.cpv for i in items])
+        category = item.cpv.split("/", 1)[0]
+        pn = binpkgs.pn_of(item.cpv)
+        components = binpkgs.package_components(item.cpv, list(item.use), overlay / category / pn, overlay,
+                                                meta[item.cpv]["inherited"], shared,
+                                                {d: keys[d] for d in deps if d in keys})
+        components["pn"] = pn
+        for name, digest in extra.items():
+            if f"clip-{name}" in meta[item.cpv]["inherited"]:
+                components[name] = digest
+        pkg = binpkgs.PackageKey(item.cpv, components)
+        keys[item.cpv] = pkg.key
+        plan.append(pkg)
+    return plan
+
+
+# make.conf lines that do not change what a package build produces: comments; USE, which enters each package's
+# key as its own effective flags; CLIP's DEB_* packaging variables, read when the .deb is made, never by an
+# ebuild's build phases. So a package shared by several sets or species is built once.
+_NOT_BUILD_INPUTS = ("#", "USE=", "DEB_")
+
+
+def _build_digest(text: str) -> str:
+    kept = "\n".join(line for line in text.splitlines() if not line.startswith(_NOT_BUILD_INPUTS))
+    return hashlib.sha256(kept.encode()).hexdigest()
+
+
+def _seed(plan: list[binpkgs.PackageKey], pkgdir: Path) -> set[str]:
+    """Put every binpkg the store has for this plan into PKGDIR; returns their CPVs."""
+    seeded = set()
+    for pkg in plan:
+        stored = binpkgs.lookup(pkg)
+        if stored is None:
+            continue
+        target = pkgdir / pkg.category / pkg.components["pn"] / f"{pkg.pf}-1.gpkg.tar"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(stored, target)
+        except OSError:
+            shutil.copyfile(stored, target)
+        seeded.add(pkg.cpv)
+    return seeded
+
+
+def _emerge(ctx: StepContext, emerge: Emerge, opts: EmergeOptions, total: int) -> None:
+    def event(what: str, n: int, count: int, cpv: str) -> None:
+        if what in ("Emerging", "Emerging binary"):
+            verb = "building" if what == "Emerging" else "installing binpkg of"
+            ctx.progress(f"[{n}/{count}] {verb} {cpv}")
+
+    try:
+        emerge.build(opts.atoms, event, ctx.log)
+    except ToolError as exc:
+        failure = parse_failure(exc)
+        if failure is None:
+            raise StepError(ctx.step.id, "emerge failed before building any package",
+                            detail=exc.lines()[1:], sandbox=exc.sandbox) from None
+        relative = failure.log.removeprefix("/var/log/portage/")
+        tail = log_tail(ctx.out / "logs" / relative)
+        raise StepError(ctx.step.id, f"{failure.cpv} failed in the {failure.phase} phase",
+                        detail=[f"  last {len(tail)} lines of its log:", *(f"    {t}" for t in tail)],
+                        output_log=f"logs/{relative}" if relative else "", sandbox=exc.sandbox) from None
+
+
+def _store_new_binpkgs(pkgdir: Path, plan: list[binpkgs.PackageKey], seeded: set[str], set_name: str) -> None:
+    """Keep every binpkg built by this run in the store, even when a later package failed."""
+    for pkg in plan:
+        if pkg.cpv in seeded:
+            binpkgs.remember(pkg, set_name)
+            continue
+        built = sorted((pkgdir / pkg.category / pkg.components["pn"]).glob(f"{pkg.pf}-*.gpkg.tar"))
+        if built:
+            binpkgs.save(pkg, built[-1], set_name)
+
+
+def _write_report(path: Path, plan: list[binpkgs.PackageKey], reasons: dict[str, str]) -> None:
+    rows = [{"cpv": pkg.cpv, "key": pkg.key, "status": "built" if pkg.cpv in reasons else "reused",
+             "reason": reasons.get(pkg.cpv, "")} for pkg in plan]
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def _tree_sources(project: Project, relative: str) -> tuple[SourceFile, ...]:
+    files = sorted(p for p in (project.root / relative).rglob("*") if p.is_file())
+    return tuple(SourceFile(p.relative_to(project.root).as_posix(), sha256_file(p)) for p in files)
+
+
+def overlay_sources(project: Project) -> tuple[SourceFile, ...]:
+    return _tree_sources(project, OVERLAY)
+
+
+def kernel_sources(project: Project) -> tuple[SourceFile, ...]:
+    """kernel-patches/ and the fragment checker: what the core set's kernel build reads besides the overlay."""
+    return (*_tree_sources(project, KERNEL_DIR), SourceFile("clipbuild:kconfig.py", sha256_file(KCONFIG)))
+
+
+def plan_build(profile: Profile, project: Project, settings: PlanSettings) -> list[Step]:
+    recipe = settings.buildroot or asdict(buildroot.DEFAULT_RECIPE)
+    sources = overlay_sources(project)
+    steps = []
+    for dist, part, pset in profile.packages.sets():
+        config = render(profile, dist, part, pset)
+        files = {k: v for k, v in config.files.items() if k != "make.conf/90-host.conf"}
+        options = EmergeOptions(profile.species, dist, part, pset.atoms, files, config.profile_link,
+                                OVERLAY, recipe)
+        core = (dist, part) == ("clip", "core")
+        reads = (JAILS,) if profile.jails and core else ()
+        if core:
+            options = replace(options, kernel_fragments=profile.kernel.fragments)
+        step_sources = sources + kernel_sources(project) if core else sources
+        steps.append(EmergeSet.step(f"build/{dist}-{part}", options, inputs=reads, sources=step_sources,
+                                    description=f"emerge {' '.join(pset.atoms)} into ROOT ({dist}/{part})"))
+    return steps

@@ -1,0 +1,354 @@
+"""Updates applied to an image file, offline and without root, as a CLIP device applies them (clipos4.md §3).
+
+`apply(IMAGE, REPO)` reads a repository in CLIP's layout (one per conf package: pool + Packages.gz), checks
+every package (both signatures; Priority and Distribution match the part; Impact; the conf package's
+Release-Date age; no downgrade), then installs the core into the inactive slot: a new root filesystem and
+dm-verity tree, a new mounts partition carrying over the local configuration the root's
+/etc/clip_update/conffiles.list names, the slot's kernel and boot entry. Only then is the switch flipped
+(`extlinux.conf` = `include extlinux_<new>.conf`), as `clip_install_clip_core` did.
+
+Faults: everything before the flip writes only the inactive slot's partitions and its own boot files, so an
+update killed at any point, or one that runs out of space (found before anything is written), leaves the
+image booting the old slot. A journal beside the image says what was under way; running the same update
+again starts over from the beginning.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import gzip
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from debian.deb822 import Deb822
+
+from clipbuild.core.digest import sha256_file
+from clipbuild.core.errors import ClipbuildError, ImageError, UpdateRefused
+from clipbuild.core.run import run
+from clipbuild.image import bootloader, fsimage, inspection, install, slot
+from clipbuild.signing import trust
+from clipbuild.update import apps, imageedit
+from clipbuild.update.repository import CONF, Package, read_package
+
+PRIORITY = {"core": "required", "apps": "important"}
+CONFFILES = "etc/clip_update/conffiles.list"
+
+
+@dataclass(frozen=True)
+class Rules:
+    """CLIP's download checks (clip_download_<jail>.conf, clip_install_<dist>_<part>.conf)."""
+
+    maximum_age_days: int = 90  # reject_too_old_configuration; 0: no limit
+    install_high_impact: bool = False  # option_install_high_impact_packages
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+@dataclass(frozen=True)
+class RepoPart:
+    dist: str
+    part: str
+    conf: Package
+    members: tuple[Package, ...]  # the conf package first
+
+    @property
+    def name(self) -> str:
+        return f"{self.dist}-{self.part}"
+
+
+def read_repository(repo: Path) -> dict[str, RepoPart]:
+    """Every conf repository under REPO (<dist>/<conf>/pool and Packages.gz), its index checked against the pool."""
+    parts: dict[str, RepoPart] = {}
+    for index in sorted(repo.glob("*/*/dists/*/main/binary-*/Packages.gz")):
+        base = index.parents[4]
+        match = CONF.fullmatch(base.name)
+        if match is None:
+            continue
+        members = []
+        for para in Deb822.iter_paragraphs(gzip.decompress(index.read_bytes()).decode().splitlines()):
+            path = base / para["Filename"]
+            if ".." in Path(para["Filename"]).parts or not path.is_file():
+                raise ImageError(f"{index}: {para['Filename']} is not in the pool")
+            if sha256_file(path) != para.get("SHA256"):
+                raise ImageError(f"{path}: its SHA-256 is not the one Packages.gz lists",
+                                 hint="the pool and its index disagree: publish the repository again")
+            members.append(read_package(path))
+        conf = next((p for p in members if p.name == base.name), None)
+        if conf is None:
+            raise ImageError(f"{index}: the repository of {base.name} does not list {base.name} itself")
+        others = tuple(p for p in members if p is not conf)
+        parts[f"{match['dist']}-{match['part']}"] = RepoPart(match["dist"], match["part"], conf, (conf, *others))
+    if not parts:
+        raise ImageError(f"{repo}: no update repository (<dist>/<conf>/dists/.../Packages.gz) found",
+                         hint="make one with: clipbuild release SPECIES")
+    return parts
+
+
+def compare_versions(a: str, b: str) -> int:
+    """dpkg's ordering: -1, 0 or 1."""
+    if run(["dpkg", "--compare-versions", a, "lt", b], check=False).returncode == 0:
+        return -1
+    return 0 if run(["dpkg", "--compare-versions", a, "eq", b], check=False).returncode == 0 else 1
+
+
+def check_part(part: RepoPart, policy: trust.Policy, installed: dict[str, str], rules: Rules) -> list[str]:
+    """Every reason to refuse this part, each naming the package and the rule."""
+    reasons = []
+    for package in part.members:
+        label = f"{part.name}: {package.path.name}"
+        verdict = trust.verify_file(package.path, policy)
+        reasons += [f"{label}: {reason}" for reason in verdict.reasons]
+        fields = package.fields
+        if fields.get("Priority", "").lower() != PRIORITY[part.part]:
+            reasons.append(f"{label}: Priority {fields.get('Priority', 'missing')}, the {part.part} part takes "
+                           f"{PRIORITY[part.part].capitalize()}")
+        if fields.get("Distribution", "").lower() != part.dist:
+            reasons.append(f"{label}: Distribution {fields.get('Distribution', 'missing')}, not {part.dist}")
+        impact = fields.get("Impact", "0")
+        if not impact.isdigit():
+            reasons.append(f"{label}: Impact '{impact}' is not a number")
+        elif int(impact) >= 2 and not rules.install_high_impact:
+            reasons.append(f"{label}: Impact {impact} (high) and high-impact packages are not allowed here")
+        old = installed.get(package.name)
+        if old is not None and compare_versions(package.version, old) < 0:
+            reasons.append(f"{label}: downgrade refused: {package.name} {old} is installed, the repository has "
+                           f"{package.version}")
+    reasons += _release_date(part, rules)
+    return reasons
+
+
+def _release_date(part: RepoPart, rules: Rules) -> list[str]:
+    label = f"{part.name}: {part.conf.path.name}"
+    text = part.conf.fields.get("Release-Date")
+    if not text:
+        return [f"{label}: no Release-Date: a conf package must say when it was released"]
+    try:
+        released = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return [f"{label}: Release-Date '{text}' is not a date"]
+    age = rules.now - released
+    if released - rules.now > dt.timedelta(days=1):
+        return [f"{label}: Release-Date {text} is in the future"]
+    if rules.maximum_age_days and age > dt.timedelta(days=rules.maximum_age_days):
+        return [f"{label}: released {age.days} days ago, more than the maximum age of {rules.maximum_age_days} "
+                "days (reject_too_old_configuration; --max-age)"]
+    return []
+
+
+@dataclass
+class Outcome:
+    image: Path
+    updated: str  # what was done: "core", "apps" or "nothing"
+    slot: str  # the slot that is active now
+    previous_slot: str
+    version: str
+    previous_version: str
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": str(self.image), "updated": self.updated, "active_slot": self.slot,
+                "previous_slot": self.previous_slot, "version": self.version,
+                "previous_version": self.previous_version, "notes": self.notes}
+
+
+def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = None,
+          progress: Callable[[str], None] = lambda message: None) -> Outcome:
+    rules = rules or Rules()
+    notes = [note] if (note := apps.recover(image)) else []
+    found = inspection.read(image)
+    manifest = found.manifest
+    active = found.active_slot
+    if active not in manifest["slots"]:
+        raise ImageError(f"{image}: extlinux.conf selects no known slot", hint="clipbuild update rollback IMAGE")
+    target = next(s for s in sorted(manifest["slots"]) if s != active)
+    if imageedit.journal_path(image).exists():
+        previous = json.loads(imageedit.journal_path(image).read_text())
+        notes.append(f"an update to slot {previous['target']} ({previous['version']}) was interrupted "
+                     f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
+    parts = read_repository(repo)
+    installed = imageedit.installed(manifest, active)
+    reasons = [r for part in parts.values() for r in check_part(part, policy, installed.get(part.name, {}), rules)]
+    if reasons:
+        raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}",
+                            detail=[f"  {reason}" for reason in reasons])
+    core, new_apps = parts.get("clip-core"), parts.get("clip-apps")
+    old_version = manifest["slots"][active]["version"]
+    if core is None or compare_versions(core.conf.version, installed["clip-core"].get(core.conf.name, "0")) == 0:
+        if new_apps is None or compare_versions(new_apps.conf.version,
+                                                installed.get("clip-apps", {}).get(new_apps.conf.name, "0")) == 0:
+            return Outcome(image, "nothing", active, target, old_version, old_version,
+                           [*notes, "the core and the apps in the repository are the ones installed"])
+        progress(f"apps {new_apps.conf.name} {new_apps.conf.version} on the running slot {active}")
+        with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
+            info = apps.apply_apps(found, new_apps.members, Path(tmp), progress)
+            imageedit.write_manifest(found, {**manifest, "slots": {**manifest["slots"], active: info},
+                                             "packages": info["packages"]}, Path(tmp))
+        return Outcome(image, "apps", active, target, old_version, old_version, notes)
+    progress(f"core {old_version} -> {core.conf.version} into slot {target}")
+    with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
+        _apply_core(found, parts, target, Path(tmp), progress)
+    return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
+
+
+@dataclass
+class _Built:
+    """A new slot, built and not yet written: filesystem files by partition label, its manifest entry."""
+
+    files: dict[str, Path]
+    info: dict[str, Any]
+    kernel: Path
+    release: str
+
+
+def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
+                progress: Callable[[str], None]) -> None:
+    try:
+        built = _build_core(found, parts, target, scratch, progress)
+    except ClipbuildError as exc:
+        raise ImageError(f"update not applied: {exc.lines()[0]}", hint=f"nothing was written: "
+                         f"{found.image.name} still boots slot {found.active_slot}; fix the cause and run the "
+                         "same command again") from exc
+    _write_core(found, built, target, scratch)
+
+
+def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
+                progress: Callable[[str], None]) -> _Built:
+    manifest = found.manifest
+    active = found.active_slot or ""
+    slices = found.slices()
+    by_label = {s.label: s for s in slices}
+    old_mounts = imageedit.Ext4(found, f"mounts_{active}", scratch)
+    old_mirror = old_mounts.copy("/var/pkg/mirrors")
+    pool = {name: [p.path for p in part.members] for name, part in parts.items() if part.dist == "clip"}
+    # Apps not in the repository, and the RM levels (updated in their own jails): the packages the running
+    # slot has installed, by name from the manifest; the mirror also keeps older ones for rollback.
+    for name, files in _installed_files(manifest, active, ("clip-apps", *slot.RM_SETS)).items():
+        pool.setdefault(name, [old_mirror / name.split("-")[0] / file for file in files])
+    version = parts["clip-core"].conf.version
+    trees = slot.core_trees([d for s in slot.CLIP_SETS for d in pool[s]], scratch / "new", progress)
+    _carry_configuration(old_mounts, trees)
+    slot.add_mirror(trees["mounts"], pool)
+    slot.configure_root(trees["root"], slices, mode=manifest["signing"], species=manifest["species"],
+                        version=version)
+    date = manifest["source_date_epoch"]
+    for tree in trees.values():
+        install.normalise_tree(tree, date)
+    root_part, mounts_part = by_label[f"root_{target}"], by_label[f"mounts_{target}"]
+    files = {root_part.label: scratch / "root.img", f"{root_part.label}_verity": scratch / "verity.img",
+             mounts_part.label: scratch / "mounts.img"}
+    progress(f"filesystems of slot {target}")
+    slot.root_filesystem(root_part, trees["root"], files[root_part.label], date, manifest["species"])
+    info = slot.verity(root_part, files[root_part.label], files[f"{root_part.label}_verity"],
+                       manifest["species"], version)
+    slot.ext4_filesystem(mounts_part, trees["mounts"], files[mounts_part.label], date, manifest["species"])
+    info["kernel_sha256"] = sha256_file(trees["root"] / "boot" / "vmlinuz-clip")
+    info["packages"] = imageedit.package_entries(pool)
+    info["release"] = (trees["root"] / "etc" / "shared" / "clip-release").read_text().strip()
+    return _Built(files, info, trees["root"] / "boot" / "vmlinuz-clip", info["release"])
+
+
+def _write_core(found: inspection.Inspection, built: _Built, target: str, scratch: Path) -> None:
+    """The inactive slot written first, the switch last (see the module's docstring for why)."""
+    manifest, image, info, files = found.manifest, found.image, built.info, built.files
+    active = found.active_slot or ""
+    slices = found.slices()
+    by_label = {s.label: s for s in slices}
+    version, date = info["version"], manifest["source_date_epoch"]
+    slots = {**manifest["slots"], target: info}
+    journal = imageedit.Journal(image, target, version)
+    journal.step("writing the partitions of the inactive slot")
+    for label, source in files.items():
+        imageedit.replace_partition(image, by_label[label], source)
+    journal.step("writing the inactive slot's kernel and boot entries")
+    boot = found.mtools()
+    fsimage.vfat_replace(boot, bootloader.kernel_name(target), built.kernel, date)
+    guids = {s.label: s.guid for s in slices}
+    title = f"{built.release} ({manifest['species']})"
+    configs = bootloader.configs(title, _timeout(found, active, scratch), slots, guids, _extra(manifest, active))
+    imageedit.write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(target)}",
+                              configs[target], scratch, date)
+    journal.step("switching to the new slot")
+    imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(target), scratch, date)
+    journal.step("updating the previous slot's entries and the manifest")
+    imageedit.write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}",
+                              configs[active], scratch, date)
+    info["cmdline"] = bootloader.slot_boot(target, info, guids).cmdline(_extra(manifest, active))
+    new_manifest = {**manifest, "slots": slots, "active_slot": target, "version": version, "release": built.release,
+                    "packages": info["packages"]}
+    imageedit.write_manifest(found, new_manifest, scratch)
+    journal.done()
+
+
+def rollback(image: Path) -> tuple[str, str]:
+    """Make the other slot active again, once its root verifies against its boot entry: (from, to)."""
+    apps.recover(image)
+    found = inspection.read(image)
+    active = found.active_slot or ""
+    other = next((s for s in sorted(found.manifest["slots"]) if s != active), None)
+    if other is None:
+        raise ImageError(f"{image}: no other slot to go back to")
+    report = inspection.Report()
+    with tempfile.TemporaryDirectory(prefix="clipbuild-rollback-", dir=image.parent) as tmp:
+        inspection.verify_slot(found, other, found.manifest["slots"][other], Path(tmp), report)
+        if not report.ok:
+            failed = "; ".join(f"{what}: {detail}" for what, ok, detail in report.checks if not ok)
+            raise ImageError(f"{image}: slot {other} does not verify, not switching to it ({failed})")
+        boot = found.mtools()
+        date = found.manifest["source_date_epoch"]
+        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), Path(tmp), date)
+        info = found.manifest["slots"][other]
+        manifest = {**found.manifest, "active_slot": other, "version": info["version"],
+                    "release": info.get("release", found.manifest["release"]),
+                    "packages": info.get("packages", found.manifest["packages"])}
+        imageedit.write_manifest(found, manifest, Path(tmp))
+    return active, other
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def _installed_files(manifest: dict[str, Any], slot_name: str, sets: tuple[str, ...]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for entry in inspection.slot_packages(manifest, slot_name):
+        if entry["set"] in sets:
+            out.setdefault(entry["set"], []).append(entry["file"])
+    return out
+
+
+def _carry_configuration(old_mounts: imageedit.Ext4, trees: dict[str, Path]) -> None:
+    """The local configuration the new root's conffiles.list names (paths on /mounts), copied from the
+    active slot's mounts partition, replacing what the packages installed."""
+    listing = trees["root"] / CONFFILES
+    if not listing.is_file():
+        return
+    for line in listing.read_text().splitlines():
+        path = line.strip()
+        if not path or path.startswith("#"):
+            continue
+        if not path.startswith("/mounts/") or ".." in path.split("/"):
+            raise ImageError(f"{CONFFILES}: '{path}' is not a path under /mounts")
+        relative = path.removeprefix("/mounts")
+        copied = old_mounts.copy(relative)
+        if copied.exists():
+            target = trees["mounts"] / relative.lstrip("/")
+            run(["rm", "-rf", target])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copied.rename(target)
+
+
+def _timeout(found: inspection.Inspection, active: str, scratch: Path) -> int:
+    text = inspection.read_boot_file(found.image, found.boot().start,
+                                     f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}", scratch)
+    words = [line.split() for line in text.splitlines() if line.startswith("TIMEOUT ")]
+    return int(words[0][1]) if words else 30
+
+
+def _extra(manifest: dict[str, Any], active: str) -> tuple[str, ...]:
+    """The profile's own kernel arguments, as the active slot's entry carries them."""
+    words = manifest["slots"][active].get("cmdline", "").split('" ', 1)[-1].split()
+    ours = ("dm-mod.waitfor=", "root=", "rootfstype=", "ro", "clip.slot=")
+    return tuple(w for w in words if not any(w == o or (o.endswith("=") and w.startswith(o)) for o in ours))

@@ -1,0 +1,158 @@
+"""Apps updated in place, on the running slot's mounts partition, with CLIP's journal (clipos4.md §3).
+
+CLIP::Pkg::Install wrote the lists `pending`, `installing`, `upgrading` and `removing` before acting, and its
+recovery undid a half-done transaction from them. Here the running system is an image file, so:
+
+1. the running slot's root (squashfs) and mounts partition are copied out and joined as the device sees them
+   (/mounts/var on /var, /mounts/usr on /usr/local), and the four lists are written to /var/pkg;
+2. dpkg installs the new apps and removes the dropped ones in that tree. If it fails, CLIP's recovery runs
+   from the lists in the same tree (new packages removed, upgraded ones downgraded and removed ones reinstalled
+   from the local mirror's old packages) and the image is left as it was: the apps roll back;
+3. on success the lists are emptied, the mounts filesystem is rebuilt, and written over the partition with a
+   backup of the old partition beside the image and a journal: an update killed during that write is
+   rolled back (the backup written back) by the next `update apply` or `update rollback`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from clipbuild.core.errors import AppsUpdateFailed, ClipbuildError, ImageError
+from clipbuild.core.run import run
+from clipbuild.image import fsimage, gpt, inspection, install, slot
+from clipbuild.update import imageedit
+from clipbuild.update.repository import Package
+
+LISTS = ("pending", "installing", "upgrading", "removing")
+WRITING, EMPTIED = "apps: writing the mounts partition", "apps: old mounts partition content dropped"
+
+
+def apply_apps(found: inspection.Inspection, members: tuple[Package, ...], scratch: Path,
+               progress: Callable[[str], None]) -> dict[str, Any]:
+    """Install `members` (clip-apps-conf and what it pins) on the active slot; returns the slot's new entry."""
+    manifest, image = found.manifest, found.image
+    active = found.active_slot or ""
+    info = manifest["slots"][active]
+    if info["fs"] != "squashfs":
+        raise ImageError(f"apps updates read the running root as squashfs; slot {active} is {info['fs']}")
+    stage = _stage(found, active, info, scratch)
+    installed = inspection.slot_packages(manifest, active)
+    old = {e["package"]: e for e in installed if e["set"] == "clip-apps"}
+    new = {p.name: p for p in members}
+    lists = {"pending": sorted(p.path.name for p in members),
+             "installing": sorted(n for n in new if n not in old),
+             "upgrading": sorted(f"{n} {old[n]['version']} {new[n].version}" for n in new
+                                 if n in old and old[n]["version"] != new[n].version),
+             "removing": sorted(n for n in old if n not in new)}
+    _write_lists(stage, lists)
+    progress(f"apps: {len(lists['installing'])} new, {len(lists['upgrading'])} upgraded, "
+             f"{len(lists['removing'])} removed")
+    mirror = stage / "var" / "pkg" / "mirrors" / "clip"
+    try:
+        _dpkg(stage, ["-i", *(p.path for p in members)], scratch)
+        if lists["removing"]:
+            _dpkg(stage, ["--purge", *lists["removing"]], scratch)
+    except ClipbuildError as exc:
+        _recover(stage, lists, old, mirror, scratch)
+        raise AppsUpdateFailed(f"the apps update failed and was rolled back; {image.name} was not written "
+                               f"({exc.lines()[0]})") from exc
+    _write_lists(stage, {name: [] for name in LISTS})
+    for member in members:
+        shutil.copyfile(member.path, mirror / member.path.name)
+    _write_back(found, active, stage, scratch, progress)
+    entries = [e for e in installed if e["set"] != "clip-apps"]
+    entries += imageedit.package_entries({"clip-apps": [p.path for p in members]})
+    return {**info, "packages": entries}
+
+
+def recover(image: Path) -> str | None:
+    """An apps update killed while writing the partition: the backup written back. Returns what was done."""
+    journal = imageedit.journal_path(image)
+    if not journal.exists():
+        return None
+    data = json.loads(journal.read_text())
+    if not data.get("backup") or not Path(data["backup"]).is_file():
+        return None
+    found = inspection.read(image)
+    label = f"mounts_{data['target']}"
+    part = found.slice(label)
+    imageedit.replace_partition(image, part, Path(data["backup"]))
+    Path(data["backup"]).unlink()
+    journal.unlink()
+    return f"an apps update was killed while writing {label}; the partition was rolled back from its backup"
+
+
+def _stage(found: inspection.Inspection, active: str, info: dict[str, Any], scratch: Path) -> Path:
+    """The running system as dpkg sees it: the root, with the mounts partition's var/ and usr/ bound in."""
+    root = found.entry(info["root_partition"])
+    squash = scratch / "root.squashfs"
+    gpt.copy_out(found.image, root.start, info["data_blocks"] * fsimage.VERITY_BLOCK, squash)
+    stage = scratch / "stage"
+    run(["unsquashfs", "-no-progress", "-quiet", "-d", stage, squash])
+    squash.unlink()
+    mounts = imageedit.Ext4(found, f"mounts_{active}", scratch).copy("/")
+    shutil.rmtree(mounts / "lost+found", ignore_errors=True)
+    (stage / "mounts").rmdir()
+    mounts.rename(stage / "mounts")
+    for where, target in (("var", "mounts/var"), ("usr/local", "../mounts/usr")):  # the device's binds
+        shutil.rmtree(stage / where)  # mount points, hidden on the device by the binds
+        (stage / where).symlink_to(target)
+    return stage
+
+
+def _write_lists(stage: Path, lists: dict[str, list[str]]) -> None:
+    folder = stage / "var" / "pkg"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in LISTS:
+        (folder / name).write_text("".join(f"{line}\n" for line in lists[name]))
+
+
+def _dpkg(stage: Path, args: list[Any], scratch: Path) -> None:
+    install.check_packages([a for a in args if isinstance(a, Path)])
+    run(["dpkg", f"--root={stage}", f"--log={scratch / 'dpkg-apps.log'}", "--force-not-root",
+         "--force-script-chrootless", "--no-triggers", *args])
+
+
+def _recover(stage: Path, lists: dict[str, list[str]], old: dict[str, dict], mirror: Path, scratch: Path) -> None:
+    """CLIP's recovery, from the lists: new packages removed, upgraded and removed ones put back from the
+    local mirror (the apt cache of the original), with dpkg --force-all as CLIP did."""
+    for name in lists["installing"]:
+        run(["dpkg", f"--root={stage}", "--force-not-root", "--force-script-chrootless", "--force-all",
+             "--purge", name], check=False)
+    back = [mirror / old[line.split()[0]]["file"] for line in lists["upgrading"]]
+    back += [mirror / old[name]["file"] for name in lists["removing"]]
+    if back:
+        run(["dpkg", f"--root={stage}", "--force-not-root", "--force-script-chrootless", "--force-all", "-i",
+             *back], check=False)
+
+
+def _write_back(found: inspection.Inspection, active: str, stage: Path, scratch: Path,
+                progress: Callable[[str], None]) -> None:
+    manifest, image = found.manifest, found.image
+    mounts = stage / "mounts"
+    date = manifest["source_date_epoch"]
+    install.normalise_tree(mounts, date)
+    part = found.slice(f"mounts_{active}")
+    new = scratch / "mounts.img"
+    try:
+        slot.ext4_filesystem(part, mounts, new, date, manifest["species"])
+    except ClipbuildError as exc:
+        raise ImageError(f"apps update not applied: {exc.lines()[0]}", hint=f"nothing was written: {image.name} "
+                         f"is as it was; fix the cause and run the same command again") from exc
+    backup = image.with_name(f"{image.name}.{part.label}.backup")
+    entry = found.entry(part.label)
+    gpt.copy_out(image, entry.start, entry.size, backup)
+    journal = imageedit.Journal(image, active, manifest["version"])
+    journal.data["backup"] = str(backup)
+    progress(f"apps: writing {part.label} (backup beside the image until done)")
+    journal.step(WRITING)
+    imageedit.drop_partition(image, part)
+    journal.step(EMPTIED)
+    gpt.copy_into(image, part, new)
+    journal.step("apps: written")
+    journal.done()
+    backup.unlink()

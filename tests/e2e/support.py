@@ -1,0 +1,62 @@
+"""End-to-end support: a copy of the project driven through the installed `clipbuild` command.
+
+One copy per test session (the `e2e_project` fixture in tests/e2e/conftest.py), with its own fresh binary
+package store (so the first build compiles everything) and the machine's shared build root and distfiles
+(~/.cache/clipbuild). The session fixtures build the client once, then its image, in that order whichever test
+asks first, and every test module reuses them: no test depends on the order its file runs in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from clipbuild.core.run import Result, run
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIPBUILD = Path(sys.executable).with_name("clipbuild")
+DATE = "1700000000"  # SOURCE_DATE_EPOCH of every e2e run
+
+
+class Project:
+    """A project copy with its own package store and work directory."""
+
+    def __init__(self, base: Path):
+        self.root = base / "proj"
+        for sub in ("profiles", "jails", "kernel-patches", "overlays"):
+            shutil.copytree(ROOT / sub, self.root / sub)
+        # CLIPBUILD_E2E_STORE: a warm store to iterate on image or update tests (the build tests then fail:
+        # they check that everything is compiled from source).
+        self.env = {"CLIPBUILD_BINPKGS": os.environ.get("CLIPBUILD_E2E_STORE") or str(base / "binpkgs")}
+        self.workdir = base / "work"
+
+    def clipbuild(self, *args: str, workdir: Path | None = None) -> Result:
+        return run([CLIPBUILD, "--project", self.root, "--workdir", workdir or self.workdir, *args],
+                   env=self.env, check=False, timeout=1800)
+
+    def build(self, species: str, workdir: Path | None = None) -> dict:
+        result = self.clipbuild("build", species, "--json", workdir=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout)
+
+    def image(self, species: str, *args: str, workdir: Path | None = None) -> dict:
+        result = self.clipbuild("image", species, "--json", *args, workdir=workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout)
+
+
+def kernel_version() -> str:
+    """The kernel's upstream version, read from its Debian pin (a pin move changes what the tests expect)."""
+    from clipbuild.gentoo.pins import read_pins
+
+    return read_pins(ROOT / "overlays" / "clip")["linux-source-6.1.tar.xz"].upstream_version
+
+
+def sparse_copy(source: str | Path, target: Path) -> Path:
+    """A copy of a disk image that keeps its holes: a 3 GiB image holds about 40 MiB of data, and plain copies
+    of it in every test would fill the disk."""
+    run(["cp", "--sparse=always", source, target])
+    return target

@@ -1,0 +1,291 @@
+"""End to end: real emerge of the species package sets in the real build root, from source.
+
+Runs the installed `clipbuild` command on a copy of the project, with a fresh binary package store (so the
+first build compiles everything) and the machine's shared build root and distfiles (~/.cache/clipbuild).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from clipbuild.core.run import run
+from tests.e2e.support import Project, kernel_version
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+KERNEL = kernel_version()
+
+
+def statuses(report: dict) -> dict[str, str]:
+    """'set cpv' -> built / reused, or the set's own status when it was cached."""
+    out = {}
+    for entry in report["sets"]:
+        for row in entry["packages"]:
+            status = "cached" if entry["status"] == "cached" else row["status"]
+            out[f"{entry['step']} {row['cpv']}"] = status
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(e2e_project, client_build) -> Project:
+    return e2e_project
+
+
+@pytest.fixture(scope="module")
+def client(client_build) -> dict:
+    return client_build
+
+
+def test_client_builds_every_package_from_source(client):
+    assert statuses(client) == {
+        "build/clip-core clip-layout/baselayout-clip-4.5.0": "built",
+        "build/clip-core sys-apps/busybox-1.35.0": "built",
+        "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
+        "build/clip-core clip-layout/clip-jails-4.5.0": "built",
+        f"build/clip-core sys-kernel/clip-kernel-{KERNEL}": "built",
+        "build/clip-core clip-conf/clip-core-conf-4.5.0": "built",
+        "build/clip-apps clip-conf/clip-apps-conf-4.5.0": "built",
+        # rm-core's busybox has the same inputs as clip-core's: installed from the store, not rebuilt
+        "build/rm-core sys-apps/busybox-1.35.0": "reused",
+        "build/rm-core clip-conf/rm-core-conf-4.5.0": "built",
+        "build/rm-apps clip-conf/rm-apps-conf-4.5.0": "built",
+    }
+
+
+def _elf(path: Path) -> tuple[str, str, str]:
+    header = run(["readelf", "-h", path]).stdout
+    dynamic = run(["readelf", "-d", path]).stdout
+    segments = run(["readelf", "-lW", path]).stdout
+    return header, dynamic, segments
+
+
+@pytest.mark.parametrize("binary", ["bin/busybox", "usr/bin/clip-sysinfo"])
+def test_binaries_are_hardened_static_pie(project, client, binary):
+    path = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root" / binary
+    header, dynamic, segments = _elf(path)
+    assert "DYN (Position-Independent Executable file)" in header
+    assert "BIND_NOW" in dynamic and "PIE" in dynamic
+    assert "GNU_RELRO" in segments
+    assert "INTERP" not in segments and "NEEDED" not in dynamic  # static-pie: no C library at run time
+
+
+def test_the_c_tool_runs_and_the_layout_is_clip(project, client):
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    assert run([root / "usr" / "bin" / "clip-sysinfo"]).stdout.startswith("clip-sysinfo: release=")
+    assert (root / "etc" / "shared" / "clip-release").read_text() == "CLIP-RM 4.5.0\n"
+    for sub in ("mounts/usr", "mounts/admin_priv", "vservers/rm_h", "update_root"):
+        assert (root / sub).is_dir(), sub
+    apps = project.workdir / "steps" / "client" / "build" / "clip-apps" / "out" / "root"
+    assert (apps / "usr" / "local" / "share" / "clip" / "clip-apps-release").is_file()
+
+
+def test_config_and_logs_are_on_disk(project, client):
+    out = project.workdir / "steps" / "client" / "build" / "rm-apps" / "out"
+    assert 'CPREFIX="/usr/local"' in (out / "portage" / "make.conf" / "00-profile.conf").read_text()
+    assert list((out / "logs" / "build").glob("clip-conf:rm-apps-conf-4.5.0:*.log"))
+
+
+def test_a_second_build_rebuilds_nothing(project, client, tmp_path):
+    started = time.monotonic()
+    again = project.build("client")
+    assert set(statuses(again).values()) == {"cached"}
+    assert time.monotonic() - started < 30
+    fresh = project.build("client", workdir=tmp_path / "other-work")  # new work directory, same store
+    assert set(statuses(fresh).values()) == {"reused"}
+
+
+def test_gateway_shares_what_it_can(project, client):
+    gateway = statuses(project.build("gateway"))
+    assert gateway["build/clip-core sys-apps/busybox-1.35.0"] == "reused"
+    assert gateway["build/clip-core app-clip/clip-sysinfo-1.0.0"] == "reused"
+    assert gateway["build/clip-core clip-layout/baselayout-clip-4.5.0"] == "built"  # USE clip-gtw
+    assert not any(key.startswith("build/rm-") for key in gateway)
+
+
+def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
+    ebuild = project.root / "overlays" / "clip" / "app-clip" / "clip-sysinfo" / "clip-sysinfo-1.0.0.ebuild"
+    ebuild.write_text(ebuild.read_text() + f"\n# edited by a test at {time.time_ns()}\n")
+    report = project.build("client")
+    built = {k: v for k, v in statuses(report).items() if v == "built"}
+    assert built == {"build/clip-core app-clip/clip-sysinfo-1.0.0": "built"}
+    row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.0.0")
+    assert row["reason"] == "ebuild or its files changed"
+    explained = project.clipbuild("build", "client", "--explain")
+    assert "build/clip-core: cached, 6 packages unchanged" in explained.stdout
+
+
+def test_editing_a_jail_rebuilds_the_jails_package_only(project, client):
+    user = project.root / "jails" / "user.yaml"
+    user.write_text(user.read_text() + "hostname: user-edited\n")
+    report = project.build("client")
+    built = {k for k, v in statuses(report).items() if v == "built"}
+    assert built == {"build/clip-core clip-layout/clip-jails-4.5.0"}
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    assert (root / "etc" / "jails" / "user" / "hostname").read_text() == "user-edited\n"
+    assert (root / "etc" / "jails" / "admin" / "context").read_text() == "504\n"
+
+
+def test_a_broken_ebuild_fails_with_its_name_and_log_tail(project, client):
+    pkg = project.root / "overlays" / "clip" / "app-clip" / "broken-tool"
+    pkg.mkdir()
+    (pkg / "broken-tool-1.0.ebuild").write_text(
+        'EAPI=8\nDESCRIPTION="fails on purpose"\nHOMEPAGE="https://example.invalid"\nS="${WORKDIR}"\n'
+        'LICENSE="MIT"\nSLOT="0"\nKEYWORDS="amd64"\n'
+        'src_compile() {\n\techo "about to fail"\n\tdie "deliberately broken for a test"\n}\n')
+    (project.root / "profiles" / "broken.yaml").write_text(
+        "inherits: base\ndescription: a species with a broken package\n"
+        "packages: {clip: {apps: [app-clip/broken-tool]}}\n")
+    result = project.clipbuild("build", "broken")
+    assert result.returncode == 1
+    err = result.stderr
+    assert "error: step build/clip-apps failed: app-clip/broken-tool-1.0 failed in the compile phase" in err
+    assert "deliberately broken for a test" in err and "about to fail" in err
+    log_line = next(line for line in err.splitlines() if line.startswith("  package log: "))
+    assert Path(log_line.removeprefix("  package log: ")).is_file()
+    # The set built before it succeeded and stays usable; the failed set left no steps/ link.
+    assert (project.workdir / "steps" / "broken" / "build" / "clip-core").is_symlink()
+    assert not (project.workdir / "steps" / "broken" / "build" / "clip-apps").exists()
+    assert os.path.isdir(project.workdir / "failed" / "broken" / "build" / "clip-apps" / "out" / "logs")
+
+
+SETS = ("clip-core", "clip-apps", "rm-core", "rm-apps")
+
+
+def _package(project: Project, workdir: Path) -> dict[str, list[str]]:
+    result = project.clipbuild("package", "client", "--json", workdir=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_packages_are_reproducible(project, client, tmp_path):
+    project.env["SOURCE_DATE_EPOCH"] = "1700000000"
+    first = _package(project, project.workdir)
+    assert sorted(first["package/clip-core"]) == ["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb",
+                                                  "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
+                                                  f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
+    _package(project, tmp_path / "again")
+    for step in first:
+        for name in first[step]:
+            a = project.workdir / "steps" / "client" / step / "out" / "debs" / name
+            b = tmp_path / "again" / "steps" / "client" / step / "out" / "debs" / name
+            assert a.read_bytes() == b.read_bytes(), name
+
+
+def test_sign_countersign_publish_and_install(project, client, tmp_path):
+    project.env.update({"SOURCE_DATE_EPOCH": "1700000000", "CLIPBUILD_PASSPHRASE": "e2e only"})
+    _package(project, project.workdir)
+    pki_dir = tmp_path / "pki"
+    assert project.clipbuild("pki", "init", str(pki_dir)).returncode == 0
+    policy = str(pki_dir / "policy.yaml")
+    batches = []
+    for name in SETS:
+        box = tmp_path / "batches" / name
+        shutil.copytree(project.workdir / "steps" / "client" / "package" / name / "out" / "debs", box)
+        debs = sorted(str(p) for p in box.glob("*.deb"))
+        signed = project.clipbuild("sign", "--role", "developer", "--key", str(pki_dir / "developer-1.key"),
+                                   "--cert", str(pki_dir / "developer-1.pem"), "--policy", policy, *debs)
+        assert signed.returncode == 0, signed.stderr
+        countersigned = project.clipbuild("countersign", str(box), "--key", str(pki_dir / "controller-1.key"),
+                                          "--cert", str(pki_dir / "controller-1.pem"), "--policy", policy)
+        assert countersigned.returncode == 0, countersigned.stderr
+        batches.append(str(box))
+    repo = tmp_path / "repo"
+    published = project.clipbuild("repo", "publish", *batches, "--policy", policy, "--out", str(repo))
+    assert published.returncode == 0, published.stderr
+    core = repo / "clip" / "clip-core-conf"
+    assert sorted(p.name for p in (core / "pool").iterdir()) == [
+        "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
+        "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
+    # Debian's own indexer reads the same packages and agrees on every field it writes.
+    from debian.deb822 import Packages
+
+    ours = {p["Package"]: dict(p) for p in Packages.iter_paragraphs(use_apt_pkg=False, sequence=
+        run(["sh", "-c", f"zcat {core}/dists/clip/main/binary-amd64/Packages.gz"]).stdout.splitlines())}
+    theirs = {p["Package"]: dict(p) for p in Packages.iter_paragraphs(use_apt_pkg=False, sequence=
+        run(["apt-ftparchive", "packages", "pool"], cwd=core).stdout.splitlines())}
+    assert ours == theirs
+    assert ours["clip-core-conf"]["Release-Date"] and ours["busybox"]["Distribution"] == "clip"
+    # dpkg installs the countersigned packages as they are, dependencies checked.
+    root = tmp_path / "root"
+    for sub in ("info", "updates", "triggers"):
+        (root / "var/lib/dpkg" / sub).mkdir(parents=True)
+    (root / "var/lib/dpkg/status").touch()
+    run(["dpkg", f"--root={root}", f"--log={root}/dpkg.log", "--force-not-root", "--force-script-chrootless",
+         "-i", *sorted((core / "pool").glob("*.deb"))])
+    assert (root / "bin" / "busybox").is_file() and (root / "usr" / "bin" / "clip-sysinfo").is_file()
+    assert (root / "etc" / "jails" / "admin" / "fstab.external").is_file()  # the signed jails package
+    # A tampered package in the pool is refused by publishing, naming it.
+    victim = Path(batches[0]) / "busybox_1.35.0_amd64.deb"
+    data = bytearray(victim.read_bytes())
+    data[200] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    refused = project.clipbuild("repo", "publish", *batches, "--policy", policy, "--out", str(tmp_path / "r2"))
+    assert refused.returncode == 1 and "busybox_1.35.0_amd64.deb: " in refused.stderr
+
+
+def _verity_root(tmp_path: Path, busybox: Path) -> tuple[Path, Path, str, str, int]:
+    """A squashfs root whose /init prints a marker, under dm-verity: (data, hash, root hash, salt, blocks)."""
+    tree = tmp_path / "root"
+    (tree / "bin").mkdir(parents=True)
+    for sub in ("dev", "proc", "sys"):
+        (tree / sub).mkdir()
+    shutil.copy(busybox, tree / "bin" / "busybox")
+    (tree / "init").write_text("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
+                               "echo CLIP-VERITY-ROOT-OK $(/bin/busybox cat /proc/cmdline | /bin/busybox wc -c)\n"
+                               "echo YAMA-PTRACE-SCOPE=$(/bin/busybox cat /proc/sys/kernel/yama/ptrace_scope)\n"
+                               "/bin/busybox reboot -f\n")
+    (tree / "init").chmod(0o755)
+    data, hashes = tmp_path / "data.img", tmp_path / "hash.img"
+    run(["mksquashfs", tree, data, "-noappend", "-all-root", "-comp", "zstd", "-quiet"])
+    salt = "00" * 32
+    out = run(["veritysetup", "format", f"--salt={salt}", data, hashes]).stdout
+    root_hash = next(line.split()[-1] for line in out.splitlines() if line.startswith("Root hash"))
+    return data, hashes, root_hash, salt, data.stat().st_size // 4096
+
+
+def _boot(kernel: Path, data: Path, hashes: Path, root_hash: str, salt: str, blocks: int) -> str:
+    table = (f"root,,,ro,0 {blocks * 8} verity 1 /dev/vda /dev/vdb 4096 4096 {blocks} 1 sha256 {root_hash} {salt} "
+             "1 panic_on_corruption")
+    cmdline = (f'console=ttyS0 panic=-1 dm-mod.waitfor=/dev/vda,/dev/vdb dm-mod.create="{table}" root=/dev/dm-0 '
+               "rootfstype=squashfs ro init=/init")
+    result = run(["qemu-system-x86_64", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-kernel", kernel,
+                  "-drive", f"file={data},if=virtio,format=raw,readonly=on",
+                  "-drive", f"file={hashes},if=virtio,format=raw,readonly=on", "-append", cmdline],
+                 check=False, timeout=180)
+    return result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def kernel_root(project, client) -> Path:
+    return project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+
+
+def test_the_kernel_is_built_with_its_configuration(kernel_root):
+    config = (kernel_root / "boot" / f"config-{KERNEL}-clip").read_text()
+    for line in ("CONFIG_DM_VERITY=y", "CONFIG_DM_INIT=y", 'CONFIG_CLIP_SPECIES="client"', "CONFIG_SECURITY_YAMA=y",
+                 "# CONFIG_MODULES is not set", "# CONFIG_DEVMEM is not set", "CONFIG_POSIX_TIMERS=y"):
+        assert line in config.splitlines(), line
+    assert (kernel_root / "boot" / "vmlinuz-clip").stat().st_size > 1_000_000
+
+
+def test_the_kernel_boots_a_verity_root_and_announces_itself(kernel_root, tmp_path):
+    data, hashes, root_hash, salt, blocks = _verity_root(tmp_path, kernel_root / "bin" / "busybox")
+    console = _boot(kernel_root / "boot" / "vmlinuz-clip", data, hashes, root_hash, salt, blocks)
+    assert f"CLIP: species client, build {KERNEL}" in console
+    assert "CLIP-VERITY-ROOT-OK" in console, console[-3000:]
+    assert "YAMA-PTRACE-SCOPE=1" in console  # the hardening patch: relational by default, not disabled
+
+
+def test_a_corrupted_root_block_does_not_boot(kernel_root, tmp_path):
+    data, hashes, root_hash, salt, blocks = _verity_root(tmp_path, kernel_root / "bin" / "busybox")
+    image = bytearray(data.read_bytes())
+    image[200] ^= 0xFF  # in the first block, which mounting the root reads
+    data.write_bytes(bytes(image))
+    console = _boot(kernel_root / "boot" / "vmlinuz-clip", data, hashes, root_hash, salt, blocks)
+    assert "CLIP-VERITY-ROOT-OK" not in console
+    assert "is corrupted" in console, console[-3000:]

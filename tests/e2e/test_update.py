@@ -1,0 +1,248 @@
+"""End to end: version N's client image updated to N+1 offline, booted in QEMU on the other slot, rolled back;
+repositories with a tampered, unsigned, developer-only or downgraded package refused; an update killed
+half-way leaves N booting; apps updated in place, rolled back when dpkg fails, recovered when killed.
+
+N is the e2e project's own release (after the session's client image, so its image is built already); N+1 is a
+copy with baselayout-clip 4.5.1 (core) and clip-apps-conf 4.5.1 (apps), sharing the package store."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from clipbuild.formats.clipsig import read_layout
+from clipbuild.signing import devpki
+from clipbuild.signing.signer import sign_bytes
+from clipbuild.update import repository
+from tests.e2e.support import Project, sparse_copy
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+DAY = 86400
+
+
+def _project(base: Path, store: str, date: int) -> Project:
+    proj = Project(base)
+    proj.env.update({"CLIPBUILD_BINPKGS": store, "SOURCE_DATE_EPOCH": str(date)})
+    return proj
+
+
+def _bump(proj: Project) -> None:
+    """Version N+1: baselayout-clip 4.5.1 (its clip-release says so), pinned by clip-core-conf 4.5.1, and
+    clip-apps-conf 4.5.1 (its clip-apps-release says so)."""
+    overlay = proj.root / "overlays" / "clip"
+    apps = overlay / "clip-conf" / "clip-apps-conf"
+    shutil.copy(apps / "clip-apps-conf-4.5.0.ebuild", apps / "clip-apps-conf-4.5.1.ebuild")
+    base = overlay / "clip-layout" / "baselayout-clip"
+    shutil.copy(base / "baselayout-clip-4.5.0.ebuild", base / "baselayout-clip-4.5.1.ebuild")
+    conf = overlay / "clip-conf" / "clip-core-conf"
+    text = (conf / "clip-core-conf-4.5.0.ebuild").read_text()
+    (conf / "clip-core-conf-4.5.1.ebuild").write_text(text.replace("baselayout-clip-4.5.0", "baselayout-clip-4.5.1"))
+    profile = proj.root / "profiles" / "base.yaml"
+    profile.write_text(profile.read_text().replace("version: 4.5.0", "version: 4.5.1"))
+
+
+def _release(proj: Project) -> dict:
+    result = proj.clipbuild("release", "client", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def releases(e2e_project: Project, client_image: dict, tmp_path_factory) -> dict[str, dict]:
+    new = _project(tmp_path_factory.mktemp("n1"), e2e_project.env["CLIPBUILD_BINPKGS"], int(time.time()) - DAY)
+    _bump(new)
+    return {"n": _release(e2e_project), "n1": _release(new), "project": e2e_project}
+
+
+@pytest.fixture
+def image(releases, tmp_path) -> Path:
+    return sparse_copy(releases["n"]["image"], tmp_path / "client.img")
+
+
+def _run(releases, *args: str):
+    return releases["project"].clipbuild(*args)
+
+
+def _repo(releases, which: str) -> Path:
+    return Path(releases[which]["repositories"][0]).parent.parent
+
+
+def _check(releases, image: Path) -> dict:
+    result = _run(releases, "vm", str(image), "--check", "--json", "--timeout", "240")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_n_to_n_plus_1_boots_the_other_slot_and_rolls_back(releases, image):
+    applied = _run(releases, "update", "apply", str(image), str(_repo(releases, "n1")), "--json")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    outcome = json.loads(applied.stdout)
+    assert (outcome["updated"], outcome["active_slot"], outcome["version"]) == ("core", "b", "4.5.1")
+    booted = _check(releases, image)
+    assert booted["slot"] == "b" and 'release="CLIP-RM 4.5.1"' in booted["marker"]
+    verified = _run(releases, "inspect", str(image), "--verify", "--json")
+    assert verified.returncode == 0, verified.stdout[-3000:]
+    slots = json.loads(verified.stdout)["slots"]
+    assert (slots["a"]["version"], slots["b"]["version"]) == ("4.5.0", "4.5.1")
+    assert _run(releases, "update", "rollback", str(image)).returncode == 0
+    again = _check(releases, image)
+    assert again["slot"] == "a" and 'release="CLIP-RM 4.5.0"' in again["marker"]
+
+
+def _reindex(conf_dir: Path) -> None:
+    """Packages.gz rewritten for the pool as it now is: what someone holding the mirror can do."""
+    stanzas = [repository.stanza(repository.read_package(deb), f"pool/{deb.name}")
+               for deb in sorted((conf_dir / "pool").glob("*.deb"))]
+    index = next(conf_dir.glob("dists/*/main/binary-*/Packages.gz"))
+    index.write_bytes(gzip.compress("\n".join(stanzas).encode(), mtime=0))
+
+
+def _bad_repo(releases, tmp_path: Path, how: str) -> Path:
+    repo = tmp_path / f"repo-{how}"
+    shutil.copytree(_repo(releases, "n1"), repo)
+    conf = repo / "clip" / "clip-core-conf"
+    victim = conf / "pool" / "baselayout-clip_4.5.1_amd64.deb"
+    data = victim.read_bytes()
+    unsigned = data[:read_layout(data).deb_end]
+    if how == "tampered":
+        changed = bytearray(data)
+        changed[read_layout(data).deb_end - 100] ^= 0xFF  # in data.tar: the control fields still read
+        victim.write_bytes(bytes(changed))
+    elif how == "unsigned":
+        victim.write_bytes(unsigned)
+    elif how == "developer-only":
+        victim.write_bytes(sign_bytes(unsigned, "developer", devpki.ensure().developer, 0))
+    _reindex(conf)
+    return repo
+
+
+@pytest.mark.parametrize(("how", "reason"), [
+    ("tampered", "baselayout-clip_4.5.1_amd64.deb: dev_sign: the signature does not match"),
+    ("unsigned", "baselayout-clip_4.5.1_amd64.deb: no dev_sign: the package is not signed"),
+    ("developer-only", "baselayout-clip_4.5.1_amd64.deb: no ctrl_sign: a developer signed it, no controller"),
+])
+def test_bad_repositories_are_refused_with_their_reason(releases, image, tmp_path, how, reason):
+    before = image.read_bytes()
+    result = _run(releases, "update", "apply", str(image), str(_bad_repo(releases, tmp_path, how)))
+    assert result.returncode == 1
+    assert "update refused; nothing was written" in result.stderr and reason in result.stderr, result.stderr
+    assert image.read_bytes() == before
+
+
+def test_a_downgrade_is_refused(releases, image):
+    assert _run(releases, "update", "apply", str(image), str(_repo(releases, "n1"))).returncode == 0
+    result = _run(releases, "update", "apply", str(image), str(_repo(releases, "n")))
+    assert result.returncode == 1
+    assert "downgrade refused: clip-core-conf 4.5.1 is installed, the repository has 4.5.0" in result.stderr
+
+
+@pytest.mark.parametrize("state", ["writing the partitions of the inactive slot", "switching to the new slot"])
+def test_an_update_killed_half_way_leaves_n_booting(releases, image, state):
+    releases["project"].env["CLIPBUILD_UPDATE_FAULT"] = state
+    try:
+        killed = _run(releases, "update", "apply", str(image), str(_repo(releases, "n1")))
+    finally:
+        del releases["project"].env["CLIPBUILD_UPDATE_FAULT"]
+    assert killed.returncode == 9
+    assert _check(releases, image)["slot"] == "a"
+    resumed = _run(releases, "update", "apply", str(image), str(_repo(releases, "n1")))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"was interrupted at '{state}'" in resumed.stdout
+    assert not Path(str(image) + ".clipbuild-update.json").exists()
+
+
+@pytest.fixture(scope="module")
+def apps_repo(releases, tmp_path_factory) -> Path:
+    """N+1's repositories without the core one: an apps-only update (clip-apps-conf 4.5.1)."""
+    repo = tmp_path_factory.mktemp("apps") / "repo"
+    shutil.copytree(_repo(releases, "n1"), repo)
+    shutil.rmtree(repo / "clip" / "clip-core-conf")
+    return repo
+
+
+def _apps_release_file(image: Path, scratch: Path) -> str:
+    from clipbuild.core.run import run
+    from clipbuild.image import gpt
+
+    _, entries = gpt.read_table(image)
+    mounts = next(e for e in entries if e.label == "mounts_a")
+    gpt.copy_out(image, mounts.start, mounts.size, scratch / "mounts.img")
+    return run(["debugfs", "-R", "cat /usr/share/clip/clip-apps-release", scratch / "mounts.img"]).stdout.strip()
+
+
+def test_apps_are_updated_in_place_on_the_running_slot(releases, apps_repo, image, tmp_path):
+    applied = _run(releases, "update", "apply", str(image), str(apps_repo), "--json")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    outcome = json.loads(applied.stdout)
+    assert (outcome["updated"], outcome["active_slot"]) == ("apps", "a")
+    assert _apps_release_file(image, tmp_path) == "4.5.1"
+    found = json.loads(_run(releases, "inspect", str(image), "--verify", "--json").stdout)
+    assert found["verify"]["ok"], [c for c in found["verify"]["checks"] if not c["ok"]]
+    assert {p["package"]: p["version"] for p in found["packages"]}["clip-apps-conf"] == "4.5.1"
+    assert _check(releases, image)["slot"] == "a"
+
+
+def _unmet_apps_repo(apps_repo: Path, tmp_path: Path) -> Path:
+    """clip-apps-conf 4.5.2, signed and countersigned, depending on a package nobody ships: dpkg fails."""
+    from clipbuild.core.run import run
+
+    repo = tmp_path / "repo-unmet"
+    shutil.copytree(apps_repo, repo)
+    pool = repo / "clip" / "clip-apps-conf" / "pool"
+    deb = next(pool.glob("clip-apps-conf_*.deb"))
+    tree = tmp_path / "tree"
+    run(["dpkg-deb", "-R", deb, tree])
+    control = tree / "DEBIAN" / "control"
+    text = control.read_text().replace("Version: 4.5.1", "Version: 4.5.2")
+    control.write_text(text.rstrip("\n") + "\nDepends: clip-missing (= 1.0)\n")
+    deb.unlink()
+    out = pool / "clip-apps-conf_4.5.2_amd64.deb"
+    run(["dpkg-deb", "--root-owner-group", "--build", tree, out])
+    pki = devpki.ensure()
+    out.write_bytes(sign_bytes(sign_bytes(out.read_bytes(), "developer", pki.developer), "controller",
+                               pki.controller))
+    _reindex(repo / "clip" / "clip-apps-conf")
+    return repo
+
+
+def test_a_failing_apps_update_rolls_back_and_writes_nothing(releases, apps_repo, image, tmp_path):
+    before = image.read_bytes()
+    result = _run(releases, "update", "apply", str(image), str(_unmet_apps_repo(apps_repo, tmp_path)))
+    assert result.returncode == 1
+    assert "the apps update failed and was rolled back; client.img was not written" in result.stderr
+    assert image.read_bytes() == before
+
+
+def test_an_apps_update_killed_while_writing_is_rolled_back_then_redone(releases, apps_repo, image, tmp_path):
+    repo = apps_repo
+    releases["project"].env["CLIPBUILD_UPDATE_FAULT"] = "apps: old mounts partition content dropped"
+    try:
+        killed = _run(releases, "update", "apply", str(image), str(repo))
+    finally:
+        del releases["project"].env["CLIPBUILD_UPDATE_FAULT"]
+    assert killed.returncode == 9
+    resumed = _run(releases, "update", "apply", str(image), str(repo))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "the partition was rolled back from its backup" in resumed.stdout
+    assert _apps_release_file(image, tmp_path) == "4.5.1"
+    assert not list(image.parent.glob("*.backup"))
+
+
+def test_a_core_update_after_an_apps_update_keeps_the_installed_apps(releases, apps_repo, image, tmp_path):
+    """The mirror keeps the old apps package for rollback; the new slot gets the installed one only."""
+    core_only = tmp_path / "core-only"
+    shutil.copytree(_repo(releases, "n1"), core_only)
+    shutil.rmtree(core_only / "clip" / "clip-apps-conf")
+    assert _run(releases, "update", "apply", str(image), str(apps_repo)).returncode == 0
+    applied = _run(releases, "update", "apply", str(image), str(core_only), "--json")
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    assert json.loads(applied.stdout)["updated"] == "core"
+    found = json.loads(_run(releases, "inspect", str(image), "--verify", "--json").stdout)
+    assert found["verify"]["ok"], [c for c in found["verify"]["checks"] if not c["ok"]]
+    versions = [p["version"] for p in found["packages"] if p["package"] == "clip-apps-conf"]
+    assert versions == ["4.5.1"]
