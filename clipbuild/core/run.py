@@ -237,9 +237,8 @@ def run_watch(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], b
                     outcome = ("exited", proc.wait())
                     break
                 if keys and proc.stdin and (typed := keys(pending + chunk)):
-                    try:
-                        proc.stdin.write(typed)
-                        proc.stdin.flush()
+                    try:  # unbuffered: nothing is left for close() to flush into a closed pipe
+                        os.write(proc.stdin.fileno(), typed)
                     except BrokenPipeError:  # it stopped reading (or exited): nothing to answer any more
                         pass
                 *lines, pending = (pending + chunk).split(b"\n")
