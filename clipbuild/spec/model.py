@@ -14,6 +14,7 @@ from portage.dep import isvalidatom
 from portage.versions import ververify
 
 from clipbuild.core.errors import Location
+from clipbuild.spec import cmdline
 from clipbuild.spec.schema import (
     Choice,
     Flag,
@@ -54,6 +55,14 @@ def _relative_path_error(text: str) -> str | None:
     return None
 
 
+def _portage_profile_error(text: str) -> str | None:
+    if any(part in (".", "..") for part in text.split("/")):
+        return f"'{text}' leaves the overlay's profiles/: '.' and '..' are not allowed"
+    return None
+
+
+KERNEL_ARGUMENT = Text("a kernel argument", hint="boot.cmdline in docs/profiles.md lists what is accepted",
+                       validate=cmdline.refusal)
 ATOM = Text("a package atom", hint="like clip-conf/clip-core-conf or =app-clip/foo-1.2",
             validate=_atom_error)
 USE_FLAG = Text("a USE flag", r"-?[A-Za-z0-9][A-Za-z0-9+_@-]*", "like hardened or -nls")
@@ -70,7 +79,9 @@ MOUNT_POINT = Text("an absolute mount point", r"/([A-Za-z0-9._-]+(/[A-Za-z0-9._-
 
 @dataclass(frozen=True)
 class PortageSettings:
-    profile: str = spec(Text("a Portage profile path", r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*"),
+    profile: str = spec(Text("a Portage profile path", r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*",
+                             "relative to the overlay's profiles/, e.g. clip-build/amd64",
+                             validate=_portage_profile_error),
                         "Portage profile inside the project overlay (CLIP's profiles/clip-build/<arch>).",
                         default="clip-build/amd64")
     use: tuple[str, ...] = spec(ListOf(USE_FLAG), "Global USE flags; `-flag` turns one off, as in make.conf.",
@@ -170,9 +181,9 @@ class Boot:
                            default="syslinux")
     timeout: int = spec(Integer(0), "Boot menu timeout in tenths of a second (syslinux TIMEOUT).",
                         default=30)
-    cmdline: tuple[str, ...] = spec(ListOf(Text("a kernel argument", r"\S+", "no spaces inside one argument")),
-                                    "Kernel command line arguments, added to what clipbuild sets (root, verity).",
-                                    default=())
+    cmdline: tuple[str, ...] = spec(ListOf(KERNEL_ARGUMENT),
+                                    "Kernel command line arguments, added to what clipbuild sets (root, verity); "
+                                    "only those docs/profiles.md lists are accepted.", default=())
 
 
 @dataclass(frozen=True)
