@@ -195,35 +195,37 @@ class _Converter:
     def refuse(self, node: yaml.Node, message: str, hint: str = "", key: str = "") -> None:
         self.issues.append(Issue(self.loc(node), key, message, hint))
 
-    def convert(self, node: yaml.Node, depth: int = 1) -> Node:
+    def convert(self, node: yaml.Node, depth: int = 1, path: str = "") -> Node:
+        """`node` as a Node; `path` is its key path (portage.use[2]), for the issues found in it."""
         self.count += 1
         if self.count > MAX_NODES:
             raise _TooBig()
         if depth > MAX_DEPTH:  # only an alias of its own ancestor gets here: the composer bounds the rest
             raise _TooDeep(node.start_mark.line + 1)
-        if not self._tag_allowed(node):
+        if not self._tag_allowed(node, path):
             return Node(None, self.loc(node))
         tag = node.tag[1:] if node.tag in TAGS else None
         if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, tag, depth)
+            return self._mapping(node, tag, depth, path)
         if isinstance(node, yaml.SequenceNode):
-            return Node([self.convert(n, depth + 1) for n in node.value], self.loc(node), tag=tag)
-        return Node(self._scalar(node), self.loc(node), tag=tag)
+            items = [self.convert(n, depth + 1, f"{path}[{i}]") for i, n in enumerate(node.value)]
+            return Node(items, self.loc(node), tag=tag)
+        return Node(self._scalar(node, path), self.loc(node), tag=tag)
 
-    def _tag_allowed(self, node: yaml.Node) -> bool:
+    def _tag_allowed(self, node: yaml.Node, path: str) -> bool:
         """Local tags other than ours are reported and ignored; global ones must be YAML's plain ones."""
         if node.tag.startswith("!"):
             if node.tag not in TAGS:
-                self.refuse(node, f"unknown YAML tag {node.tag}", "clipbuild understands !remove and !replace")
+                self.refuse(node, f"unknown YAML tag {node.tag}", "clipbuild understands !remove and !replace", path)
             return True
         if node.tag in KIND_TAGS.get(type(node), set()):
             return True
         shown = "!!" + node.tag.removeprefix(YAML_TAG) if node.tag.startswith(YAML_TAG) else node.tag
         self.refuse(node, f"YAML tag {shown} is not allowed",
-                    "profiles hold plain strings, numbers, booleans, lists and mappings")
+                    "profiles hold plain strings, numbers, booleans, lists and mappings", path)
         return False
 
-    def _scalar(self, node: yaml.ScalarNode) -> Any:
+    def _scalar(self, node: yaml.ScalarNode, path: str) -> Any:
         tag = node.tag
         if tag.startswith("!"):  # a local tag: the value is read as if untagged
             tag = _Loader.resolve(_Loader, yaml.ScalarNode, node.value,  # type: ignore[arg-type]
@@ -232,42 +234,43 @@ class _Converter:
             return node.value
         if tag == YAML_TAG + "int" and len(node.value) > MAX_INT_DIGITS:
             self.refuse(node, f"a number of {len(node.value)} characters is too large",
-                        f"numbers here have at most {MAX_INT_DIGITS} digits")
+                        f"numbers here have at most {MAX_INT_DIGITS} digits", path)
             return None
         plain = yaml.ScalarNode(tag, node.value, node.start_mark, node.end_mark, node.style)
         try:
             return self.constructor.construct_object(plain, deep=True)
         except (ValueError, KeyError, ArithmeticError, yaml.YAMLError):
-            self.refuse(node, f"'{_short(node.value)}' is not a valid {tag.removeprefix(YAML_TAG)}")
+            self.refuse(node, f"'{_short(node.value)}' is not a valid {tag.removeprefix(YAML_TAG)}", key=path)
             return None
 
-    def _mapping(self, node: yaml.MappingNode, tag: str | None, depth: int) -> Node:
+    def _mapping(self, node: yaml.MappingNode, tag: str | None, depth: int, path: str) -> Node:
         out: dict[str, Node] = {}
         for key_node, value_node in node.value:
             key_loc = self.loc(key_node)
             if key_node.tag == MERGE_TAG:
                 self.refuse(key_node, "YAML merge keys are not allowed",
-                            "they hide where a value comes from: write the keys out, or use inherits", key="<<")
+                            "they hide where a value comes from: write the keys out, or use inherits",
+                            join_path(path, "<<"))
                 continue
             reported = len(self.issues)
-            key = self._key(key_node, depth)
+            key = self._key(key_node, depth, path)
             if not isinstance(key, str):
                 if len(self.issues) == reported:  # a refused tag was reported already
-                    self.issues.append(Issue(key_loc, "", f"keys must be strings, not {_describe(key_node, key)}"))
+                    self.refuse(key_node, f"keys must be strings, not {_describe(key_node, key)}", key=path)
                 continue
             if key in out:
-                self.issues.append(Issue(key_loc, key, "duplicate key",
+                self.issues.append(Issue(key_loc, join_path(path, key), "duplicate key",
                                          f"first written on line {out[key].where.line}"))
                 continue
-            child = self.convert(value_node, depth + 1)
+            child = self.convert(value_node, depth + 1, join_path(path, key))
             child.key_loc = key_loc
             out[key] = child
         return Node(out, self.loc(node), tag=tag)
 
-    def _key(self, key_node: yaml.Node, depth: int) -> Any:
+    def _key(self, key_node: yaml.Node, depth: int, path: str) -> Any:
         if not isinstance(key_node, yaml.ScalarNode):
             return key_node
-        return self.convert(key_node, depth + 1).value
+        return self.convert(key_node, depth + 1, path).value
 
 
 def _describe(node: yaml.Node, value: Any) -> str:
@@ -280,3 +283,8 @@ def _describe(node: yaml.Node, value: Any) -> str:
 
 def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def join_path(path: str, key: str) -> str:
+    """The key path of `key` below `path`: join_path("disk", "size") == "disk.size"."""
+    return f"{path}.{key}" if path else key
