@@ -60,8 +60,8 @@ class _Linearizer:
                                      "profiles are files of that folder, not links out of it"))
             return
         self._done.add(real)
-        path = real
         node, issues = load_file(path, display)
+        path = real
         self.issues.extend(issues)
         if node is None:
             return
