@@ -239,7 +239,7 @@ class _Converter:
         plain = yaml.ScalarNode(tag, node.value, node.start_mark, node.end_mark, node.style)
         try:
             return self.constructor.construct_object(plain, deep=True)
-        except (ValueError, KeyError, ArithmeticError, yaml.YAMLError):
+        except (ValueError, LookupError, ArithmeticError, yaml.YAMLError):
             self.refuse(node, f"'{_short(node.value)}' is not a valid {tag.removeprefix(YAML_TAG)}", key=path)
             return None
 
