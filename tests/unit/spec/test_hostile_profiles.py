@@ -18,6 +18,8 @@ from clipbuild.spec.cmdline import ALLOWED
 from clipbuild.spec.profile import list_profiles, resolve
 from clipbuild.spec.yamlnodes import MAX_BYTES, MAX_DEPTH, load_text
 
+from .test_validation import one, problems
+
 ROOT = Path(__file__).resolve().parents[3]
 BASE_CMDLINE = 10  # arguments in profiles/base.yaml: a child's first one is boot.cmdline[10]
 
@@ -36,21 +38,10 @@ def no_hang() -> Iterator[None]:
     signal.signal(signal.SIGALRM, previous)
 
 
-def refused(scratch, species: str = "s") -> list[Issue]:
-    with pytest.raises(ProfileError) as exc:
-        resolve(scratch.project, species)
-    return exc.value.issues
-
-
-def only(issues: list[Issue]) -> Issue:
-    assert len(issues) == 1, "\n".join(map(str, issues))
-    return issues[0]
-
-
 def child(scratch, body: str) -> list[Issue]:
     """Issues of profiles/s.yaml = `inherits: base` then `body` (line 2 on)."""
     scratch.write("s", "inherits: base\n" + body)
-    return refused(scratch)
+    return problems(scratch)
 
 
 # -- inherits: plain names of profiles/ only ------------------------------------------------------------------
@@ -62,7 +53,7 @@ OUTSIDE = ["../../x", "/etc/passwd", "../profiles/base", "./base", "../outside",
 def test_inherits_a_path_is_refused_before_anything_is_read(scratch_with_base, parent):
     (scratch_with_base.root / "outside.yaml").write_text("species: stolen\n")  # would be valid if followed
     scratch_with_base.write("s", f"version: 4.5.0\ninherits: ['{parent}']\n")
-    issue = only(refused(scratch_with_base))
+    issue = one(problems(scratch_with_base))
     assert (str(issue.loc), issue.key) == ("profiles/s.yaml:2", "inherits")
     assert issue.message == f"'{parent}' reaches outside profiles/: parents are named, not given as paths"
     assert "inherits: base" in issue.hint
@@ -71,7 +62,7 @@ def test_inherits_a_path_is_refused_before_anything_is_read(scratch_with_base, p
 @pytest.mark.parametrize("parent", ["base.yaml", "a b", "~root", "$HOME", "base\\x"])
 def test_inherits_what_is_not_a_profile_name_is_refused(scratch_with_base, parent):
     scratch_with_base.write("s", f"inherits: ['{parent}']\n")
-    issue = only(refused(scratch_with_base))
+    issue = one(problems(scratch_with_base))
     assert (str(issue.loc), issue.key, issue.message) == ("profiles/s.yaml:1", "inherits",
                                                           f"'{parent}' is not a profile name")
 
@@ -80,7 +71,7 @@ def test_a_parent_linked_out_of_profiles_is_refused(scratch_with_base):
     (scratch_with_base.root / "outside.yaml").write_text("abstract: true\n")
     (scratch_with_base.project.profiles_dir / "evil.yaml").symlink_to("../outside.yaml")
     scratch_with_base.write("s", "inherits: [base, evil]\n")
-    issue = only(refused(scratch_with_base))
+    issue = one(problems(scratch_with_base))
     assert str(issue.loc) == "profiles/evil.yaml"
     assert issue.message == f"resolves to {scratch_with_base.root / 'outside.yaml'}, outside profiles/"
 
@@ -88,7 +79,7 @@ def test_a_parent_linked_out_of_profiles_is_refused(scratch_with_base):
 def test_a_parent_in_a_link_loop_is_refused(scratch_with_base):
     (scratch_with_base.project.profiles_dir / "loop.yaml").symlink_to("loop.yaml")
     scratch_with_base.write("s", "inherits: [base, loop]\n")
-    issue = only(refused(scratch_with_base))
+    issue = one(problems(scratch_with_base))
     assert (str(issue.loc), issue.message) == ("profiles/loop.yaml",
                                                "cannot be resolved (a symbolic link loop), outside profiles/")
 
@@ -121,7 +112,7 @@ NOT_FILES = [(_fifo, "a FIFO, not a regular file"), (_directory, "a directory, n
 def test_a_parent_that_is_not_a_file_is_refused_without_hanging(scratch_with_base, make, message):
     make(scratch_with_base.project.profiles_dir / "odd.yaml")
     scratch_with_base.write("s", "inherits: [base, odd]\n")
-    issue = only(refused(scratch_with_base))
+    issue = one(problems(scratch_with_base))
     assert (str(issue.loc), issue.message) == ("profiles/odd.yaml", message)
 
 
@@ -129,7 +120,7 @@ def test_a_parent_that_is_not_a_file_is_refused_without_hanging(scratch_with_bas
 def test_a_species_that_is_not_a_file_is_refused_and_listed_as_broken(scratch_with_base, clipbuild, make,
                                                                       message):
     make(scratch_with_base.project.profiles_dir / "odd.yaml")
-    assert only(refused(scratch_with_base, "odd")).message == message
+    assert one(problems(scratch_with_base, "odd")).message == message
     assert [p.problems for p in list_profiles(scratch_with_base.project) if p.species == "odd"] == [1]
     for command in (("profile", "show", "odd"), ("profile", "show", "odd", "--json"), ("plan", "odd")):
         result = clipbuild(*command)
@@ -140,8 +131,8 @@ def test_a_profile_too_large_or_not_utf8_is_refused(scratch_with_base, clipbuild
     profiles = scratch_with_base.project.profiles_dir
     (profiles / "big.yaml").write_bytes(b"# padding\n" * (MAX_BYTES // 10 + 1))
     (profiles / "latin.yaml").write_bytes(b"description: ok\ninherits: base\ndescription2: caf\xe9\n")
-    assert only(refused(scratch_with_base, "big")).message == "larger than 1 MiB: not a profile"
-    issue = only(refused(scratch_with_base, "latin"))
+    assert one(problems(scratch_with_base, "big")).message == "larger than 1 MiB: not a profile"
+    issue = one(problems(scratch_with_base, "latin"))
     assert (str(issue.loc), issue.message) == ("profiles/latin.yaml:3",
                                                "not UTF-8 text (invalid continuation byte at byte 48)")
     result = clipbuild("profile", "show", "latin")
@@ -201,20 +192,20 @@ def nested(depth: int, block: bool) -> str:
 @pytest.mark.parametrize(("depth", "block"), [(MAX_DEPTH + 1, False), (5000, False), (100_000, False),
                                               (MAX_DEPTH + 1, True), (1000, True)])
 def test_deep_nesting_is_refused_without_recursion_error(scratch_with_base, depth, block):
-    issue = only(child(scratch_with_base, nested(depth, block)))
+    issue = one(child(scratch_with_base, nested(depth, block)))
     assert issue.message == f"nested more than {MAX_DEPTH} levels deep"
     assert issue.loc.file == "profiles/s.yaml" and issue.loc.line >= 2
 
 
 def test_a_recursive_alias_is_refused(scratch_with_base):
-    issue = only(child(scratch_with_base, "jails: &j [a, *j]\n"))
+    issue = one(child(scratch_with_base, "jails: &j [a, *j]\n"))
     assert (str(issue.loc), issue.message) == ("profiles/s.yaml:2", f"nested more than {MAX_DEPTH} levels deep")
 
 
 def test_an_alias_bomb_is_refused(scratch_with_base):
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
     lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 8)]
-    issue = only(child(scratch_with_base, "\n".join(lines) + "\n"))
+    issue = one(child(scratch_with_base, "\n".join(lines) + "\n"))
     assert (str(issue.loc), issue.message) == ("profiles/s.yaml",
                                                "more than 100000 YAML nodes (alias expansion?)")
 
@@ -230,14 +221,14 @@ def test_plain_yaml_keeps_working_as_before():
 @pytest.mark.parametrize("value", ["../../../../etc", "clip-build/../../..", "./clip-build/amd64",
                                    "clip-build/amd64/..", "clip-build/./amd64"])
 def test_portage_profile_with_dot_segments_is_refused(scratch_with_base, value):
-    issue = only(child(scratch_with_base, f"portage: {{profile: '{value}'}}\n"))
+    issue = one(child(scratch_with_base, f"portage: {{profile: '{value}'}}\n"))
     assert (str(issue.loc), issue.key) == ("profiles/s.yaml:2", "portage.profile")
     assert issue.message == f"'{value}' leaves the overlay's profiles/: '.' and '..' are not allowed"
 
 
 @pytest.mark.parametrize("value", ["/etc", "/", "clip build", "a//b"])
 def test_portage_profile_that_is_no_relative_path_is_refused(scratch_with_base, value):
-    issue = only(child(scratch_with_base, f"portage: {{profile: '{value}'}}\n"))
+    issue = one(child(scratch_with_base, f"portage: {{profile: '{value}'}}\n"))
     assert (str(issue.loc), issue.key, issue.message) == ("profiles/s.yaml:2", "portage.profile",
                                                           f"'{value}' is not a Portage profile path")
 
@@ -254,13 +245,13 @@ def test_portage_profile_linked_out_of_the_overlay_is_refused(scratch_with_base,
     (overlay / "clip-build" / "loop").symlink_to("loop")
     for value, outcome in (("escape", f"resolves to {tmp_path}, outside overlays/clip/profiles/"),
                            ("clip-build/loop", "cannot be resolved (a symbolic link loop)")):
-        issue = only(child(scratch_with_base, f"portage: {{profile: {value}}}\n"))
+        issue = one(child(scratch_with_base, f"portage: {{profile: {value}}}\n"))
         assert (str(issue.loc), issue.key, issue.message) == ("profiles/s.yaml:2", "portage.profile",
                                                               f"'{value}' {outcome}")
 
 
 def test_portage_profile_must_be_a_folder_of_the_overlay(scratch_with_base, overlay):
-    issue = only(child(scratch_with_base, "portage: {profile: clip-build/arm64}\n"))
+    issue = one(child(scratch_with_base, "portage: {profile: clip-build/arm64}\n"))
     assert (issue.key, issue.message) == ("portage.profile",
                                           "'clip-build/arm64' is not a folder of overlays/clip/profiles/")
     scratch_with_base.write("s", "inherits: base\n")
@@ -271,7 +262,7 @@ def test_a_kernel_fragment_linked_out_of_the_project_is_refused(scratch_with_bas
     secret = tmp_path / "secret.config"
     secret.write_text("CONFIG_X=y\n")
     (scratch_with_base.root / "kernel-patches" / "evil.config").symlink_to(secret)
-    issue = only(child(scratch_with_base, "kernel: {fragments: [kernel-patches/evil.config]}\n"))
+    issue = one(child(scratch_with_base, "kernel: {fragments: [kernel-patches/evil.config]}\n"))
     assert (str(issue.loc), issue.key) == ("profiles/s.yaml:2", "kernel.fragments[2]")
     assert issue.message == f"kernel-patches/evil.config resolves to {secret}, outside ./"  # the project root
 
@@ -293,7 +284,7 @@ BAD_TEXT = ['a="b', 'dm-mod.create="', "caf\u00e9", "--"]
 
 
 def cmdline_issue(scratch, argument: str) -> Issue:
-    issue = only(child(scratch, f"boot:\n  cmdline: ['{argument}']\n"))
+    issue = one(child(scratch, f"boot:\n  cmdline: ['{argument}']\n"))
     assert (str(issue.loc), issue.key) == ("profiles/s.yaml:3", f"boot.cmdline[{BASE_CMDLINE}]")
     return issue
 
@@ -332,7 +323,7 @@ def test_cmdline_arguments_are_plain_ascii_words(scratch_with_base, argument):
 
 
 def test_cmdline_refused_also_through_replace(scratch_with_base, clipbuild):
-    issue = only(child(scratch_with_base, "boot: {cmdline: !replace [console=tty0, rw]}\n"))
+    issue = one(child(scratch_with_base, "boot: {cmdline: !replace [console=tty0, rw]}\n"))
     assert (str(issue.loc), issue.key) == ("profiles/s.yaml:2", "boot.cmdline[1]")
     result = clipbuild("profile", "validate", "profiles/s.yaml")
     assert result.code == 2
