@@ -124,8 +124,11 @@ def resolve(project: Project, species: str) -> Profile:
 
 
 def species_path(project: Project, species: str) -> Path:
+    if not PROFILE_NAME.fullmatch(species):
+        raise ProfileError([Issue(Location(project.display(project.profiles_dir)), "",
+                                  f"'{species}' is not a species name", "a file name of it, without .yaml")])
     path = project.profiles_dir / f"{species}.yaml"
-    if not PROFILE_NAME.fullmatch(species) or not os.path.lexists(path):
+    if not os.path.lexists(path):
         known = [p.stem for p in project.species_files()]
         close = difflib.get_close_matches(species, known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"species: {', '.join(known) or 'none'}"

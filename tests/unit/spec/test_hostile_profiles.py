@@ -67,6 +67,13 @@ def test_inherits_what_is_not_a_profile_name_is_refused(scratch_with_base, paren
                                                           f"'{parent}' is not a profile name")
 
 
+@pytest.mark.parametrize("species", ["../../etc/passwd", "/etc/passwd", "base.yaml", "..", ""])
+def test_a_species_named_by_a_path_is_refused(scratch_with_base, clipbuild, species):
+    result = clipbuild("plan", species)
+    assert (result.code, result.err) == (2, f"error: profiles: '{species}' is not a species name "
+                                            "(a file name of it, without .yaml)\n")
+
+
 def test_a_parent_linked_out_of_profiles_is_refused(scratch_with_base):
     (scratch_with_base.root / "outside.yaml").write_text("abstract: true\n")
     (scratch_with_base.project.profiles_dir / "evil.yaml").symlink_to("../outside.yaml")
