@@ -67,7 +67,27 @@ ATOM = Text("a package atom", hint="like clip-conf/clip-core-conf or =app-clip/f
             validate=_atom_error)
 USE_FLAG = Text("a USE flag", r"-?[A-Za-z0-9][A-Za-z0-9+_@-]*", "like hardened or -nls")
 KEYWORD = Text("a keyword", r"[-~]?[A-Za-z0-9][A-Za-z0-9_-]*|\*\*|~?\*|-\*", "like amd64, ~amd64 or **")
-ENV_NAME = Text("a variable name", r"[A-Z_][A-Z0-9_]*", "upper case, digits and _")
+# make.conf variables clipbuild writes itself (those with a key of their own say which), and Portage's that
+# choose where files are read from or written to, or what is fetched: a profile's `env` may not set them.
+OWN_VARIABLES = {"FEATURES": "portage.features", "CFLAGS": "portage.cflags", "CXXFLAGS": "portage.cflags",
+                 "LDFLAGS": "portage.ldflags", "USE": "portage.use", "ACCEPT_KEYWORDS": "portage.accept_keywords",
+                 "DEB_DISTRIBUTION": "the package set", "DEB_PRIORITY": "the package set",
+                 "CPREFIX": "the package set"}
+PLACES = ("DISTDIR", "PKGDIR", "ROOT", "EROOT", "EPREFIX", "SYSROOT", "BROOT", "PORTDIR", "PORTDIR_OVERLAY",
+          "EMERGE_LOG_DIR", "CCACHE_DIR", "MAKEOPTS", "ACCEPT_LICENSE", "CLEAN_DELAY", "BINPKG_FORMAT",
+          "BINPKG_COMPRESS", "FETCHCOMMAND", "RESUMECOMMAND", "GENTOO_MIRRORS", "SYNC", "CONFIG_PROTECT",
+          "CONFIG_PROTECT_MASK", "INSTALL_MASK", "PKG_INSTALL_MASK")
+
+
+def _env_name_error(name: str) -> str | None:
+    if name in OWN_VARIABLES:
+        return f"{name} is written by clipbuild: set it with {OWN_VARIABLES[name]}"
+    if name in PLACES or name.startswith("PORTAGE_"):
+        return f"{name} is written by clipbuild or steers where Portage reads, writes or fetches"
+    return None
+
+
+ENV_NAME = Text("a variable name", r"[A-Z_][A-Z0-9_]*", "upper case, digits and _", validate=_env_name_error)
 ENV = MapOf(ENV_NAME, Text("a string"))
 PROJECT_PATH = Text("a path inside the project", validate=_relative_path_error,
                     hint="relative to the project root, e.g. kernel-patches/series")

@@ -274,6 +274,20 @@ def test_a_kernel_fragment_linked_out_of_the_project_is_refused(scratch_with_bas
     assert issue.message == f"kernel-patches/evil.config resolves to {secret}, outside ./"  # the project root
 
 
+@pytest.mark.parametrize(("where", "key"), [("portage: {env: {%s: x}}", "portage.env.%s"),
+                                          ("packages: {clip: {core: {env: {%s: x}}}}", "packages.clip.core.env.%s")])
+@pytest.mark.parametrize(("name", "message"), [
+    ("FEATURES", "FEATURES is written by clipbuild: set it with portage.features"),
+    ("CFLAGS", "CFLAGS is written by clipbuild: set it with portage.cflags"),
+    ("DEB_PRIORITY", "DEB_PRIORITY is written by clipbuild: set it with the package set"),
+    ("PORTAGE_BINHOST", "PORTAGE_BINHOST is written by clipbuild or steers where Portage reads, writes or fetches"),
+    ("DISTDIR", "DISTDIR is written by clipbuild or steers where Portage reads, writes or fetches"),
+    ("ROOT", "ROOT is written by clipbuild or steers where Portage reads, writes or fetches")])
+def test_make_conf_variables_clipbuild_writes_are_not_overridden(scratch_with_base, where, key, name, message):
+    issue = one(child(scratch_with_base, where % name + "\n"))
+    assert (str(issue.loc), issue.key, issue.message) == ("profiles/s.yaml:2", key % name, message)
+
+
 # -- boot.cmdline: the allowlist ------------------------------------------------------------------------------
 
 RESERVED = ["root=/dev/sda5", "ro", "rw", "rootfstype=ext4", "rootflags=rw", "rootwait", "init=/bin/sh",
