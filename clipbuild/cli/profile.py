@@ -10,9 +10,9 @@ import click
 
 from clipbuild.cli.context import Options, emit_json, json_option
 from clipbuild.cli.show import format_resolved
-from clipbuild.core.errors import EXIT_BAD_INPUT
+from clipbuild.core.errors import EXIT_BAD_INPUT, ProfileError
 from clipbuild.spec.profile import list_profiles, resolve, species_path, validate_paths
-from clipbuild.spec.yamlnodes import load_file
+from clipbuild.spec.yamlnodes import load_file, read_text
 
 
 @click.group("profile")
@@ -59,10 +59,15 @@ def profile_show(opts: Options, species: str, resolved: bool, as_json: bool) -> 
     if not resolved:
         path = species_path(project, species)
         if as_json:
-            node, _ = load_file(path, project.display(path))
-            emit_json(node.plain() if node else None)
+            node, issues = load_file(path, project.display(path))
+            if node is None:
+                raise ProfileError(issues)
+            emit_json(node.plain())
         else:
-            click.echo(path.read_text(encoding="utf-8"), nl=False)
+            text, issues = read_text(path, project.display(path))
+            if text is None:
+                raise ProfileError(issues)
+            click.echo(text, nl=False)
         return
     prof = resolve(project, species)
     if as_json:

@@ -13,6 +13,7 @@ from clipbuild.core.errors import SizeError
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20, "G": 1 << 30,
          "GIB": 1 << 30, "T": 1 << 40, "TIB": 1 << 40}
 MIB = 1 << 20
+MAX_DIGITS = 30  # more would overflow a float, or pass Python's 4300-digit limit of int()
 
 _SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
 
@@ -34,6 +35,8 @@ def parse_size(value: object) -> int:
         raise SizeError(f"'{value}' has an unknown unit '{unit}'", hint)
     if number.startswith("-"):
         raise SizeError(f"'{value}' is negative", "sizes must be positive")
+    if len(number) > MAX_DIGITS:
+        raise SizeError(f"a size of {len(number)} digits is too large", "a disk is at most a few TiB")
     scaled = float(number) * UNITS[unit.upper()] if "." in number else int(number) * UNITS[unit.upper()]
     if scaled != int(scaled):
         raise SizeError(f"'{value}' is not a whole number of bytes")

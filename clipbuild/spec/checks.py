@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from clipbuild.core.errors import Issue, Location
-from clipbuild.core.project import Project
+from clipbuild.core.project import OVERLAY, Project
 from clipbuild.core.sizes import MIB, format_size
 from clipbuild.spec.layout import minimum_disk_size, partition_footprint
 from clipbuild.spec.model import READ_ONLY_FILESYSTEMS, SLOTS, Partition, Profile
@@ -202,5 +203,35 @@ def check_project_files(profile: Profile, project: Project) -> Iterator[Issue]:
     if profile.signing.policy:
         named.append(("signing.policy", profile.signing.policy))
     for key, relative in named:
-        if not (project.root / relative).is_file():
+        if key in profile.invalid:
+            continue
+        if outside := _outside(project, project.root, relative):
+            yield _issue(profile, key, f"{relative} {outside}", "files a profile names stay inside the project")
+        elif not (project.root / relative).is_file():
             yield _issue(profile, key, f"{relative} does not exist in the project ({project.root})")
+
+
+@check
+def check_portage_profile(profile: Profile, project: Project) -> Iterator[Issue]:
+    """The Portage profile is a folder of the overlay's profiles/ tree, and symbolic links do not lead out."""
+    if "portage.profile" in profile.invalid:
+        return
+    tree = project.root / OVERLAY / "profiles"
+    relative = profile.portage.profile
+    if outside := _outside(project, tree, relative):
+        yield _issue(profile, "portage.profile", f"'{relative}' {outside}",
+                     f"name a profile folder of {project.display(tree)}/, e.g. clip-build/amd64")
+    elif tree.is_dir() and not (tree / relative).is_dir():  # a project without an overlay fails at fetch
+        yield _issue(profile, "portage.profile", f"'{relative}' is not a folder of {project.display(tree)}/",
+                     "e.g. clip-build/amd64")
+
+
+def _outside(project: Project, base: Path, relative: str) -> str | None:
+    """Why `base/relative` leads outside `base` once symbolic links are followed, or None when it stays in."""
+    try:
+        inside, real = base.resolve(), (base / relative).resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError in Python 3.11)
+        return "cannot be resolved (a symbolic link loop)"
+    if real.is_relative_to(inside):
+        return None
+    return f"resolves to {real}, outside {project.display(base)}/"

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from clipbuild.core.errors import Issue
-from clipbuild.spec.yamlnodes import Node
+from clipbuild.spec.yamlnodes import Node, join_path
 
 
 def merge(parent: Node | None, child: Node, path: str, issues: list[Issue]) -> Node:
@@ -24,7 +24,7 @@ def merge(parent: Node | None, child: Node, path: str, issues: list[Issue]) -> N
     if parent.is_map() and child.is_map():
         merged = dict(parent.value)
         for key, value in child.value.items():
-            merged[key] = merge(parent.value.get(key), value, _join(path, key), issues)
+            merged[key] = merge(parent.value.get(key), value, join_path(path, key), issues)
         return Node(merged, child.loc, child.key_loc)
     if parent.is_list() and child.is_list():
         return Node(_merge_lists(parent.value, child.value, path, issues), child.loc, child.key_loc)
@@ -85,7 +85,7 @@ def _names(items: list[Node]) -> str:
 def _strip(node: Node, path: str, issues: list[Issue]) -> Node:
     """The node with merge tags resolved, when there is nothing to merge onto."""
     if node.is_map():
-        value = {k: _strip(v, _join(path, k), issues) for k, v in node.value.items()}
+        value = {k: _strip(v, join_path(path, k), issues) for k, v in node.value.items()}
         return Node(value, node.loc, node.key_loc)
     if node.is_list():
         kept = []
@@ -99,7 +99,3 @@ def _strip(node: Node, path: str, issues: list[Issue]) -> Node:
     if node.tag == "replace":
         return node.untagged()
     return node
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key

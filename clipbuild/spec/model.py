@@ -14,6 +14,7 @@ from portage.dep import isvalidatom
 from portage.versions import ververify
 
 from clipbuild.core.errors import Location
+from clipbuild.spec import cmdline
 from clipbuild.spec.schema import (
     Choice,
     Flag,
@@ -54,11 +55,39 @@ def _relative_path_error(text: str) -> str | None:
     return None
 
 
+def _portage_profile_error(text: str) -> str | None:
+    if any(part in (".", "..") for part in text.split("/")):
+        return f"'{text}' leaves the overlay's profiles/: '.' and '..' are not allowed"
+    return None
+
+
+KERNEL_ARGUMENT = Text("a kernel argument", hint="boot.cmdline in docs/profiles.md lists what is accepted",
+                       validate=cmdline.refusal)
 ATOM = Text("a package atom", hint="like clip-conf/clip-core-conf or =app-clip/foo-1.2",
             validate=_atom_error)
 USE_FLAG = Text("a USE flag", r"-?[A-Za-z0-9][A-Za-z0-9+_@-]*", "like hardened or -nls")
 KEYWORD = Text("a keyword", r"[-~]?[A-Za-z0-9][A-Za-z0-9_-]*|\*\*|~?\*|-\*", "like amd64, ~amd64 or **")
-ENV_NAME = Text("a variable name", r"[A-Z_][A-Z0-9_]*", "upper case, digits and _")
+# make.conf variables clipbuild writes itself (those with a key of their own say which), and Portage's that
+# choose where files are read from or written to, or what is fetched: a profile's `env` may not set them.
+OWN_VARIABLES = {"FEATURES": "portage.features", "CFLAGS": "portage.cflags", "CXXFLAGS": "portage.cflags",
+                 "LDFLAGS": "portage.ldflags", "USE": "portage.use", "ACCEPT_KEYWORDS": "portage.accept_keywords",
+                 "DEB_DISTRIBUTION": "the package set", "DEB_PRIORITY": "the package set",
+                 "CPREFIX": "the package set"}
+PLACES = ("DISTDIR", "PKGDIR", "ROOT", "EROOT", "EPREFIX", "SYSROOT", "BROOT", "PORTDIR", "PORTDIR_OVERLAY",
+          "EMERGE_LOG_DIR", "CCACHE_DIR", "MAKEOPTS", "ACCEPT_LICENSE", "CLEAN_DELAY", "BINPKG_FORMAT",
+          "BINPKG_COMPRESS", "FETCHCOMMAND", "RESUMECOMMAND", "GENTOO_MIRRORS", "SYNC", "CONFIG_PROTECT",
+          "CONFIG_PROTECT_MASK", "INSTALL_MASK", "PKG_INSTALL_MASK")
+
+
+def _env_name_error(name: str) -> str | None:
+    if name in OWN_VARIABLES:
+        return f"{name} is written by clipbuild: set it with {OWN_VARIABLES[name]}"
+    if name in PLACES or name.startswith("PORTAGE_"):
+        return f"{name} is written by clipbuild or steers where Portage reads, writes or fetches"
+    return None
+
+
+ENV_NAME = Text("a variable name", r"[A-Z_][A-Z0-9_]*", "upper case, digits and _", validate=_env_name_error)
 ENV = MapOf(ENV_NAME, Text("a string"))
 PROJECT_PATH = Text("a path inside the project", validate=_relative_path_error,
                     hint="relative to the project root, e.g. kernel-patches/series")
@@ -70,7 +99,9 @@ MOUNT_POINT = Text("an absolute mount point", r"/([A-Za-z0-9._-]+(/[A-Za-z0-9._-
 
 @dataclass(frozen=True)
 class PortageSettings:
-    profile: str = spec(Text("a Portage profile path", r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*"),
+    profile: str = spec(Text("a Portage profile path", r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*",
+                             "relative to the overlay's profiles/, e.g. clip-build/amd64",
+                             validate=_portage_profile_error),
                         "Portage profile inside the project overlay (CLIP's profiles/clip-build/<arch>).",
                         default="clip-build/amd64")
     use: tuple[str, ...] = spec(ListOf(USE_FLAG), "Global USE flags; `-flag` turns one off, as in make.conf.",
@@ -170,9 +201,9 @@ class Boot:
                            default="syslinux")
     timeout: int = spec(Integer(0), "Boot menu timeout in tenths of a second (syslinux TIMEOUT).",
                         default=30)
-    cmdline: tuple[str, ...] = spec(ListOf(Text("a kernel argument", r"\S+", "no spaces inside one argument")),
-                                    "Kernel command line arguments, added to what clipbuild sets (root, verity).",
-                                    default=())
+    cmdline: tuple[str, ...] = spec(ListOf(KERNEL_ARGUMENT),
+                                    "Kernel command line arguments, added to what clipbuild sets (root, verity); "
+                                    "only those docs/profiles.md lists are accepted.", default=())
 
 
 @dataclass(frozen=True)

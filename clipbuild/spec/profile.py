@@ -3,6 +3,8 @@
 Resolution runs in layers and reports every problem at once, each with file, line and key path:
 1. each file is parsed (YAML syntax, duplicate keys, tags);
 2. `inherits` is linearised (parents first, each file once) with missing parents and cycles reported;
+   Parents are plain names of files beside the profile (profiles/NAME.yaml): a path, absolute or with '..',
+   is refused, and so is a file that resolves (through symbolic links) outside that folder;
 3. the files are merged in that order (clipbuild.spec.merge), then the merged tree is checked against the schema
    (clipbuild.spec.model), then the named semantic checks run (clipbuild.spec.checks).
 """
@@ -10,6 +12,8 @@ Resolution runs in layers and reports every problem at once, each with file, lin
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from clipbuild.spec.schema import INVALID, Checker
 from clipbuild.spec.yamlnodes import Node, load_file
 
 NOT_INHERITED = ("species", "abstract", "inherits")
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -38,17 +43,25 @@ class _Linearizer:
     def __init__(self, project: Project, directory: Path):
         self.project = project
         self.directory = directory
+        self.inside = _real(directory)
         self.issues: list[Issue] = []
         self.order: list[ProfileFile] = []
         self._done: set[Path] = set()
 
     def visit(self, path: Path, stack: tuple[str, ...] = ()) -> None:
-        path = path.resolve()
-        if path in self._done:
-            return
-        self._done.add(path)
         display = self.project.display(path)
+        real = _real(path)
+        if real in self._done:
+            return
+        if real is None or self.inside is None or not real.is_relative_to(self.inside):
+            folder = self.project.display(self.directory)
+            where = "cannot be resolved (a symbolic link loop)" if real is None else f"resolves to {real}"
+            self.issues.append(Issue(Location(display), "", f"{where}, outside {folder}/",
+                                     "profiles are files of that folder, not links out of it"))
+            return
+        self._done.add(real)
         node, issues = load_file(path, display)
+        path = real
         self.issues.extend(issues)
         if node is None:
             return
@@ -64,8 +77,11 @@ class _Linearizer:
                 self.issues.append(Issue(where, "inherits", f"inheritance cycle: {cycle}",
                                          f"remove '{parent}' from the inherits of {name}"))
                 continue
+            if refusal := self._name_problem(parent):
+                self.issues.append(Issue(where, "inherits", *refusal))
+                continue
             parent_path = self.directory / f"{parent}.yaml"
-            if not parent_path.is_file():
+            if not os.path.lexists(parent_path):
                 known = sorted(p.stem for p in self.directory.glob("*.yaml"))
                 close = difflib.get_close_matches(parent, known, n=1)
                 hint = f"did you mean '{close[0]}'?" if close else f"profiles there: {', '.join(known) or 'none'}"
@@ -74,6 +90,17 @@ class _Linearizer:
                 continue
             self.visit(parent_path, chain)
         self.order.append(ProfileFile(name, path, display, node))
+
+    def _name_problem(self, parent: str) -> tuple[str, str] | None:
+        """Why `parent` is not the plain name of a profile beside this one (message, hint), or None."""
+        folder = self.project.display(self.directory)
+        if "/" in parent or parent.startswith("."):
+            return (f"'{parent}' reaches outside {folder}/: parents are named, not given as paths",
+                    f"name a profile of {folder}/ by its file name without .yaml, e.g. inherits: base")
+        if not PROFILE_NAME.fullmatch(parent):
+            return (f"'{parent}' is not a profile name",
+                    "letters, digits, - and _: the file name without .yaml, e.g. inherits: base")
+        return None
 
     def _parents(self, node: Node) -> list[tuple[str, Location]]:
         inherits = node.value.get("inherits")
@@ -97,8 +124,11 @@ def resolve(project: Project, species: str) -> Profile:
 
 
 def species_path(project: Project, species: str) -> Path:
+    if not PROFILE_NAME.fullmatch(species):
+        raise ProfileError([Issue(Location(project.display(project.profiles_dir)), "",
+                                  f"'{species}' is not a species name", "a file name of it, without .yaml")])
     path = project.profiles_dir / f"{species}.yaml"
-    if not path.is_file():
+    if not os.path.lexists(path):
         known = [p.stem for p in project.species_files()]
         close = difflib.get_close_matches(species, known, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"species: {', '.join(known) or 'none'}"
@@ -107,9 +137,10 @@ def species_path(project: Project, species: str) -> Path:
 
 
 def _resolve(project: Project, path: Path) -> tuple[Profile | None, list[Issue]]:
-    lin = _Linearizer(project, path.resolve().parent)
+    path = path.absolute()
+    lin = _Linearizer(project, path.parent)
     lin.visit(path)
-    if not lin.order or lin.order[-1].path != path.resolve():
+    if not lin.order or lin.order[-1].path != _real(path):
         return None, lin.issues
     issues = list(lin.issues)
     merged: Node | None = None
@@ -165,3 +196,12 @@ def list_profiles(project: Project) -> list[ProfileSummary]:
 def validate_paths(project: Project, paths: list[Path]) -> dict[str, list[Issue]]:
     """Problems per file (an empty list for a valid one)."""
     return {project.display(p): _resolve(project, p)[1] for p in paths}
+
+
+def _real(path: Path) -> Path | None:
+    """`path` with every symbolic link resolved; None for a link loop (Python 3.11 raises RuntimeError)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return None
+

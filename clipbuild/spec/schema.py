@@ -17,7 +17,7 @@ from typing import Any
 
 from clipbuild.core.errors import Issue, Location
 from clipbuild.core.sizes import SizeError, parse_size
-from clipbuild.spec.yamlnodes import Node
+from clipbuild.spec.yamlnodes import Node, join_path
 
 
 class _Invalid:
@@ -150,6 +150,7 @@ class Flag(Type):
 class Integer(Type):
     minimum: int = 0
     what: str = "a whole number"
+    maximum: int = 2**31 - 1
 
     def check(self, node: Node, path: str, ck: Checker) -> Any:
         value = node.value
@@ -157,6 +158,8 @@ class Integer(Type):
             return self.wrong_type(node, path, ck)
         if value < self.minimum:
             return ck.problem(node, path, f"{value} is below the minimum {self.minimum}")
+        if value > self.maximum:
+            return ck.problem(node, path, f"{value} is above the maximum {self.maximum}")
         return value
 
 
@@ -263,11 +266,11 @@ class Struct(Type):
         known = {f.name: f for f in self.fields()}
         for key, child in node.value.items():
             if key not in known:
-                ck.problem(child, _join(path, key), "unknown key", suggest(key, list(known)), at_key=True)
+                ck.problem(child, join_path(path, key), "unknown key", suggest(key, list(known)), at_key=True)
         kwargs: dict[str, Any] = {}
         broken = False
         for name, fld in known.items():
-            sub = _join(path, name)
+            sub = join_path(path, name)
             child = node.value.get(name)
             if child is None:
                 if fld.metadata["required"]:
@@ -295,10 +298,6 @@ def key_paths(type_: Type, prefix: str = "") -> Iterator[tuple[str, Type]]:
         if suffix.startswith("."):
             yield path, child
         yield from key_paths(child, prefix + suffix)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
 
 
 def _item_name(node: Node, index: int) -> str:
