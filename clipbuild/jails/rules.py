@@ -73,17 +73,18 @@ def load_policy(project: Project) -> JailPolicy:
         raise InputError(f"{where}: {exc}") from None
     if not isinstance(data, dict) or set(data) != set(POLICY_KEYS):
         raise InputError(f"{where}: needs exactly {', '.join(POLICY_KEYS)}")
-    deny_caps = _words(data, "deny_caps", where)
+    deny_caps = _words(data, "deny_caps", f"{where}: ")
     unknown = [c for c in deny_caps if c not in KERNEL_CAPS]
     if unknown:
         raise InputError(f"{where}: deny_caps: {', '.join(unknown)} are not Linux capabilities")
     jail_trees = _mapping(data, "jail_trees", where)
     if set(jail_trees) != set(OWN_TREES):
         raise InputError(f"{where}: jail_trees: needs exactly {', '.join(OWN_TREES)}")
-    return JailPolicy(deny_caps, {k: _paths(jail_trees, k, where) for k in OWN_TREES},
-                      _paths(data, "source_trees", where),
-                      {k: _paths(grants, k, where) for grants in [_mapping(data, "grants", where)] for k in grants},
-                      _paths(data, "internal_trees", where))
+    grants = _mapping(data, "grants", where)
+    return JailPolicy(deny_caps, {k: _paths(jail_trees, k, f"{where}: jail_trees.") for k in OWN_TREES},
+                      _paths(data, "source_trees", f"{where}: "),
+                      {k: _paths(grants, k, f"{where}: grants.") for k in grants},
+                      _paths(data, "internal_trees", f"{where}: "))
 
 
 def _mapping(data: dict, key: str, where: str) -> dict[str, Any]:
@@ -93,23 +94,25 @@ def _mapping(data: dict, key: str, where: str) -> dict[str, Any]:
     return value
 
 
-def _words(data: dict, key: str, where: str) -> tuple[str, ...]:
+def _words(data: dict, key: str, prefix: str) -> tuple[str, ...]:
+    """data[key], a list of strings; `prefix` (file and parent keys) leads the message otherwise."""
     value = data.get(key)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InputError(f"{where}: {key}: needs a list of strings")
+        raise InputError(f"{prefix}{key}: needs a list of strings")
     return tuple(value)
 
 
-def _paths(data: dict, key: str, where: str) -> tuple[str, ...]:
-    paths = _words(data, key, where)
+def _paths(data: dict, key: str, prefix: str) -> tuple[str, ...]:
+    """data[key], a list of trees below / in their normal form ({name} stands for a jail's name)."""
+    paths = _words(data, key, prefix)
     for path in paths:
         spelled = path.replace("{name}", "name")
         try:
             normal = normal_path(spelled)
         except InputError as exc:
-            raise InputError(f"{where}: {key}: {exc}") from None
+            raise InputError(f"{prefix}{key}: {exc}") from None
         if normal != spelled or normal == "/":
-            raise InputError(f"{where}: {key}: {path} is not a tree below / in its normal form")
+            raise InputError(f"{prefix}{key}: {path} is not a tree below / in its normal form")
     return paths
 
 
