@@ -8,7 +8,8 @@
 - every writable mount is nosuid, nodev and noexec, except a destination the jail's `allow_exec` names with a
   reason (then still nosuid and nodev); those exceptions are printed with every check;
 - capabilities are Linux capabilities, and none of the deny list unless the jail's `justify` says why;
-- mount sources lie in the trees the policy names (for every jail, or granted to this one) or the jail's priv;
+- mount sources lie in the trees the policy names (for every jail, or granted to this one) or the jail's priv,
+  and a path source is a bind (type none), never a filesystem the host would mount from a device node;
   every path is checked in its normal form (mountopts.normal_path), and `..` is refused.
 Each problem names the jail, the file and line where the value was written, and the rule.
 """
@@ -290,7 +291,12 @@ def _mount_paths(jail: Jail, where: str, mount: Mount, policy: JailPolicy) -> li
             issues.append(_issue(jail, where, f"source {mount.src} with type {mount.type}",
                                  f"a {mount.src} mount has type {PSEUDO_SOURCES[mount.src]}"))
         return issues
-    return _source_allowed(jail, where, normal_path(mount.src), policy)
+    if mount.type != "none" or "bind" not in mount.options:
+        issues.append(_issue(jail, where, f"source {mount.src} is mounted with type {mount.type}"
+                             f"{'' if 'bind' in mount.options else ' and no bind'}: the host would mount what it "
+                             "holds (a device's filesystem), not bind the tree",
+                             "a path source is a bind: type none, options [bind, ...]"))
+    return issues + _source_allowed(jail, where, normal_path(mount.src), policy)
 
 
 def _source_allowed(jail: Jail, where: str, source: str, policy: JailPolicy) -> list[Issue]:

@@ -109,6 +109,12 @@ def _sources() -> list[Case]:
                 "/etc/admin/ike2", "/mounts/evil_root"):
         cases.append(Case(f"source-{src}", _mount(src, "/x", ["bind", *HARDENED]), FIRST + 1, "mounts[4].src",
                           f"source {src} lies outside the trees jail {NAME} may mount"))
+    for fstype, options in (("ext4", ["bind", *HARDENED]), ("devtmpfs", ["bind", *HARDENED]), ("none", HARDENED)):
+        bind = "" if "bind" in options else " and no bind"
+        cases.append(Case(f"source-type-{fstype}-{len(options)}",
+                          _mount("/mounts/evil_priv/dev/sda", "/x", options, f", type: {fstype}"), FIRST + 1,
+                          "mounts[4]", f"source /mounts/evil_priv/dev/sda is mounted with type {fstype}{bind}: the "
+                          "host would mount what it holds"))
     cases.append(Case("internal-source", "internal:\n  - {src: /etc, dst: /x, options: [bind, ro]}\n", FIRST + 1,
                       "internal[0].src", f"source /etc lies outside the trees jail {NAME} may mount"))
     return cases
