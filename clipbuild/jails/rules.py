@@ -271,9 +271,10 @@ def _options(jail: Jail, where: str, mount: Mount) -> list[Issue]:
 
 
 def _mount_paths(jail: Jail, where: str, mount: Mount, policy: JailPolicy) -> list[Issue]:
+    """Source and destination in normal form; nothing but mounts[0] on /; then the source's own rules."""
     issues = []
     for label, path in (("src", mount.src), ("dst", mount.dst)):
-        if path in PSEUDO_SOURCES and label == "src":
+        if label == "src" and path in PSEUDO_SOURCES:
             continue
         try:
             normal_path(path)
@@ -281,22 +282,27 @@ def _mount_paths(jail: Jail, where: str, mount: Mount, policy: JailPolicy) -> li
             issues.append(_issue(jail, f"{where}.{label}", str(exc), "an absolute path, without '..'"))
     if issues:
         return issues
-    if normal_path(mount.dst) == "/":
-        if where == "mounts[0]":
-            return []  # the jail's root: _root_mount
+    is_root = normal_path(mount.dst) == "/"
+    if is_root and where != "mounts[0]":
         return [_issue(jail, f"{where}.dst", f"{mount.dst} is the jail's /: this mount would shadow its read-only "
                        "root", "only mounts[0] mounts the jail's /, from its root_source")]
+    return _mount_source(jail, where, mount, policy, is_root)
+
+
+def _mount_source(jail: Jail, where: str, mount: Mount, policy: JailPolicy, is_root: bool) -> list[Issue]:
+    """A pseudo source has its own type; a path source is a bind from a tree the policy allows (the root's
+    source, root_source, is _root_mount's)."""
     if mount.src in PSEUDO_SOURCES:
-        if mount.type != PSEUDO_SOURCES[mount.src]:
-            issues.append(_issue(jail, where, f"source {mount.src} with type {mount.type}",
-                                 f"a {mount.src} mount has type {PSEUDO_SOURCES[mount.src]}"))
-        return issues
+        expected = PSEUDO_SOURCES[mount.src]
+        return [] if mount.type == expected else [_issue(jail, where, f"source {mount.src} with type {mount.type}",
+                                                         f"a {mount.src} mount has type {expected}")]
+    issues = []
     if mount.type != "none" or "bind" not in mount.options:
         issues.append(_issue(jail, where, f"source {mount.src} is mounted with type {mount.type}"
                              f"{'' if 'bind' in mount.options else ' and no bind'}: the host would mount what it "
                              "holds (a device's filesystem), not bind the tree",
                              "a path source is a bind: type none, options [bind, ...]"))
-    return issues + _source_allowed(jail, where, normal_path(mount.src), policy)
+    return issues if is_root else issues + _source_allowed(jail, where, normal_path(mount.src), policy)
 
 
 def _source_allowed(jail: Jail, where: str, source: str, policy: JailPolicy) -> list[Issue]:

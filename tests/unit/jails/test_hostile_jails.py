@@ -132,6 +132,10 @@ def _shadowing() -> list[Case]:
              "mounts[0] does not mount the jail's /"),
         Case("second-root", f"mounts: !replace\n  - {var}\n  - {root}\n", FIRST + 2, "mounts[1].dst",
              "/ is the jail's /: this mount would shadow its read-only root"),
+        Case("root-as-a-filesystem", "mounts: !replace\n  - {src: /mounts/evil_root, dst: /, type: ext4, "
+             "options: [bind, ro]}\n", FIRST + 1, "mounts[0]", "source /mounts/evil_root is mounted with type ext4"),
+        Case("root-from-tmpfs", "mounts: !replace\n  - {src: tmpfs, dst: /, type: tmpfs, options: [ro]}\n",
+             FIRST + 1, "mounts[0].src", "the jail's / is bound from tmpfs, not from its root_source"),
         Case("root-internal", "internal:\n  - {src: /x, dst: /, options: [bind, rw]}\n", FIRST + 1, "internal[0].dst",
              "/ is the jail's /: this mount would shadow its read-only root"),
         Case("shadow-var", _mount("/mounts/evil_priv/v2", "/var", ["bind", "rw", "nosuid", "nodev", "noexec"]),
