@@ -70,6 +70,8 @@ def load_policy(project: Project) -> JailPolicy:
     where = project.display(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise InputError(f"{where}: nested too deeply") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InputError(f"{where}: {exc}") from None
     if not isinstance(data, dict) or set(data) != set(POLICY_KEYS):

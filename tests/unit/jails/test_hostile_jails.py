@@ -8,13 +8,16 @@ read-only root or another mount, and malformed policies.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, replace
 
 import pytest
 
 from clipbuild.core.errors import InputError, ProfileError
+from clipbuild.core.project import Project
 from clipbuild.jails import definitions, rules
 from clipbuild.jails.definitions import Mount
+from tests.conftest import ROOT
 
 NAME = "evil"
 BASE = "description: a hostile jail\ncontext: 700\naddr: [127.70.0.1/255.255.255.255]\n"
@@ -148,12 +151,26 @@ def _shadowing() -> list[Case]:
 CASES = _contradictions() + _spellings() + _own_trees() + _sources() + _shadowing()
 
 
-def _refusals(scratch, names: tuple[str, ...]) -> list[str]:
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Project:
+    """One copy of jails/ for the whole corpus: each case only rewrites jails/evil.yaml."""
+    root = tmp_path_factory.mktemp("hostile") / "proj"
+    shutil.copytree(ROOT / "jails", root / "jails")
+    return Project(root)
+
+
+@pytest.fixture
+def hostile(shared: Project, monkeypatch: pytest.MonkeyPatch) -> Project:
+    monkeypatch.chdir(shared.root)
+    return shared
+
+
+def _refusals(project: Project, names: tuple[str, ...]) -> list[str]:
     try:
-        loaded = definitions.load_all(scratch.project, names)
+        loaded = definitions.load_all(project, names)
     except ProfileError as exc:
         return [str(issue) for issue in exc.issues]
-    issues, _ = rules.check(loaded, rules.load_policy(scratch.project))
+    issues, _ = rules.check(loaded, rules.load_policy(project))
     return [str(issue) for issue in issues]
 
 
@@ -162,18 +179,18 @@ def test_the_corpus_is_large_and_its_ids_unique():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_hostile_jail_is_refused(scratch, case: Case):
-    (scratch.root / "jails" / f"{NAME}.yaml").write_text(BASE + case.text)
+def test_hostile_jail_is_refused(hostile, case: Case):
+    (hostile.root / "jails" / f"{NAME}.yaml").write_text(BASE + case.text)
     if case.schema:
         with pytest.raises(ProfileError):
-            definitions.load(scratch.project, NAME)
-    refusals = _refusals(scratch, (NAME,))
+            definitions.load(hostile, NAME)
+    refusals = _refusals(hostile, (NAME,))
     assert [r for r in refusals if r.startswith(case.expected)], "\n".join([case.expected, "--", *refusals])
 
 
-def test_a_jail_named_after_another_jails_tree_is_refused(scratch):
-    (scratch.root / "jails" / "update_root.yaml").write_text(BASE)
-    refusals = _refusals(scratch, ("update", "update_root"))
+def test_a_jail_named_after_another_jails_tree_is_refused(hostile):
+    (hostile.root / "jails" / "update_root.yaml").write_text(BASE)
+    refusals = _refusals(hostile, ("update", "update_root"))
     assert any(r.startswith("jails/_defaults.yaml:5: jail update_root: root: /update_root overlaps jail update's "
                             "root_source /update_root") for r in refusals), refusals
 
@@ -215,7 +232,9 @@ def test_a_malformed_policy_is_refused(scratch, replacement: str, message: str):
     assert str(exc.value) == f"jails/{rules.POLICY}: {message}"
 
 
-def test_a_policy_that_is_not_utf8_is_refused(scratch):
-    (scratch.root / "jails" / rules.POLICY).write_bytes(b"deny_caps: [\xff]\n")
-    with pytest.raises(InputError, match=r"^jails/_policy.yaml: .*utf-8"):
+@pytest.mark.parametrize(("content", "message"), [(b"deny_caps: [\xff]\n", r".*utf-8"),
+                                                 (b"deny_caps: " + b"[" * 3000, "nested too deeply")])
+def test_a_policy_that_is_not_yaml_is_refused(scratch, content: bytes, message: str):
+    (scratch.root / "jails" / rules.POLICY).write_bytes(content)
+    with pytest.raises(InputError, match=f"^jails/_policy.yaml: {message}"):
         rules.load_policy(scratch.project)
