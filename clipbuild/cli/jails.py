@@ -89,7 +89,7 @@ def show_cmd(opts: Options, species: str, name: str, as_json: bool) -> None:
     click.echo(f"  bcaps {' '.join(jail.bcaps) or '-'}")
     rows = [("source", "destination", "ro", "nosuid", "nodev", "noexec", "origin")]
     for index, mount in enumerate(jail.mounts):
-        flags = ["yes" if flag in mount.options else "-" for flag in ("ro", "nosuid", "nodev", "noexec")]
+        flags = ["yes" if flag in mount.flags.words() else "-" for flag in ("ro", "nosuid", "nodev", "noexec")]
         rows.append((mount.src, mount.dst, *flags, str(jail.origin(f"mounts[{index}]") or "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

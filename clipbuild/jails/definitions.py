@@ -20,6 +20,7 @@ import jinja2
 
 from clipbuild.core.errors import InputError, Issue, Location, ProfileError
 from clipbuild.core.project import Project
+from clipbuild.jails.mountopts import Flags, effective, normal_path
 from clipbuild.spec.merge import merge
 from clipbuild.spec.schema import INVALID, Checker, Integer, ListOf, MapOf, Nullable, Struct, Text, nearest_origin, spec
 from clipbuild.spec.yamlnodes import Node, load_file
@@ -33,23 +34,44 @@ FILES = ("context", "root", "addr", "cmd", "hostname", "bcaps", "ccaps", "cflags
 PATH = r"/([A-Za-z0-9._@{}-]+(/[A-Za-z0-9._@{}-]+)*)?"
 WORD = Text("a word", r"[A-Za-z0-9_*/][A-Za-z0-9_.@=*/:-]*", "letters, digits and _ . @ = * / : -, no spaces")
 CAP = Text("a capability name", r"[A-Z][A-Z_]*", "without CAP_, e.g. NET_BIND_SERVICE")
-PATH_TEXT = Text("an absolute path", PATH, "absolute, without spaces",
-                 validate=lambda p: "'..' is not allowed in a path" if ".." in p.split("/") else None)
+PSEUDO_SOURCES = {"tmpfs": "tmpfs", "proc": "proc"}  # mount sources that are not paths, with their type
+
+
+def path_problem(path: str) -> str | None:
+    """Why `path` is not an absolute path in its one spelling (see mountopts.normal_path), or None."""
+    if path in PSEUDO_SOURCES:
+        return None
+    if ".." in path.split("/"):
+        return "'..' is not allowed in a path"
+    try:
+        normal = normal_path(path)
+    except InputError as exc:
+        return str(exc)
+    return None if normal == path else f"'{path}' is {normal} written another way: write {normal}"
+
+
+ANY_PATH = r"/[A-Za-z0-9._@{}/-]*"  # spellings normal_path settles, refused with a precise message
+PATH_TEXT = Text("an absolute path", ANY_PATH, "absolute, without spaces", validate=path_problem)
 ADDR = Text("an address", r"\d{1,3}(\.\d{1,3}){3}/\d{1,3}(\.\d{1,3}){3}", "a.b.c.d/m.m.m.m")
 LINE = Text("one line of text", r"[^\n\r]*[^\n\r ]|", "a single line")
 
 
 @dataclass(frozen=True)
 class Mount:
-    src: str = spec(Text("a mount source", r"tmpfs|none|proc|" + PATH), "Host source (a path) or tmpfs.",
-                    required=True)
+    src: str = spec(Text("a mount source", "|".join(PSEUDO_SOURCES) + "|" + ANY_PATH, "a path, tmpfs or proc",
+                         validate=path_problem), "Host source (a path), tmpfs or proc.", required=True)
     dst: str = spec(PATH_TEXT, "Destination inside the jail.", required=True)
     type: str = spec(Text("a filesystem type", r"[a-z0-9]+"), "Filesystem type (none for bind).", default="none")
     options: tuple[str, ...] = spec(ListOf(WORD), "Mount options.", default=())
 
     @property
+    def flags(self) -> Flags:
+        """What the kernel applies for the options (the last of each pair wins; `defaults` expanded)."""
+        return effective(self.options)
+
+    @property
     def writable(self) -> bool:
-        return "ro" not in self.options
+        return not self.flags.read_only
 
     def line(self) -> str:
         return f"{self.src} {self.dst} {self.type} {','.join(self.options) or 'defaults'} 0 0"

@@ -22,7 +22,6 @@ from clipbuild.jails.rules import KERNEL_CAPS
 
 APPLETS = ("sh", "cat", "ls", "touch", "id", "grep", "echo", "chmod", "mkdir", "rm", "test", "[", "mount",
            "head", "stat", "true", "false")
-FLAGS = ("ro", "rw", "nosuid", "nodev", "noexec", "nosymfollow")
 
 
 def stage(jail: Jail, rendered: Rendered, target: Path, userland: Path | None = None) -> None:
@@ -57,14 +56,14 @@ def script(jail: Jail, staged: Path, command: Sequence[str]) -> str:
     lines = ["set -e", "S=$(mktemp -d)", "mount -t tmpfs -o mode=0755 clipbuild-jail $S",
              f"mkdir -p {sysroot} {jroot}", f"cp -a {shlex.quote(str(staged))}/. {sysroot}/"]
     for mount in jail.mounts:
-        flags = [o for o in mount.options if o in FLAGS]
+        flags = mount.flags.words()  # as the rules read them (jails/mountopts)
         dst = jroot + shlex.quote(mount.dst if mount.dst != "/" else "")
         if mount.type == "tmpfs":
             extra = [o for o in mount.options if o.startswith(("size=", "mode="))]
             lines.append(f"mount -t tmpfs -o {','.join(flags + extra)} tmpfs {dst}")
             continue
         lines.append(f"mount --bind {sysroot}{shlex.quote(mount.src)} {dst}")
-        lines.append(f"mount -o remount,bind,{','.join(flags or ['rw'])} {dst}")
+        lines.append(f"mount -o remount,bind,{','.join(flags)} {dst}")
     lines.append(f"mount -t proc -o nosuid,nodev,noexec proc {jroot}/proc")
     dropped = ",".join(f"cap_{cap.lower()}" for cap in KERNEL_CAPS if cap not in jail.bcaps)
     shell_command = " ".join(shlex.quote(word) for word in command)
