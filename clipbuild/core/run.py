@@ -9,6 +9,7 @@ installed is reported with the Debian package that provides it, read from host-t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -237,10 +238,10 @@ def run_watch(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], b
                     outcome = ("exited", proc.wait())
                     break
                 if keys and proc.stdin and (typed := keys(pending + chunk)):
-                    try:  # unbuffered: nothing is left for close() to flush into a closed pipe
+                    # Unbuffered, so nothing is left for close() to flush into a closed pipe; a program that
+                    # stopped reading (or exited) has nothing more to be answered.
+                    with contextlib.suppress(BrokenPipeError):
                         os.write(proc.stdin.fileno(), typed)
-                    except BrokenPipeError:  # it stopped reading (or exited): nothing to answer any more
-                        pass
                 *lines, pending = (pending + chunk).split(b"\n")
                 if any(on_line(line.decode(errors="replace").rstrip("\r")) for line in lines):
                     outcome = ("stopped", None)
