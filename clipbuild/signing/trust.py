@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import mmap
 import os
 import re
@@ -37,6 +38,7 @@ from clipbuild.signing import subjects
 CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "brainpoolP256r1": "brainpoolP256r1"}
 HASHES: dict[str, type[hashes.HashAlgorithm]] = {"sha256": hashes.SHA256, "sha512": hashes.SHA512}
 DEFAULT_MIN_VALIDITY_DAYS = 90
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -401,6 +403,9 @@ def verify_file(path: Path, policy: Policy, *, at: dt.datetime | None = None) ->
             return Verdict(str(path), False, ("empty file",))
         try:
             with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                return verify_bytes(mapped, policy, path=str(path), at=at)
+                verdict = verify_bytes(mapped, policy, path=str(path), at=at)
         except OSError as exc:
             return Verdict(str(path), False, (f"cannot read: {exc.strerror}",))
+    for warning in verdict.warnings:
+        log.warning("%s: %s", path, warning)
+    return verdict
