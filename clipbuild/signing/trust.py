@@ -136,20 +136,23 @@ def _files(path: Path, key: str, value: Any) -> list[str]:
 
 def _load_certs(path: Path, where: str) -> list[x509.Certificate]:
     try:
-        return x509.load_pem_x509_certificates(_read(path))
+        return x509.load_pem_x509_certificates(_read(path, where))
     except ValueError as exc:
         raise InputError(f"{where}: {path}: not a PEM certificate ({exc})") from None
 
 
 def _load_crl(path: Path, where: str) -> x509.CertificateRevocationList:
     try:
-        return x509.load_pem_x509_crl(_read(path))
+        return x509.load_pem_x509_crl(_read(path, where))
     except ValueError as exc:
         raise InputError(f"{where}: {path}: not a PEM CRL ({exc})") from None
 
 
-def _read(path: Path) -> bytes:
-    return safefile.read_regular(path, MAX_POLICY_BYTES)
+def _read(path: Path, where: str) -> bytes:
+    try:
+        return safefile.read_regular(path, MAX_POLICY_BYTES)
+    except NotAFile as exc:
+        raise InputError(f"{where}: {exc}") from None
 
 
 def _check_crls(path: Path, role: str, cas: tuple[x509.Certificate, ...],
