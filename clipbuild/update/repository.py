@@ -146,7 +146,6 @@ def pool_file(base: Path, stanza: dict[str, str], where: str) -> Path:
 
 def publish(debs: list[Path], policy: Policy, out: Path) -> list[Path]:
     """Verify every package, then write one repository per conf package found; returns their paths."""
-    _check_names(debs)
     verdicts = [verify_file(deb, policy) for deb in debs]
     refused = [v for v in verdicts if not v.ok]
     if refused:
@@ -157,12 +156,12 @@ def publish(debs: list[Path], policy: Policy, out: Path) -> list[Path]:
     packages = [read_package(deb) for deb in debs]
     # The same package may be built for both distributions (busybox in clip/core and rm/core): the conf
     # package of a distribution pins its own.
-    index = {(p.fields.get("Distribution", ""), p.name, p.version): p for p in packages}
+    index = _index(packages, verified)
     confs = [p for p in packages if CONF.fullmatch(p.name)]
     if not confs:
         raise RepositoryError("no conf package (clip-core-conf, clip-apps-conf, rm-core-conf, rm-apps-conf) "
                               "among the packages: a repository is published per conf package")
-    written = []
+    plans = []
     for conf in confs:
         dist = CONF.fullmatch(conf.name)["dist"]
         missing = [f"{n} (= {v})" for n, v in pins(conf) if (dist, n, v) not in index]
@@ -170,18 +169,34 @@ def publish(debs: list[Path], policy: Policy, out: Path) -> list[Path]:
             raise RepositoryError(f"{conf.name} {conf.version} pins packages that are not given: "
                                   + ", ".join(missing))
         members = [conf, *(index[(dist, *pin)] for pin in pins(conf))]
-        written.append(_write(out / dist / conf.name, dist, members, verified))
+        _check_names(members)
+        plans.append((out / dist / conf.name, dist, members))
+    written = [_write(target, dist, members, verified) for target, dist, members in plans]
     return written
 
 
-def _check_names(debs: list[Path]) -> None:
+def _index(packages: list[Package], verified: dict[Path, str]) -> dict[tuple[str, str, str], Package]:
+    """Packages by (distribution, name, version); the same one given twice with other bytes is refused."""
+    index: dict[tuple[str, str, str], Package] = {}
+    for package in packages:
+        key = (package.fields.get("Distribution", ""), package.name, package.version)
+        if key in index and verified[index[key].path] != verified[package.path]:
+            raise RepositoryError(f"{index[key].path} and {package.path} are both {package.name} {package.version} "
+                                  "with different bytes: one would be left out; nothing published",
+                                  hint="give each package once")
+        index.setdefault(key, package)
+    return index
+
+
+def _check_names(members: list[Package]) -> None:
     """Two packages with one file name would share one pool file: refuse, naming both."""
     seen: dict[str, Path] = {}
-    for deb in debs:
-        if deb.name in seen:
-            raise RepositoryError(f"{seen[deb.name]} and {deb} have the same file name: one would replace the "
+    for package in members:
+        name = package.path.name
+        if name in seen and seen[name] != package.path:
+            raise RepositoryError(f"{seen[name]} and {package.path} have the same file name: one would replace the "
                                   "other in the pool; nothing published", hint="give each package once")
-        seen[deb.name] = deb
+        seen[name] = package.path
 
 
 def _write(target: Path, dist: str, members: list[Package], verified: dict[Path, str]) -> Path:

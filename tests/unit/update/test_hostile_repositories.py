@@ -162,11 +162,22 @@ def test_a_non_ascii_or_odd_impact_is_refused(tmp_path, pki, impact):
 def test_publish_refuses_two_sources_with_one_file_name(tmp_path, pki, built, clipbuild):
     second = tmp_path / "second"
     second.mkdir()
-    twin = second / built[1][1].name
-    twin.write_bytes(built[1][1].read_bytes())
+    twin = _deb(second, pki, "busybox", "1.35.0", Description="another build")
+    assert twin.name == built[1][1].name and twin.read_bytes() != built[1][1].read_bytes()
     out = tmp_path / "out"
     result = clipbuild("repo", "publish", "--policy", str(pki.policy_path), "--out", str(out),
                        str(built[1][0]), str(built[1][1]), str(second))
     assert result.code == 1 and result.err.startswith("error: ")
-    assert str(built[1][1]) in result.err and str(twin) in result.err and "the same file name" in result.err
+    assert str(built[1][1]) in result.err and str(twin) in result.err and "one would be left out" in result.err
     assert not out.exists()
+
+
+def test_publish_refuses_two_packages_of_one_repository_with_one_file_name(tmp_path, pki, built):
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    conf = _deb(renamed, pki, "clip-core-conf", "4.5.1", Depends="busybox (= 1.35.0)")
+    os.replace(conf, renamed / built[1][1].name)  # the conf package under busybox's file name
+    with pytest.raises(RepositoryError, match="have the same file name"):
+        repository.publish([renamed / built[1][1].name, built[1][1]], load_policy(pki.policy_path),
+                           tmp_path / "out")
+    assert not (tmp_path / "out").exists()
