@@ -17,7 +17,7 @@ from clipbuild.signing import pki, trust
 
 from .test_signing import SECRET, VECTORS
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 FILES = ["developer-ca.pem", "controller-ca.pem", "developer-ca.crl.pem", "controller-ca.crl.pem",
          "developer-1.pem", "policy.yaml", "missing.pem", "", ".", "/", "../pki"]
 KEYS = ["ca", "crl", "allow_no_crl", "subject", "subject_ere", "min_validity_days", "other"]
