@@ -14,33 +14,32 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from clipbuild.core.errors import ArError, InputError, NotAFile
 from clipbuild.formats import ar
 from clipbuild.signing import batch, pki, signer, trust
 
-from .test_signing import AT, SECRET, VECTORS
+from .test_signing import AT, SECRET, VECTORS, _signed, issued_signer
+from .test_signing import _signer as _key
 
 UNSIGNED = VECTORS / "vectortest_1.0_all.unsigned.deb"
-
-
-@pytest.fixture(scope="module")
-def our_pki(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("hostile") / "pki"
-    pki.init(directory, SECRET)
-    return directory
-
-
-def _key(directory: Path, name: str) -> signer.SigningKey:
-    return signer.load_signing_key(directory / f"{name}.key", directory / f"{name}.pem", SECRET)
 
 
 def _policy_file(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(text)
     return path
+
+
+def _role(ca: Path, crl: Path | None = None, extra: str = "") -> str:
+    """A role of a policy, inline: `{ca: [CA], crl: [CRL]EXTRA}`; `crl` defaults to the CA's own."""
+    crl = crl or ca.with_name(ca.name.replace(".pem", ".crl.pem"))
+    return f"{{ca: [{ca}], crl: [{crl}]{extra}}}"
+
+
+def _policy(tmp_path: Path, developer: str, controller: str) -> Path:
+    return _policy_file(tmp_path, f"developer: {developer}\ncontroller: {controller}\n")
 
 
 def _refused(path: Path, words: str) -> None:
@@ -61,11 +60,8 @@ def _clean_error(result, *, code: tuple[int, ...] = (1, 2)) -> str:
 
 
 def test_one_ca_for_both_roles_is_refused(our_pki, tmp_path):
-    path = _policy_file(tmp_path, f"""
-developer: {{ca: [{our_pki}/developer-ca.pem], crl: [{our_pki}/developer-ca.crl.pem]}}
-controller: {{ca: [{our_pki}/developer-ca.pem], crl: [{our_pki}/developer-ca.crl.pem]}}
-""")
-    _refused(path, "is trusted for both roles")
+    dev = _role(our_pki / "developer-ca.pem")
+    _refused(_policy(tmp_path, dev, dev), "is trusted for both roles")
 
 
 def test_one_ca_key_under_two_certificates_is_refused(our_pki, tmp_path):
@@ -78,53 +74,28 @@ def test_one_ca_key_under_two_certificates_is_refused(our_pki, tmp_path):
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .sign(key, hashes.SHA256()))
     (tmp_path / "twin.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    path = _policy_file(tmp_path, f"""
-developer: {{ca: [{our_pki}/developer-ca.pem], crl: [{our_pki}/developer-ca.crl.pem]}}
-controller: {{ca: [twin.pem], allow_no_crl: true}}
-""")
+    path = _policy(tmp_path, _role(our_pki / "developer-ca.pem"), "{ca: [twin.pem], allow_no_crl: true}")
     _refused(path, "is trusted for both roles")
 
 
 def test_a_crl_of_another_ca_is_refused(our_pki, tmp_path):
-    path = _policy_file(tmp_path, f"""
-developer: {{ca: [{our_pki}/developer-ca.pem], crl: [{our_pki}/controller-ca.crl.pem]}}
-controller: {{ca: [{our_pki}/controller-ca.pem], crl: [{our_pki}/controller-ca.crl.pem]}}
-""")
+    path = _policy(tmp_path, _role(our_pki / "developer-ca.pem", our_pki / "controller-ca.crl.pem"),
+                   _role(our_pki / "controller-ca.pem"))
     _refused(path, "developer.crl: the CRL of CN=clipbuild controller CA")
 
 
 def test_a_crl_with_the_right_issuer_name_but_a_foreign_signature_is_refused(our_pki, tmp_path):
     other = tmp_path / "other"
     pki.init(other, SECRET)  # same CA names, other keys
-    path = _policy_file(tmp_path, f"""
-developer: {{ca: [{our_pki}/developer-ca.pem], crl: [{other}/developer-ca.crl.pem]}}
-controller: {{ca: [{our_pki}/controller-ca.pem], crl: [{our_pki}/controller-ca.crl.pem]}}
-""")
+    path = _policy(tmp_path, _role(our_pki / "developer-ca.pem", other / "developer-ca.crl.pem"),
+                   _role(our_pki / "controller-ca.pem"))
     _refused(path, "is not issued and signed by a developer CA")
 
 
-def _rogue_controller(directory: Path, common_name: str) -> signer.SigningKey:
-    """A controller certificate the controller CA really issued, with a subject chosen to fool a pattern."""
-    ca = x509.load_pem_x509_certificate((directory / "controller-ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((directory / "controller-ca.key").read_bytes(), SECRET)
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False)
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "clipbuild test PKI"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(start)
-            .not_valid_after(start + dt.timedelta(days=365)).add_extension(usage, critical=True)
-            .sign(ca_key, hashes.SHA256()))
-    return signer.SigningKey(key, cert)
-
-
 def test_subject_patterns_are_anchored(our_pki):
-    rogue = _rogue_controller(our_pki, "x,CN=controller-1")
-    data = signer.sign_bytes(signer.sign_bytes(UNSIGNED.read_bytes(), "developer", _key(our_pki, "developer-1")),
-                             "controller", rogue)
+    rogue = issued_signer(our_pki, "controller", "CN=x\\,CN=controller-1,O=clipbuild test PKI")
+    data = signer.sign_bytes(UNSIGNED.read_bytes(), "developer", _key(our_pki, "developer-1"))
+    data = signer.sign_bytes(data, "controller", rogue)
     verdict = trust.verify_bytes(data, trust.load_policy(our_pki / "policy.yaml"))
     assert verdict.reasons == (
         "ctrl_sign: subject CN=x\\,CN=controller-1,O=clipbuild test PKI does not match the controller pattern "
@@ -199,8 +170,7 @@ def test_a_batch_entry_that_is_not_a_file_refuses_the_batch(our_pki, tmp_path, k
 def test_an_expired_ca_is_refused_as_a_trust_anchor(tmp_path):
     directory = tmp_path / "short"
     pki.init(directory, SECRET, pki.PkiSettings(ca_days=2, leaf_days=730))
-    data = signer.sign_bytes(signer.sign_bytes(UNSIGNED.read_bytes(), "developer", _key(directory, "developer-1")),
-                             "controller", _key(directory, "controller-1"))
+    data = _signed(directory)
     policy = trust.load_policy(directory / "policy.yaml")
     assert trust.verify_bytes(data, policy).ok
     later = trust.verify_bytes(data, policy, at=dt.datetime.now(dt.UTC) + dt.timedelta(days=3))
@@ -218,9 +188,7 @@ controller: {{ca: [{our_pki}/controller-ca.pem], crl: [{our_pki}/controller-ca.c
     _refused(_policy_file(tmp_path, roles % ", allow_no_crl: 'yes'"), "allow_no_crl: 'yes' is not a bool")
     policy_path = _policy_file(tmp_path, roles % ", allow_no_crl: true")
     deb = tmp_path / "p.deb"
-    deb.write_bytes(signer.sign_bytes(signer.sign_bytes(UNSIGNED.read_bytes(), "developer",
-                                                        _key(our_pki, "developer-1")),
-                                      "controller", _key(our_pki, "controller-1")))
+    deb.write_bytes(_signed(our_pki))
     shutil.copy(deb, tmp_path / "q.deb")
     result = clipbuild("verify", "--policy", str(policy_path), str(deb), str(tmp_path / "q.deb"))
     assert result.code == 0
@@ -231,12 +199,10 @@ controller: {{ca: [{our_pki}/controller-ca.pem], crl: [{our_pki}/controller-ca.c
 def test_a_crl_missing_for_one_of_the_role_s_cas_refuses_its_signers(our_pki, tmp_path):
     other = tmp_path / "other"
     pki.init(other, SECRET, pki.PkiSettings(organisation="second"))
-    path = _policy_file(tmp_path, f"""
-developer: {{ca: [{our_pki}/developer-ca.pem, {other}/developer-ca.pem], crl: [{our_pki}/developer-ca.crl.pem]}}
-controller: {{ca: [{our_pki}/controller-ca.pem], crl: [{our_pki}/controller-ca.crl.pem]}}
-""")
-    data = signer.sign_bytes(signer.sign_bytes(UNSIGNED.read_bytes(), "developer", _key(other, "developer-1")),
-                             "controller", _key(our_pki, "controller-1"))
+    two_cas = f"{{ca: [{our_pki}/developer-ca.pem, {other}/developer-ca.pem], crl: [{our_pki}/developer-ca.crl.pem]}}"
+    path = _policy(tmp_path, two_cas, _role(our_pki / "controller-ca.pem"))
+    data = signer.sign_bytes(UNSIGNED.read_bytes(), "developer", _key(other, "developer-1"))
+    data = signer.sign_bytes(data, "controller", _key(our_pki, "controller-1"))
     reasons = trust.verify_bytes(data, trust.load_policy(path)).reasons
     assert any("no CRL of the developer CA CN=clipbuild developer CA,O=second" in r for r in reasons)
 
@@ -261,11 +227,8 @@ controller: {{ca: [{VECTORS}/ctrl-ca.pem], crl: [{VECTORS}/ctrl-ca.crl.pem],
     ("\\d+", "`\\d` is not POSIX ERE"), ("(?i)dev", "`(?` is not POSIX ERE"),
     ("[[:word:]]", "unknown character class [:word:]"), ("[abc", "unterminated bracket expression")])
 def test_patterns_that_are_not_ere_are_refused(our_pki, tmp_path, pattern, words):
-    rule = json.dumps(pattern)
-    path = _policy_file(tmp_path, f"""
-developer: {{ca: [{our_pki}/developer-ca.pem], crl: [{our_pki}/developer-ca.crl.pem], subject_ere: {rule}}}
-controller: {{ca: [{our_pki}/controller-ca.pem], crl: [{our_pki}/controller-ca.crl.pem]}}
-""")
+    path = _policy(tmp_path, _role(our_pki / "developer-ca.pem", extra=f", subject_ere: {json.dumps(pattern)}"),
+                   _role(our_pki / "controller-ca.pem"))
     _refused(path, words)
 
 
@@ -367,8 +330,6 @@ def test_ar_errors_after_the_first_member_name_the_archive(our_pki):
 
 def test_verify_json_gives_the_sha256_of_accepted_packages(our_pki, tmp_path, clipbuild):
     deb = tmp_path / "p.deb"
-    deb.write_bytes(signer.sign_bytes(signer.sign_bytes(UNSIGNED.read_bytes(), "developer",
-                                                        _key(our_pki, "developer-1")),
-                                      "controller", _key(our_pki, "controller-1")))
+    deb.write_bytes(_signed(our_pki))
     result = clipbuild("verify", "--json", "--policy", str(our_pki / "policy.yaml"), str(deb))
     assert json.loads(result.out)[0]["sha256"] == hashlib.sha256(deb.read_bytes()).hexdigest()
