@@ -33,12 +33,13 @@ def open_regular(path: Path, *, follow: bool = True, max_size: int | None = None
     except OSError as exc:
         raise _refuse(path, _open_problem(path, exc)) from None
     info = os.fstat(fd)
-    problem = "" if stat.S_ISREG(info.st_mode) else f"it is {kind(info.st_mode)}"
-    if not problem and max_size is not None and info.st_size > max_size:
-        problem = f"{info.st_size} bytes, more than the {max_size} bytes allowed"
-    if problem:
+    if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise _refuse(path, problem)
+        raise _refuse(path, f"it is {kind(info.st_mode)}")
+    if max_size is not None and info.st_size > max_size:
+        os.close(fd)
+        raise NotAFile(f"{path}: {info.st_size} bytes, more than the {max_size} bytes allowed here: refused "
+                       "before reading")
     os.set_blocking(fd, True)
     return fd
 

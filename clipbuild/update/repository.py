@@ -34,7 +34,7 @@ from clipbuild.signing.trust import Policy, verify_file
 CONF = re.compile(r"(?P<dist>clip|rm)-(?P<part>core|apps)-conf(-[bh])?")
 _PIN = re.compile(r"^(?P<name>[a-z0-9][a-z0-9+.-]*) \(= (?P<version>[^)]+)\)$")
 MAX_INDEX_BYTES = 64 << 20  # Packages, compressed or not: far above any CLIP repository, a bound on a gzip bomb
-POOL_NAME = re.compile(r"pool/[A-Za-z0-9][A-Za-z0-9+._~-]*\.deb")
+POOL_NAME = re.compile(r"pool/[A-Za-z0-9][A-Za-z0-9+._~:-]*\.deb")  # name_version_arch.deb, epochs too
 _FIELD = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*):(.*)")
 
 
