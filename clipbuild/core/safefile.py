@@ -31,7 +31,10 @@ def open_regular(path: Path, *, follow: bool = True, max_size: int | None = None
     try:
         fd = os.open(path, flags)
     except OSError as exc:
-        raise _refuse(path, _open_problem(path, exc)) from None
+        problem = _open_problem(path)
+        if problem is None:
+            raise NotAFile(f"{path}: cannot open: {exc.strerror or exc}") from None
+        raise _refuse(path, problem) from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
@@ -44,14 +47,15 @@ def open_regular(path: Path, *, follow: bool = True, max_size: int | None = None
     return fd
 
 
-def _open_problem(path: Path, exc: OSError) -> str:
+def _open_problem(path: Path) -> str | None:
+    """What stands at `path` when it could not be opened, if it is not a regular file."""
     try:
         mode = os.lstat(path).st_mode
     except OSError:
-        return exc.strerror or str(exc)
+        return None
     if stat.S_ISLNK(mode):
         return "it is a symbolic link" + (" that leads nowhere" if not path.exists() else "")
-    return f"it is {kind(mode)}" if not stat.S_ISREG(mode) else (exc.strerror or str(exc))
+    return None if stat.S_ISREG(mode) else f"it is {kind(mode)}"
 
 
 def create_exclusive(directory: Path, prefix: str, mode: int = 0o644) -> tuple[int, Path]:

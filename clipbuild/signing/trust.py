@@ -86,8 +86,12 @@ def _policy_data(path: Path) -> Any:
         return yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: the trust policy is not UTF-8 text (byte {exc.start})") from None
+    except yaml.MarkedYAMLError as exc:
+        where = f"{path}:{exc.problem_mark.line + 1}" if exc.problem_mark else str(path)
+        raise InputError(f"{where}: cannot read the trust policy: {exc.problem or exc.context}") from None
     except (OSError, yaml.YAMLError, RecursionError) as exc:
-        raise InputError(f"{path}: cannot read the trust policy: {exc}") from None
+        text = " ".join(str(exc).split())
+        raise InputError(f"{path}: cannot read the trust policy: {text}") from None
 
 
 def _role(path: Path, name: str, data: Any) -> RolePolicy:
