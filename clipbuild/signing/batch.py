@@ -6,6 +6,7 @@ countersigned and the batch gets a report (batch-report.json and batch-report.tx
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -17,6 +18,7 @@ from clipbuild.signing.signer import SigningKey, Staged, check_fit, commit, mapp
 from clipbuild.signing.trust import Policy, Verdict, verify_developer
 
 REPORT = "batch-report"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,10 @@ def packages(batch: Path) -> list[Path]:
 
 def _check(staged: Staged, policy: Policy) -> Verdict:
     with mapped(staged) as view:
-        return verify_developer(view, policy, path=str(staged.path))
+        verdict = verify_developer(view, policy, path=str(staged.path))
+    for warning in verdict.warnings:
+        log.warning("%s: %s", staged.path, warning)
+    return verdict
 
 
 def countersign(batch: Path, signer: SigningKey, policy: Policy) -> list[Row]:

@@ -372,9 +372,9 @@ def _check_signature_unsafe(sig: clipsig.Signature, policy: RolePolicy, view: Pr
     return SignerCheck(sig.role, not reasons, tuple(reasons), subject, fingerprint, digest_name)
 
 
-def no_crl_warnings(policy: Policy) -> tuple[str, ...]:
-    return tuple(f"the policy opts out of CRLs for the {role.role} (allow_no_crl): revocation was not checked"
-                 for role in (policy.developer, policy.controller) if role.allow_no_crl)
+def no_crl_warnings(policy: Policy, roles: tuple[str, ...] = ("developer", "controller")) -> tuple[str, ...]:
+    return tuple(f"the policy opts out of CRLs for the {role} (allow_no_crl): revocation was not checked"
+                 for role in roles if policy.role(role).allow_no_crl)
 
 
 def verify_bytes(data: bytes | memoryview | mmap.mmap, policy: Policy, *, path: str = "",
@@ -412,7 +412,7 @@ def verify_developer(data: bytes | memoryview | mmap.mmap, policy: Policy, *, pa
         if layout.ctrl is not None:
             return Verdict(path, False, ("already countersigned",))
         check = _check_signature(layout.dev, policy.developer, PrefixDigests(view), at)
-        return Verdict(path, check.ok, check.reasons, (check,), warnings=no_crl_warnings(policy)[:1])
+        return Verdict(path, check.ok, check.reasons, (check,), warnings=no_crl_warnings(policy, ("developer",)))
 
 
 MAX_PACKAGE_BYTES = 2 << 30  # 2 GiB: no CLIP package comes near; a bigger file is refused before any read

@@ -333,3 +333,12 @@ def test_verify_json_gives_the_sha256_of_accepted_packages(our_pki, tmp_path, cl
     deb.write_bytes(_signed(our_pki))
     result = clipbuild("verify", "--json", "--policy", str(our_pki / "policy.yaml"), str(deb))
     assert json.loads(result.out)[0]["sha256"] == hashlib.sha256(deb.read_bytes()).hexdigest()
+
+
+def test_countersigning_under_a_policy_without_crl_warns_for_every_package(our_pki, tmp_path, caplog):
+    box = _batch(tmp_path, our_pki, count=2)
+    path = _policy(tmp_path, f"{{ca: [{our_pki}/developer-ca.pem], allow_no_crl: true}}",
+                   _role(our_pki / "controller-ca.pem"))
+    batch.countersign(box, _key(our_pki, "controller-1"), trust.load_policy(path))
+    warned = [r.getMessage() for r in caplog.records if "opts out of CRLs for the developer" in r.getMessage()]
+    assert [Path(w.split(": ")[0]).name for w in warned] == ["p0.deb", "p1.deb"]
