@@ -195,6 +195,7 @@ def sign_file(path: Path, role: str, signer: SigningKey) -> Signed:
     try:
         signed = sign_staged(staged, role, signer)
         commit(staged)
-    finally:
+    except BaseException:
         staged.discard()
+        raise
     return signed

@@ -177,11 +177,19 @@ def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) ->
         return False
 
 
+def _key_bytes(path: Path, role: str, ca: x509.Certificate) -> bytes:
+    try:
+        return ca.public_key().public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise InputError(f"{path}: {role}.ca: the key of {ca.subject.rfc4514_string()} cannot be read ({exc})") \
+            from None
+
+
 def _check_roles_apart(path: Path, policy: Policy) -> None:
     """One CA (or one CA key) trusted for both roles lets one key sign as developer and as controller."""
     def keys(role: RolePolicy) -> dict[bytes, x509.Certificate]:
-        return {ca.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo): ca for ca in role.cas}
+        return {_key_bytes(path, role.role, ca): ca for ca in role.cas}
     shared = keys(policy.developer).keys() & keys(policy.controller).keys()
     if shared:
         ca = keys(policy.developer)[next(iter(shared))]
