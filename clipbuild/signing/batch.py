@@ -81,7 +81,11 @@ def countersign(batch: Path, signer: SigningKey, policy: Policy) -> list[Row]:
 
 
 def _countersign_one(staged: Staged, verdict: Verdict, signer: SigningKey) -> Row:
-    fields = run(["dpkg-deb", "--field", staged.tmp, "Package", "Version"]).stdout
+    try:
+        fields = run(["dpkg-deb", "--field", staged.tmp, "Package", "Version"]).stdout
+    except UnicodeDecodeError:
+        raise BatchRefused(f"{staged.path}: its control fields are not UTF-8 text; nothing was countersigned") \
+            from None
     values = dict(line.split(": ", 1) for line in fields.splitlines() if ": " in line)
     signed = sign_staged(staged, "controller", signer)
     dev = verdict.signers[0]

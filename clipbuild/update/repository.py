@@ -53,7 +53,10 @@ class Package:
 
 
 def read_package(path: Path) -> Package:
-    text = run(["dpkg-deb", "--field", path]).stdout
+    try:
+        text = run(["dpkg-deb", "--field", path]).stdout
+    except UnicodeDecodeError:
+        raise RepositoryError(f"{path}: its control fields are not UTF-8 text") from None
     return Package(path, Deb822(text))
 
 

@@ -181,3 +181,19 @@ def test_publish_refuses_two_packages_of_one_repository_with_one_file_name(tmp_p
         repository.publish([renamed / built[1][1].name, built[1][1]], load_policy(pki.policy_path),
                            tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_package_whose_control_fields_are_not_utf8_is_refused(tmp_path, pki):
+    from clipbuild.core.run import run
+    from clipbuild.signing.signer import sign_bytes
+
+    root = tmp_path / "latin"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_bytes(b"Package: latin\nVersion: 1.0\nArchitecture: amd64\n"
+                                              b"Maintainer: CLIP\nDescription: caf\xe9\n")
+    deb = tmp_path / "latin_1.0_amd64.deb"
+    run(["dpkg-deb", "--root-owner-group", "--build", root, deb])
+    deb.write_bytes(sign_bytes(sign_bytes(deb.read_bytes(), "developer", pki.developer, 0), "controller",
+                               pki.controller, 0))
+    with pytest.raises(RepositoryError, match="its control fields are not UTF-8 text"):
+        repository.publish([deb], load_policy(pki.policy_path), tmp_path / "out")
