@@ -58,6 +58,14 @@ def ere_to_python(pattern: str, where: str) -> str:
     return "".join(out)
 
 
+def compile_ere(pattern: str, where: str) -> re.Pattern[str]:
+    """A POSIX ERE compiled, or InputError naming `where`."""
+    try:
+        return re.compile(ere_to_python(pattern, where))
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise InputError(f"{where}: not a POSIX extended regular expression ({exc})") from None
+
+
 def _bracket(pattern: str, start: int, where: str) -> tuple[int, str]:
     """The bracket expression at `start`: (index after it, Python text)."""
     i = start + 1
@@ -92,6 +100,6 @@ def problems(cert: x509.Certificate, role: str, subject: str, subject_ere: str) 
         found.append(f"subject {text} does not match the {role} pattern {subject!r} (the whole subject must match)")
     if subject_ere:
         line = oneline(cert.subject)
-        if not re.search(ere_to_python(subject_ere, f"{role}.subject_ere"), line):
+        if not compile_ere(subject_ere, f"{role}.subject_ere").search(line):
             found.append(f"subject {line} does not match the {role} gen-crypt pattern {subject_ere!r}")
     return found

@@ -111,7 +111,7 @@ def _role(path: Path, name: str, data: Any) -> RolePolicy:
     subject = _typed(path, f"{name}.subject", data.get("subject", ""), str)
     subject_ere = _typed(path, f"{name}.subject_ere", data.get("subject_ere", ""), str)
     _compile(path, f"{name}.subject", subject)
-    _compile(path, f"{name}.subject_ere", subjects.ere_to_python(subject_ere, f"{path}: {name}.subject_ere"))
+    subjects.compile_ere(subject_ere, f"{path}: {name}.subject_ere")
     days = _typed(path, f"{name}.min_validity_days", data.get("min_validity_days", DEFAULT_MIN_VALIDITY_DAYS), int)
     if not 0 <= days <= 36500:
         raise InputError(f"{path}: {name}.min_validity_days: {days} is not between 0 and 36500")

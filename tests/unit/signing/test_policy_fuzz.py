@@ -69,3 +69,13 @@ def test_ar_reader_raises_only_its_own_errors(blob, what):
     for data in (blob, ar.MAGIC + blob, real[:len(blob)] + blob, real[:60 * (len(blob) % 8) + 8] + blob):
         with contextlib.suppress(ClipbuildError):
             ar.parse(data, what=what or "archive")
+
+
+@FUZZ
+@given(st.text(alphabet="[]:^$\\()|*+?{}.,=-_ abcCN19alnumdigit", max_size=30))
+def test_ere_patterns_translate_or_fail_cleanly(pattern):
+    """gen-crypt's subject patterns: translated to Python and compiled, or refused as an InputError."""
+    from clipbuild.signing import subjects
+
+    with contextlib.suppress(ClipbuildError):
+        subjects.compile_ere(pattern, "fuzz").search("C=FR, O=ANSSI, CN=TEST-DEVELOPER-1")
