@@ -70,6 +70,7 @@ def read_repository(repo: Path) -> dict[str, RepoPart]:
         match = CONF.fullmatch(base.name)
         if match is None:
             continue
+        _no_links(repo, index.parent)
         members = [_pool_package(base, para, str(index)) for para in _unique(read_index(index), str(index))]
         conf = next((p for p in members if p.name == base.name), None)
         if conf is None:
@@ -81,6 +82,14 @@ def read_repository(repo: Path) -> dict[str, RepoPart]:
         raise ImageError(f"{repo}: no update repository (<dist>/<conf>/dists/.../Packages.gz) found",
                          hint="make one with: clipbuild release SPECIES")
     return parts
+
+
+def _no_links(repo: Path, path: Path) -> None:
+    """Every folder between REPO and `path` is a folder of the repository, not a link to elsewhere."""
+    parts = path.relative_to(repo).parts
+    for depth in range(1, len(parts) + 1):
+        if (folder := repo.joinpath(*parts[:depth])).is_symlink():
+            raise RepositoryError(f"{folder}: a symbolic link inside the repository: refused")
 
 
 def _unique(stanzas: list[dict[str, str]], where: str) -> list[dict[str, str]]:

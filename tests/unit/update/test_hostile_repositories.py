@@ -99,6 +99,13 @@ def test_a_pool_that_is_a_symlink_is_refused(repo, tmp_path):
     _refused(repo, "the pool is a symbolic link", RepositoryError)
 
 
+def test_a_repository_folder_that_is_a_symlink_is_refused(repo, tmp_path):
+    dists = _base(repo) / "dists"
+    os.replace(dists, tmp_path / "elsewhere")
+    dists.symlink_to(tmp_path / "elsewhere")
+    _refused(repo, "dists: a symbolic link inside the repository", RepositoryError)
+
+
 def test_a_package_the_conf_does_not_pin_is_refused(repo, built):
     extra = built[1][2]
     (_base(repo) / "pool" / extra.name).write_bytes(extra.read_bytes())
