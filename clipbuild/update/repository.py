@@ -214,7 +214,7 @@ def _write(target: Path, dist: str, members: list[Package], verified: dict[Path,
         stanzas.append(stanza(Package(tmp / filename, package.fields), filename))
         if hashlib.sha256((tmp / filename).read_bytes()).hexdigest() != verified[package.path]:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise RepositoryError(f"{package.path} changed after it was verified; nothing published")
+            raise RepositoryError(f"{package.path} changed after it was verified; {target} was not published")
         arches.add(package.fields.get("Architecture", "amd64"))
     for arch in sorted(arches - {"all"}) or ["amd64"]:
         binary = tmp / "dists" / dist / "main" / f"binary-{arch}"
