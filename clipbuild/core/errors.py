@@ -80,6 +80,10 @@ class InputError(ClipbuildError):
     exit_code = EXIT_BAD_INPUT
 
 
+class NotAFile(InputError):
+    """A path where a regular file is expected holds a directory, a FIFO, a device, a link or nothing."""
+
+
 class ProfileError(InputError):
     """One or more problems in species profiles, all reported at once."""
 
@@ -233,9 +237,9 @@ class SizeError(ValueError):
         self.hint = hint
 
 
-class ArError(ValueError):
+class ArError(ClipbuildError, ValueError):
     """A malformed archive; the message says what and where."""
 
 
-class LayoutError(ValueError):
+class LayoutError(ClipbuildError, ValueError):
     """The package is not laid out as a CLIP package; the message says which rule failed."""

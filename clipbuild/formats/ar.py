@@ -32,20 +32,20 @@ class Member:
         return self.data_offset + self.size + (self.size & 1)
 
 
-def _name(field: bytes, offset: int) -> str:
+def _name(field: bytes, offset: int, what: str) -> str:
     raw = field.split(b"\0", 1)[0] if b"\0" in field else field
     text = raw.rstrip(b" ")
     if text.endswith(b"/") and text != b"/":
         text = text[:-1]
     if not text or any(c < 0x21 or c > 0x7E for c in text):
-        raise ArError(f"member header at byte {offset}: unreadable name {field!r}")
+        raise ArError(f"{what}: member header at byte {offset}: unreadable name {field!r}")
     return text.decode("ascii")
 
 
-def _number(field: bytes, what: str, offset: int) -> int:
+def _number(field: bytes, label: str, offset: int, what: str) -> int:
     text = field.rstrip(b" ")
     if not text.isdigit():
-        raise ArError(f"member header at byte {offset}: {what} {field!r} is not a number")
+        raise ArError(f"{what}: member header at byte {offset}: {label} {field!r} is not a number")
     return int(text)
 
 
@@ -64,10 +64,10 @@ def parse(data: bytes | memoryview, *, what: str = "archive") -> list[Member]:
         header = bytes(view[offset:offset + HEADER])
         if header[58:60] != FMAG:
             raise ArError(f"{what}: member header at byte {offset} does not end in `\\n")
-        name = _name(header[0:16], offset)
-        for start, end, what in ((16, 28, "date"), (28, 34, "uid"), (34, 40, "gid"), (40, 48, "mode")):
-            _number(header[start:end], what, offset)
-        size = _number(header[48:58], "size", offset)
+        name = _name(header[0:16], offset, what)
+        for start, end, field in ((16, 28, "date"), (28, 34, "uid"), (34, 40, "gid"), (40, 48, "mode")):
+            _number(header[start:end], field, offset, what)
+        size = _number(header[48:58], "size", offset, what)
         data_offset = offset + HEADER
         if data_offset + size > len(view):
             raise ArError(f"{what}: member {name} is truncated: its header says {size} bytes, "

@@ -6,17 +6,19 @@ countersigned and the batch gets a report (batch-report.json and batch-report.tx
 from __future__ import annotations
 
 import json
-import os
+import logging
 from dataclasses import asdict, dataclass
 from hashlib import sha256
 from pathlib import Path
 
+from clipbuild.core import safefile
 from clipbuild.core.errors import BatchRefused, InputError
 from clipbuild.core.run import run
-from clipbuild.signing.signer import SigningKey, check_fit, sign_file
+from clipbuild.signing.signer import SigningKey, Staged, check_fit, commit, mapped, sign_staged, stage
 from clipbuild.signing.trust import Policy, Verdict, verify_developer
 
 REPORT = "batch-report"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,26 +49,49 @@ def packages(batch: Path) -> list[Path]:
     return debs
 
 
+def _check(staged: Staged, policy: Policy) -> Verdict:
+    with mapped(staged) as view:
+        verdict = verify_developer(view, policy, path=str(staged.path))
+    for warning in verdict.warnings:
+        log.warning("%s: %s", staged.path, warning)
+    return verdict
+
+
 def countersign(batch: Path, signer: SigningKey, policy: Policy) -> list[Row]:
+    """Check then sign the same bytes: each package is copied privately first (links, FIFOs and directories
+    refused), its developer signature checked on that copy, and that copy countersigned and renamed in."""
     check_fit(signer, "controller", policy.controller)
-    debs = packages(batch)
-    verdicts = [verify_developer(deb.read_bytes(), policy, path=str(deb)) for deb in debs]
-    failures = [v for v in verdicts if not v.ok]
-    if failures:
-        raise BatchRefused(f"batch {batch} refused: {len(failures)} package(s) fail the developer check; "
-                           "nothing was countersigned", detail=_failure_lines(failures))
-    controller = signer.cert.subject.rfc4514_string()
-    fingerprint = sha256(signer.cert_der).hexdigest()
-    rows = []
-    for deb, verdict in zip(debs, verdicts, strict=True):
-        fields = run(["dpkg-deb", "--field", deb, "Package", "Version"]).stdout
-        values = dict(line.split(": ", 1) for line in fields.splitlines() if ": " in line)
-        signed = sign_file(deb, "controller", signer)
-        dev = verdict.signers[0]
-        rows.append(Row(deb.name, values.get("Package", "?"), values.get("Version", "?"), signed.sha256_before,
-                        signed.sha256_after, dev.subject, dev.fingerprint, controller, fingerprint))
+    staged: list[Staged] = []
+    try:
+        for deb in packages(batch):
+            staged.append(stage(deb))
+        verdicts = [_check(s, policy) for s in staged]
+        failures = [v for v in verdicts if not v.ok]
+        if failures:
+            raise BatchRefused(f"batch {batch} refused: {len(failures)} package(s) fail the developer check; "
+                               "nothing was countersigned", detail=_failure_lines(failures))
+        rows = [_countersign_one(s, v, signer) for s, v in zip(staged, verdicts, strict=True)]
+        for item in staged:
+            commit(item)
+    finally:
+        for item in staged:
+            item.discard()
     write_report(batch, rows)
     return rows
+
+
+def _countersign_one(staged: Staged, verdict: Verdict, signer: SigningKey) -> Row:
+    try:
+        fields = run(["dpkg-deb", "--field", staged.tmp, "Package", "Version"]).stdout
+    except UnicodeDecodeError:
+        raise BatchRefused(f"{staged.path}: its control fields are not UTF-8 text; nothing was countersigned") \
+            from None
+    values = dict(line.split(": ", 1) for line in fields.splitlines() if ": " in line)
+    signed = sign_staged(staged, "controller", signer)
+    dev = verdict.signers[0]
+    return Row(staged.path.name, values.get("Package", "?"), values.get("Version", "?"), signed.sha256_before,
+               signed.sha256_after, dev.subject, dev.fingerprint, signer.cert.subject.rfc4514_string(),
+               sha256(signer.cert_der).hexdigest())
 
 
 def write_report(batch: Path, rows: list[Row]) -> None:
@@ -76,6 +101,4 @@ def write_report(batch: Path, rows: list[Row]) -> None:
         lines += [f"{r.package} {r.version} ({r.file})", f"  developer  {r.developer}",
                   f"  sha256 before {r.sha256_before}", f"  sha256 after  {r.sha256_after}"]
     for suffix, text in ((".json", data), (".txt", "\n".join(lines) + "\n")):
-        tmp = batch / f".{REPORT}{suffix}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, batch / f"{REPORT}{suffix}")
+        safefile.write_atomic(batch / f"{REPORT}{suffix}", text.encode())

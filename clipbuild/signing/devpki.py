@@ -68,11 +68,19 @@ def _expiring(directory: Path) -> bool:
                < limit for role in pki.ROLES)
 
 
+def _current(policy: Path) -> bool:
+    """A policy of the format pki writes now (older ones had unanchored subjects: the PKI is made again)."""
+    try:
+        return policy.is_file() and policy.read_text().startswith(pki.POLICY_FORMAT)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def ensure(directory: Path | None = None) -> DevPki:
     """The development PKI, created or renewed as needed."""
     directory = directory or location()
     directory.parent.mkdir(parents=True, exist_ok=True)
-    if not (directory / "policy.yaml").is_file() or _expiring(directory):
+    if not _current(directory / "policy.yaml") or _expiring(directory):
         _create(directory)
     now = dt.datetime.now(dt.UTC)
     for role in pki.ROLES:

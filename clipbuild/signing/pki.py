@@ -12,7 +12,9 @@ by file or environment. Real deployments keep the two CAs apart, ideally offline
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from clipbuild.core import safefile
 from clipbuild.core.errors import InputError
 from clipbuild.signing.trust import DEFAULT_MIN_VALIDITY_DAYS
 
@@ -28,6 +31,7 @@ ROLES = ("developer", "controller")
 CURVES = {"p256": ec.SECP256R1, "p384": ec.SECP384R1, "brainpoolP256r1": ec.BrainpoolP256R1}
 DIGESTS = {"sha256": hashes.SHA256, "sha512": hashes.SHA512}
 CRL_DAYS = 30
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -59,15 +63,37 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, secret: bytes) -> No
 
 
 def _write_pem(path: Path, obj: x509.Certificate | x509.CertificateRevocationList) -> None:
-    path.write_bytes(obj.public_bytes(serialization.Encoding.PEM))
+    safefile.write_atomic(path, obj.public_bytes(serialization.Encoding.PEM))
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(safefile.read_regular(path))
+    except ValueError as exc:
+        raise InputError(f"{path}: not a PEM certificate ({exc})") from None
+
+
+def _load_crl(path: Path) -> x509.CertificateRevocationList:
+    try:
+        return x509.load_pem_x509_crl(safefile.read_regular(path))
+    except ValueError as exc:
+        raise InputError(f"{path}: not a PEM CRL ({exc})") from None
+
+
+def check_name(name: str) -> None:
+    """A signer's name is its file name in the PKI folder: a plain name, never a path."""
+    if not NAME.fullmatch(name):
+        raise InputError(f"--name {name!r}: a signer name is letters, digits, '.', '_' and '-' (at most 64, "
+                         "starting with a letter or digit): it names files in the PKI folder, never a path")
 
 
 def _load_key(path: Path, secret: bytes) -> ec.EllipticCurvePrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=secret)
+        key = serialization.load_pem_private_key(safefile.read_regular(path), password=secret)
     except (OSError, ValueError, TypeError):
         raise InputError(f"{path}: cannot read the key (wrong passphrase?)") from None
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise InputError(f"{path}: not an ECDSA key")
     return key
 
 
@@ -95,9 +121,7 @@ def _write_crl(directory: Path, role: str, key: ec.EllipticCurvePrivateKey, ca: 
         builder = builder.add_revoked_certificate(entry)
     algorithm = ca.signature_hash_algorithm
     assert algorithm is not None
-    tmp = directory / f".{role}-ca.crl.pem.tmp"
-    _write_pem(tmp, builder.sign(key, algorithm))
-    os.replace(tmp, directory / f"{role}-ca.crl.pem")
+    _write_pem(directory / f"{role}-ca.crl.pem", builder.sign(key, algorithm))
 
 
 def issue(directory: Path, role: str, name: str, secret: bytes, *, days: int | None = None,
@@ -105,10 +129,11 @@ def issue(directory: Path, role: str, name: str, secret: bytes, *, days: int | N
     """A new signer certificate and key for `role`, issued by that role's CA; returns the certificate path."""
     if role not in ROLES:
         raise InputError(f"role {role!r}: developer or controller")
+    check_name(name)
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     if cert_path.exists() or key_path.exists():
         raise InputError(f"{cert_path} already exists: choose another name")
-    ca = x509.load_pem_x509_certificate((directory / f"{role}-ca.pem").read_bytes())
+    ca = _load_cert(directory / f"{role}-ca.pem")
     ca_key = _load_key(directory / f"{role}-ca.key", secret)
     start = start or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     lifetime = dt.timedelta(days=days or PkiSettings().leaf_days)
@@ -130,14 +155,14 @@ def issue(directory: Path, role: str, name: str, secret: bytes, *, days: int | N
 
 def revoke(directory: Path, cert_path: Path, secret: bytes) -> str:
     """Add a certificate to its CA's CRL (re-signed, numbered up); returns the role."""
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    cert = _load_cert(cert_path)
     for role in ROLES:
-        ca = x509.load_pem_x509_certificate((directory / f"{role}-ca.pem").read_bytes())
+        ca = _load_cert(directory / f"{role}-ca.pem")
         if cert.issuer == ca.subject:
             break
     else:
         raise InputError(f"{cert_path} was not issued by this PKI's CAs")
-    crl = x509.load_pem_x509_crl((directory / f"{role}-ca.crl.pem").read_bytes())
+    crl = _load_crl(directory / f"{role}-ca.crl.pem")
     revoked = list(crl)
     if any(r.serial_number == cert.serial_number for r in revoked):
         raise InputError(f"{cert_path} is already revoked")
@@ -150,28 +175,36 @@ def revoke(directory: Path, cert_path: Path, secret: bytes) -> str:
 
 def refresh_crl(directory: Path, role: str, secret: bytes) -> x509.CertificateRevocationList:
     """Re-issue a role's CRL with the same entries, numbered up, valid from now for CRL_DAYS."""
-    ca = x509.load_pem_x509_certificate((directory / f"{role}-ca.pem").read_bytes())
-    crl = x509.load_pem_x509_crl((directory / f"{role}-ca.crl.pem").read_bytes())
+    ca = _load_cert(directory / f"{role}-ca.pem")
+    crl = _load_crl(directory / f"{role}-ca.crl.pem")
     number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
     _write_crl(directory, role, _load_key(directory / f"{role}-ca.key", secret), ca, list(crl), number,
                dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
     return x509.load_pem_x509_crl((directory / f"{role}-ca.crl.pem").read_bytes())
 
 
-POLICY = """\
+POLICY_FORMAT = "# clipbuild trust policy, format 2 (anchored subjects, CRLs required)"
+POLICY = POLICY_FORMAT + """
 # Trust policy of the clipbuild test PKI: for each role, the CA a signer must be issued by, its CRL, a
-# pattern searched in the signer's RFC 4514 subject, and the validity a certificate must have left to sign.
+# pattern the signer's whole RFC 4514 subject must match, and the validity a certificate must have left to sign.
 developer:
   ca: [developer-ca.pem]
   crl: [developer-ca.crl.pem]
-  subject: "CN=developer-"
+  subject: {developer}
   min_validity_days: {days}
 controller:
   ca: [controller-ca.pem]
   crl: [controller-ca.crl.pem]
-  subject: "CN=controller-"
+  subject: {controller}
   min_validity_days: {days}
 """
+
+
+def subject_pattern(role: str, organisation: str) -> str:
+    """The whole subject of the role's signers: `CN=<role>-NAME,O=<organisation>`, as a YAML string."""
+    org = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation)]).rfc4514_string()
+    literal = re.sub(r"([.^$*+?{}\[\]\\|()])", r"\\\1", org)
+    return json.dumps(f"CN={role}-[A-Za-z0-9._-]+,{literal}")
 
 
 def init(directory: Path, secret: bytes, settings: PkiSettings = PkiSettings()) -> list[Path]:
@@ -186,5 +219,7 @@ def init(directory: Path, secret: bytes, settings: PkiSettings = PkiSettings()) 
     for role in ROLES:
         _ca(directory, role, settings, secret, start)
         issue(directory, role, f"{role}-1", secret, days=settings.leaf_days, start=start)
-    (directory / "policy.yaml").write_text(POLICY.format(days=DEFAULT_MIN_VALIDITY_DAYS))
+    patterns = {role: subject_pattern(role, settings.organisation) for role in ROLES}
+    safefile.write_atomic(directory / "policy.yaml", POLICY.format(days=DEFAULT_MIN_VALIDITY_DAYS,
+                                                                     **patterns).encode())
     return sorted(directory.iterdir())

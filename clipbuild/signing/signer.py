@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import mmap
 import os
+import shutil
+import stat
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from clipbuild.core import safefile
 from clipbuild.core.errors import ArError, InputError, LayoutError, SigningError
 from clipbuild.formats import clipsig
+from clipbuild.signing import trust
 from clipbuild.signing.trust import DEFAULT_MIN_VALIDITY_DAYS, HASHES, RolePolicy, check_certificate, hash_of, now
 
 PASSPHRASE_ENV = "CLIPBUILD_PASSPHRASE"
@@ -42,7 +50,7 @@ def passphrase(file: Path | None) -> bytes | None:
     """From --passphrase-file, else $CLIPBUILD_PASSPHRASE, else none."""
     if file is not None:
         try:
-            return file.read_bytes().rstrip(b"\r\n")
+            return safefile.read_regular(file).rstrip(b"\r\n")
         except OSError as exc:
             raise InputError(f"{file}: cannot read the passphrase file: {exc.strerror}") from None
     value = os.environ.get(PASSPHRASE_ENV)
@@ -51,11 +59,11 @@ def passphrase(file: Path | None) -> bytes | None:
 
 def load_signing_key(key_path: Path, cert_path: Path, secret: bytes | None) -> SigningKey:
     try:
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert = x509.load_pem_x509_certificate(safefile.read_regular(cert_path))
     except (OSError, ValueError) as exc:
         raise InputError(f"{cert_path}: not a PEM certificate ({exc})") from None
     try:
-        pem = key_path.read_bytes()
+        pem = safefile.read_regular(key_path)
     except OSError as exc:
         raise InputError(f"{key_path}: cannot read: {exc.strerror}") from None
     encrypted = b"ENCRYPTED" in pem
@@ -88,8 +96,8 @@ def check_fit(signer: SigningKey, role: str, policy: RolePolicy | None, at: dt.d
                            + "; ".join(problems))
 
 
-def sign_bytes(data: bytes, role: str, signer: SigningKey, date: int | None = None) -> bytes:
-    """`data` with the role's signature member appended."""
+def signature_for(data: bytes | memoryview, role: str, signer: SigningKey, date: int | None = None) -> bytes:
+    """The role's signature member over `data`, after checking its layout allows it."""
     try:
         layout = clipsig.read_layout(data)
     except (ArError, LayoutError) as exc:
@@ -101,10 +109,16 @@ def sign_bytes(data: bytes, role: str, signer: SigningKey, date: int | None = No
             raise SigningError("no developer signature to countersign")
         if layout.ctrl is not None:
             raise SigningError("already countersigned")
-    algorithm = HASHES[hash_of(signer.cert)]()
-    signature = signer.key.sign(data, ec.ECDSA(algorithm, deterministic_signing=True))
+    name = hash_of(signer.cert)
+    digest = hashlib.new(name, data).digest()
+    signature = signer.key.sign(digest, ec.ECDSA(Prehashed(HASHES[name]()), deterministic_signing=True))
     date = clipsig.signature_date() if date is None else date
-    return data + clipsig.signature_member(role, signer.cert_der, signature, date)
+    return clipsig.signature_member(role, signer.cert_der, signature, date)
+
+
+def sign_bytes(data: bytes, role: str, signer: SigningKey, date: int | None = None) -> bytes:
+    """`data` with the role's signature member appended."""
+    return data + signature_for(data, role, signer, date)
 
 
 @dataclass(frozen=True)
@@ -114,11 +128,74 @@ class Signed:
     sha256_after: str
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A private copy of a package beside it (created O_EXCL, mode 0600 while we work): what is checked and
+    signed is this copy, so a package swapped or rewritten meanwhile changes nothing we sign."""
+
+    path: Path
+    tmp: Path
+    mode: int  # the package's own mode, given back to the signed file
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
+def stage(path: Path) -> Staged:
+    """Copy the package at `path` (a regular file, not a link: `sign` refuses links) into a private file."""
+    fd = safefile.open_regular(path, follow=False, max_size=trust.MAX_PACKAGE_BYTES)
+    with os.fdopen(fd, "rb") as source:
+        mode = stat.S_IMODE(os.fstat(fd).st_mode)
+        out, tmp = safefile.create_exclusive(path.parent, path.name, 0o600)
+        try:
+            with os.fdopen(out, "wb") as copy:
+                shutil.copyfileobj(source, copy, 1 << 20)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return Staged(path, tmp, mode)
+
+
+@contextmanager
+def mapped(staged: Staged) -> Iterator[memoryview]:
+    """The staged copy's bytes."""
+    with staged.tmp.open("rb") as stream:
+        if os.fstat(stream.fileno()).st_size == 0:
+            raise SigningError(f"{staged.path}: empty file: not a package")
+        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
+            yield view
+
+
+def sign_staged(staged: Staged, role: str, signer: SigningKey) -> Signed:
+    """Append the signature to the staged copy (the package is untouched until `commit`)."""
+    with mapped(staged) as view:
+        try:
+            member = signature_for(view, role, signer)
+        except SigningError as exc:
+            raise SigningError(f"{staged.path}: {exc}") from None
+        before = hashlib.sha256(view)
+        after = before.copy()
+        after.update(member)
+    with staged.tmp.open("ab") as stream:
+        stream.write(member)
+        stream.flush()
+        os.fsync(stream.fileno())
+    return Signed(str(staged.path), before.hexdigest(), after.hexdigest())
+
+
+def commit(staged: Staged) -> None:
+    """The signed copy replaces the package, with the package's mode."""
+    os.chmod(staged.tmp, staged.mode)
+    os.replace(staged.tmp, staged.path)
+
+
 def sign_file(path: Path, role: str, signer: SigningKey) -> Signed:
-    """Sign in place, atomically: a failure leaves the package as it was."""
-    data = path.read_bytes()
-    out = sign_bytes(data, role, signer)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(out)
-    os.replace(tmp, path)
-    return Signed(str(path), hashlib.sha256(data).hexdigest(), hashlib.sha256(out).hexdigest())
+    """Sign in place, atomically: a failure leaves the package as it was; its mode is kept; a link is refused."""
+    staged = stage(path)
+    try:
+        signed = sign_staged(staged, role, signer)
+        commit(staged)
+    except BaseException:
+        staged.discard()
+        raise
+    return signed

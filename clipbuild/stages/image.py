@@ -222,11 +222,13 @@ def policy_digest(policy_path: Path) -> str:
     """A digest of the policy file and of every CA and CRL file it names."""
     import yaml
 
+    trust.load_policy(policy_path)  # a malformed policy is refused here, with its file and key
     digest = hashlib.sha256(policy_path.read_bytes())
-    data = yaml.safe_load(policy_path.read_text()) or {}
+    data = yaml.safe_load(policy_path.read_text())
     for role in ("developer", "controller"):
         for key in ("ca", "crl"):
-            for name in (data.get(role) or {}).get(key) or []:
+            names = data[role].get(key) or []
+            for name in [names] if isinstance(names, str) else names:
                 path = policy_path.parent / name
                 digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
     return digest.hexdigest()

@@ -17,23 +17,24 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import gzip
+import hashlib
 import json
+import os
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from debian.deb822 import Deb822
-
+from clipbuild.core import safefile
 from clipbuild.core.digest import sha256_file
-from clipbuild.core.errors import ClipbuildError, ImageError, UpdateRefused
+from clipbuild.core.errors import ClipbuildError, ImageError, RepositoryError, UpdateRefused
 from clipbuild.core.run import run
 from clipbuild.image import bootloader, fsimage, inspection, install, slot
 from clipbuild.signing import trust
 from clipbuild.update import apps, imageedit
-from clipbuild.update.repository import CONF, Package, read_package
+from clipbuild.update.repository import CONF, Package, pins, pool_file, read_index, read_package
 
 PRIORITY = {"core": "required", "apps": "important"}
 CONFFILES = "etc/clip_update/conffiles.list"
@@ -61,31 +62,65 @@ class RepoPart:
 
 
 def read_repository(repo: Path) -> dict[str, RepoPart]:
-    """Every conf repository under REPO (<dist>/<conf>/pool and Packages.gz), its index checked against the pool."""
+    """Every conf repository under REPO (<dist>/<conf>/pool and Packages.gz), its index checked against the pool:
+    each file in the pool, listed once, with the digest listed, and pinned by the conf package."""
     parts: dict[str, RepoPart] = {}
     for index in sorted(repo.glob("*/*/dists/*/main/binary-*/Packages.gz")):
         base = index.parents[4]
         match = CONF.fullmatch(base.name)
         if match is None:
             continue
-        members = []
-        for para in Deb822.iter_paragraphs(gzip.decompress(index.read_bytes()).decode().splitlines()):
-            path = base / para["Filename"]
-            if ".." in Path(para["Filename"]).parts or not path.is_file():
-                raise ImageError(f"{index}: {para['Filename']} is not in the pool")
-            if sha256_file(path) != para.get("SHA256"):
-                raise ImageError(f"{path}: its SHA-256 is not the one Packages.gz lists",
-                                 hint="the pool and its index disagree: publish the repository again")
-            members.append(read_package(path))
+        _no_links(repo, index.parent)
+        members = [_pool_package(base, para, str(index)) for para in _unique(read_index(index), str(index))]
         conf = next((p for p in members if p.name == base.name), None)
         if conf is None:
             raise ImageError(f"{index}: the repository of {base.name} does not list {base.name} itself")
+        _check_pinned(conf, members, str(index))
         others = tuple(p for p in members if p is not conf)
         parts[f"{match['dist']}-{match['part']}"] = RepoPart(match["dist"], match["part"], conf, (conf, *others))
     if not parts:
         raise ImageError(f"{repo}: no update repository (<dist>/<conf>/dists/.../Packages.gz) found",
                          hint="make one with: clipbuild release SPECIES")
     return parts
+
+
+def _no_links(repo: Path, path: Path) -> None:
+    """Every folder between REPO and `path` is a folder of the repository, not a link to elsewhere."""
+    parts = path.relative_to(repo).parts
+    for depth in range(1, len(parts) + 1):
+        if (folder := repo.joinpath(*parts[:depth])).is_symlink():
+            raise RepositoryError(f"{folder}: a symbolic link inside the repository: refused")
+
+
+def _unique(stanzas: list[dict[str, str]], where: str) -> list[dict[str, str]]:
+    """A file or a package listed twice is refused: one stanza per package."""
+    for key in ("Filename", "Package"):
+        values = [s.get(key) for s in stanzas if s.get(key) is not None]
+        if twice := sorted({v for v in values if values.count(v) > 1}):
+            raise RepositoryError(f"{where}: {key} {twice[0]} is listed more than once")
+    return stanzas
+
+
+def _pool_package(base: Path, para: dict[str, str], where: str) -> Package:
+    path = pool_file(base, para, where)
+    with os.fdopen(safefile.open_regular(path, follow=False, max_size=trust.MAX_PACKAGE_BYTES), "rb") as stream:
+        digest = hashlib.file_digest(stream, "sha256").hexdigest()
+    if digest != para.get("SHA256"):
+        raise ImageError(f"{path}: its SHA-256 is not the one Packages.gz lists",
+                         hint="the pool and its index disagree: publish the repository again")
+    package = read_package(path)
+    if (package.name, package.version) != (para.get("Package"), para.get("Version")):
+        raise RepositoryError(f"{where}: {para.get('Filename')} is {package.name} {package.version}, the index "
+                              f"says {para.get('Package')} {para.get('Version')}")
+    return package
+
+
+def _check_pinned(conf: Package, members: list[Package], where: str) -> None:
+    """A repository holds its conf package and exactly the versions it pins (clipos4.md §3)."""
+    pinned = set(pins(conf))
+    if extra := [f"{p.name} {p.version}" for p in members if p is not conf and (p.name, p.version) not in pinned]:
+        raise RepositoryError(f"{where}: {', '.join(extra)}: not pinned by {conf.name} {conf.version}; refused",
+                              hint="a repository holds its conf package and exactly the versions it pins")
 
 
 def compare_versions(a: str, b: str) -> int:
@@ -108,8 +143,8 @@ def check_part(part: RepoPart, policy: trust.Policy, installed: dict[str, str], 
                            f"{PRIORITY[part.part].capitalize()}")
         if fields.get("Distribution", "").lower() != part.dist:
             reasons.append(f"{label}: Distribution {fields.get('Distribution', 'missing')}, not {part.dist}")
-        impact = fields.get("Impact", "0")
-        if not impact.isdigit():
+        impact = fields.get("Impact", "0").strip()
+        if not re.fullmatch(r"[0-9]{1,3}", impact):
             reasons.append(f"{label}: Impact '{impact}' is not a number")
         elif int(impact) >= 2 and not rules.install_high_impact:
             reasons.append(f"{label}: Impact {impact} (high) and high-impact packages are not allowed here")
@@ -128,8 +163,10 @@ def _release_date(part: RepoPart, rules: Rules) -> list[str]:
         return [f"{label}: no Release-Date: a conf package must say when it was released"]
     try:
         released = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return [f"{label}: Release-Date '{text}' is not a date"]
+    if released.tzinfo is None:
+        return [f"{label}: Release-Date '{text}' has no time zone (RFC 2822: +0000 for UTC)"]
     age = rules.now - released
     if released - rules.now > dt.timedelta(days=1):
         return [f"{label}: Release-Date {text} is in the future"]
