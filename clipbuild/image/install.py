@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
+import stat
 import tarfile
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from debian.deb822 import Deb822
 
+from clipbuild.core import beneath
 from clipbuild.core.errors import ImageError
 from clipbuild.core.run import run, run_bytes
 
@@ -44,8 +46,14 @@ def _fsys_tarfile(deb: Path) -> bytes:
     return run_bytes(["dpkg-deb", "--fsys-tarfile", deb], b"")
 
 
-def check_packages(debs: list[Path]) -> None:
-    """Refuse packages dpkg could not install safely without chroot (see the module's docstring)."""
+SPECIAL_HINT = ("a trust policy allows it for one package with `special_files: {PACKAGE: [setuid, setgid, "
+                "device, fifo]}` (docs/security.md says who may grant it)")
+
+
+def check_packages(debs: list[Path], allow: Mapping[str, Collection[str]] | None = None) -> None:
+    """Refuse packages dpkg could not install safely without chroot (see the module's docstring), and special
+    files (setuid/setgid modes, devices, FIFOs) unless `allow` (the trust policy's `special_files`) grants them
+    to that package."""
     links: dict[str, str] = {}
     files: dict[str, list[str]] = {}
     for deb in debs:
@@ -55,13 +63,11 @@ def check_packages(debs: list[Path]) -> None:
             raise ImageError(f"{deb.name}: has maintainer scripts ({', '.join(scripts)})",
                              hint="clipbuild installs without running package scripts on the build host; "
                                   "move what they do into the package's files")
-        for member in _members(deb):
-            path = PurePosixPath(member.name.removeprefix("./"))
-            if member.name.startswith("/") or ".." in path.parts:
-                raise ImageError(f"{deb.name}: archive path '{member.name}' is absolute or holds '..'")
+        granted = set((allow or {}).get(_package_name(info), ()))
+        for path, member in _checked_members(deb, granted):
             if member.issym():
-                links[path.as_posix()] = deb.name
-            files.setdefault(deb.name, []).append(path.as_posix())
+                links[path] = deb.name
+            files.setdefault(deb.name, []).append(path)
     for name, paths in files.items():
         for path in paths:
             parents = PurePosixPath(path).parents
@@ -71,15 +77,63 @@ def check_packages(debs: list[Path]) -> None:
                                  f"{links[through]}", hint="dpkg would follow the link out of the image tree")
 
 
+def _package_name(info: str) -> str:
+    return next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.strip().startswith("Package:")), "")
+
+
+def _member_path(deb: Path, name: str) -> str:
+    path = PurePosixPath(name.removeprefix("./"))
+    if name.startswith("/") or ".." in path.parts:
+        raise ImageError(f"{deb.name}: archive path '{name}' is absolute or holds '..'")
+    return path.as_posix()
+
+
+def _checked_members(deb: Path, granted: set[str]) -> list[tuple[str, tarfile.TarInfo]]:
+    """Each member of the data archive with its normalised path, once checked (see `_member_problem`)."""
+    out: list[tuple[str, tarfile.TarInfo]] = []
+    regular: set[str] = set()
+    for member in _members(deb):
+        path = _member_path(deb, member.name)
+        problem = _member_problem(member, regular, granted)
+        if problem:
+            raise ImageError(f"{deb.name}: '{path}': {problem}", hint=SPECIAL_HINT if "allow" in problem else "")
+        if member.isreg():
+            regular.add(path)
+        out.append((path, member))
+    return out
+
+
+def _member_problem(member: tarfile.TarInfo, regular: set[str], granted: set[str]) -> str:
+    """Why one data archive member may not be installed, or ''."""
+    if member.islnk():
+        target = member.linkname.removeprefix("./")
+        if member.linkname.startswith("/") or ".." in PurePosixPath(target).parts or target not in regular:
+            return (f"a hard link to '{member.linkname}', not a file of this package before it: a hard link "
+                    "may only name a regular file the same package installs")
+    elif member.ischr() or member.isblk() or member.isfifo():
+        kind = "a FIFO" if member.isfifo() else "a device node"
+        if ("fifo" if member.isfifo() else "device") not in granted:
+            return f"{kind}: the root is mounted without nodev; no package installs one unless its policy allows"
+    elif not (member.isreg() or member.isdir() or member.issym()):
+        return f"an archive member of type {member.type!r}: only files, directories and links are installed"
+    for bit, name in ((stat.S_ISUID, "setuid"), (stat.S_ISGID, "setgid")):
+        if member.mode & bit and name not in granted:
+            return f"mode {member.mode:o} is {name}: no package installs one unless its policy allows"
+    return ""
+
+
 def prepare(root: Path) -> None:
     for sub in ("info", "updates", "triggers"):
-        (root / "var" / "lib" / "dpkg" / sub).mkdir(parents=True, exist_ok=True)
-    (root / "var" / "lib" / "dpkg" / "status").touch()
+        beneath.mkdir(root, f"var/lib/dpkg/{sub}")
+    with beneath.opened(root, "var/lib/dpkg/status", os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK):
+        pass
 
 
-def install(debs: list[Path], root: Path, log: Path) -> list[Installed]:
+def install(debs: list[Path], root: Path, log: Path,
+            allow: Mapping[str, Collection[str]] | None = None) -> list[Installed]:
     """dpkg -i every package into `root` (dependencies checked by dpkg); returns what dpkg now lists."""
-    check_packages(debs)
+    check_packages(debs, allow)
     prepare(root)
     run(["dpkg", f"--root={root}", f"--log={log}", "--force-not-root", "--force-script-chrootless",
          "--no-triggers", "-i", *debs], env={"SOURCE_DATE_EPOCH": os.environ.get("SOURCE_DATE_EPOCH", "0")})
@@ -92,37 +146,45 @@ def control_fields(deb: Path) -> dict[str, str]:
 
 
 def installed(root: Path) -> list[Installed]:
-    status = root / "var" / "lib" / "dpkg" / "status"
     out = []
-    with status.open("rb") as stream:
+    with io.BytesIO(beneath.read_bytes(root, "var/lib/dpkg/status")) as stream:
         for para in Deb822.iter_paragraphs(stream):
             if para.get("Status", "").endswith(" installed"):
                 out.append(Installed(para["Package"], para["Version"], para.get("Architecture", "")))
     return sorted(out, key=lambda p: p.package)
 
 
-def _move_contents(source: Path, target: Path) -> None:
-    if not source.is_dir():
+def _move_contents(tree: Path, source: str, target_tree: Path, target: str) -> None:
+    """What `source` holds in `tree` moved to `target` in `target_tree`, every path resolved beneath its tree
+    (a package's link out, at `var/log` or deeper, is refused, never followed)."""
+    if not beneath.is_dir(tree, source):
         return
-    target.mkdir(parents=True, exist_ok=True)
-    for child in sorted(source.iterdir()):
-        destination = target / child.name
-        if destination.is_dir() and child.is_dir() and not child.is_symlink():
-            _move_contents(child, destination)
-            child.rmdir()
-        else:
-            shutil.move(child, destination)
+    if target:
+        beneath.mkdir(target_tree, target)
+    for name, mode in beneath.entries(tree, source):
+        child, destination = f"{source}/{name}", f"{target}/{name}" if target else name
+        if stat.S_ISDIR(mode) and beneath.is_dir(target_tree, destination):
+            _move_contents(tree, child, target_tree, destination)
+            beneath.remove_tree(tree, child)
+            continue
+        try:
+            beneath.replace(tree, child, target_tree, destination)
+        except OSError as exc:
+            raise ImageError(f"{tree}: cannot move '{child}' to {target_tree}/{destination}: "
+                             f"{exc.strerror or exc}") from None
 
 
 def split_core(tree: Path, mounts: Path, log: Path) -> None:
     """CLIP's split of an installed core+apps tree: root (tree), mounts partition, log partition."""
-    _move_contents(tree / "var" / "log", log)
-    _move_contents(tree / "mounts", mounts)
-    _move_contents(tree / "usr" / "local", mounts / "usr")
-    _move_contents(tree / "var", mounts / "var")
+    for root in (mounts, log):
+        root.mkdir(parents=True, exist_ok=True)  # the trees' roots, chosen by clipbuild
+    _move_contents(tree, "var/log", log, "")
+    _move_contents(tree, "mounts", mounts, "")
+    _move_contents(tree, "usr/local", mounts, "usr")
+    _move_contents(tree, "var", mounts, "var")
     for mount_point in ("mounts", "usr/local", "var", "var/log"):
-        (tree / mount_point).mkdir(parents=True, exist_ok=True)
-    (mounts / "var" / "log").mkdir(parents=True, exist_ok=True)
+        beneath.mkdir(tree, mount_point)
+    beneath.mkdir(mounts, "var/log")
 
 
 def normalise_tree(tree: Path, date: int) -> None:

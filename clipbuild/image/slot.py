@@ -4,11 +4,11 @@ root's configuration, the local mirror, the read-only root filesystem and its dm
 from __future__ import annotations
 
 import hashlib
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from clipbuild.core import beneath
 from clipbuild.image import fsimage, gpt, install
 from clipbuild.signing.devpki import DEVELOPMENT
 
@@ -16,36 +16,50 @@ CLIP_SETS = ("clip-core", "clip-apps")
 RM_SETS = ("rm-core", "rm-apps")
 
 
-def core_trees(debs: list[Path], scratch: Path, progress: Callable[[str], None]) -> dict[str, Path]:
+def core_trees(debs: list[Path], scratch: Path, progress: Callable[[str], None],
+               allow: Mapping[str, Collection[str]] | None = None) -> dict[str, Path]:
     """clip/core and clip/apps installed with dpkg --root, split into the root, mounts and log trees."""
     trees = {name: scratch / name for name in ("root", "mounts", "log")}
     for tree in trees.values():
         tree.mkdir(parents=True)
     progress(f"dpkg --root: {len(debs)} clip packages")
-    install.install(debs, trees["root"], scratch / "dpkg-clip.log")
+    install.install(debs, trees["root"], scratch / "dpkg-clip.log", allow)
     install.split_core(trees["root"], trees["mounts"], trees["log"])
     return trees
 
 
+KERNEL = "boot/vmlinuz-clip"
+RELEASE = "etc/shared/clip-release"
+
+
+def kernel(root: Path) -> Path:
+    """The installed kernel's path, checked to be a regular file inside the root (no link out)."""
+    return beneath.regular_path(root, KERNEL)
+
+
+def release(root: Path) -> str:
+    """CLIP's release string, as the installed clip-release file says."""
+    return beneath.read_text(root, RELEASE).strip()
+
+
 def configure_root(root: Path, slices: list[gpt.Slice], *, mode: str, species: str, version: str) -> None:
     """/etc/fstab from the partitions, and os-release marked for a development image."""
-    (root / "etc" / "fstab").write_text(fstab(slices))
-    os_release = root / "etc" / "os-release"
-    text = os_release.read_text() if os_release.exists() else ""
+    beneath.write_text(root, "etc/fstab", fstab(slices))
+    text = beneath.read_text(root, "etc/os-release") if beneath.exists(root, "etc/os-release") else ""
     if mode == DEVELOPMENT:
         text += 'VARIANT="development image (packages signed by the clipbuild development PKI)"\nVARIANT_ID=dev\n'
     text += f"IMAGE_ID={species}\nIMAGE_VERSION={version}\n"
-    os_release.unlink(missing_ok=True)
-    os_release.write_text(text)
+    beneath.unlink(root, "etc/os-release")  # often a link to ../usr/lib/os-release: replaced, not written through
+    beneath.write_text(root, "etc/os-release", text)
 
 
 def add_mirror(mounts: Path, pool: dict[str, list[Path]]) -> None:
     """Every signed package in the mounts partition's local mirror, /var/pkg/mirrors/<dist>/ (CLIP's /var/pkg)."""
     for set_name, debs in pool.items():
-        target = mounts / "var" / "pkg" / "mirrors" / set_name.split("-")[0]
-        target.mkdir(parents=True, exist_ok=True)
+        target = f"var/pkg/mirrors/{set_name.split('-')[0]}"
+        beneath.mkdir(mounts, target)
         for deb in debs:
-            shutil.copyfile(deb, target / deb.name)
+            beneath.copy_in(deb, mounts, f"{target}/{deb.name}")
 
 
 def root_filesystem(part: gpt.Slice, tree: Path, out: Path, date: int, species: str) -> None:

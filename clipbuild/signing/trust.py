@@ -60,6 +60,11 @@ class Policy:
     developer: RolePolicy
     controller: RolePolicy
     source: str = ""
+    # package name -> the special files it may install (setuid, setgid, device, fifo); none by default
+    special_files: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    def special(self) -> dict[str, frozenset[str]]:
+        return dict(self.special_files)
 
     def role(self, name: str) -> RolePolicy:
         return self.developer if name == "developer" else self.controller
@@ -67,17 +72,33 @@ class Policy:
 
 ROLE_KEYS = {"ca", "crl", "allow_no_crl", "subject", "subject_ere", "min_validity_days"}
 MAX_POLICY_BYTES = 1 << 20
+POLICY_KEYS = {"developer", "controller", "special_files"}
+SPECIAL = ("setuid", "setgid", "device", "fifo")  # kinds of special files a package may be allowed
 
 
 def load_policy(path: Path) -> Policy:
     """Read a policy file; paths in it are relative to it. Errors name the file and key."""
     data = _policy_data(path)
-    if not isinstance(data, dict) or set(data) != {"developer", "controller"}:
-        raise InputError(f"{path}: a trust policy has exactly two keys, developer and controller")
+    if not isinstance(data, dict) or not {"developer", "controller"} <= set(data) <= POLICY_KEYS:
+        raise InputError(f"{path}: a trust policy has exactly two keys, developer and controller (and may "
+                         "have special_files)")
     roles = {name: _role(path, name, data[name]) for name in ("developer", "controller")}
-    policy = Policy(roles["developer"], roles["controller"], str(path))
+    special = _special_files(path, data.get("special_files", {}))
+    policy = Policy(roles["developer"], roles["controller"], str(path), special)
     _check_roles_apart(path, policy)
     return policy
+
+
+def _special_files(path: Path, data: Any) -> tuple[tuple[str, frozenset[str]], ...]:
+    """`special_files: {PACKAGE: [setuid, setgid, device, fifo]}`: what each named package may install."""
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: special_files: a mapping of package names to lists is expected")
+    out = []
+    for name, kinds in data.items():
+        if not isinstance(name, str) or not isinstance(kinds, list) or not set(map(str, kinds)) <= set(SPECIAL):
+            raise InputError(f"{path}: special_files.{name}: a list of {', '.join(SPECIAL)} is expected")
+        out.append((name, frozenset(kinds)))
+    return tuple(sorted(out, key=lambda item: item[0]))
 
 
 def _policy_data(path: Path) -> Any:

@@ -88,7 +88,7 @@ class Assembly:
     def run(self) -> None:
         pool = self.verified_pool()
         trees = self.install(pool)
-        release = (trees["root"] / "etc" / "shared" / "clip-release").read_text().strip()
+        release = slot.release(trees["root"])
         for tree in trees.values():
             install.normalise_tree(tree, self.opts.date)
         files, slots = self.filesystems(trees)
@@ -123,13 +123,15 @@ class Assembly:
 
     def install(self, pool: dict[str, list[tuple[Path, trust.Verdict]]]) -> dict[str, Path]:
         debs = {name: [deb for deb, _ in entries] for name, entries in pool.items()}
-        trees = slot.core_trees([d for s in slot.CLIP_SETS for d in debs.get(s, [])], self.scratch, self.ctx.progress)
+        allow = trust.load_policy(Path(self.opts.policy)).special()
+        trees = slot.core_trees([d for s in slot.CLIP_SETS for d in debs.get(s, [])], self.scratch, self.ctx.progress,
+                                allow)
         rm = [d for s in slot.RM_SETS for d in debs.get(s, [])]
         for name in self.opts.rm_partitions:
             trees[name] = self.scratch / name
             trees[name].mkdir()
             self.ctx.progress(f"dpkg --root: {len(rm)} rm packages into {name}")
-            install.install(rm, trees[name], self.scratch / f"dpkg-{name}.log")
+            install.install(rm, trees[name], self.scratch / f"dpkg-{name}.log", allow)
         slot.add_mirror(trees["mounts"], debs)
         slot.configure_root(trees["root"], self.slices, mode=self.opts.mode, species=self.opts.species,
                             version=self.opts.version)
@@ -189,7 +191,7 @@ class Assembly:
         for name in names:
             manifest["slots"][name]["cmdline"] = bootloader.slot_boot(name, slots[name], guids).cmdline(
                 self.opts.cmdline)
-        kernels = {name: root / "boot" / "vmlinuz-clip" for name in names}
+        kernels = {name: slot.kernel(root) for name in names}
         embedded = self.scratch / "manifest.json"
         embedded.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         files = bootloader.files(configs, kernels, names[0], self.scratch)

@@ -24,10 +24,10 @@ import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from clipbuild.core import safefile
+from clipbuild.core import beneath, safefile
 from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import ClipbuildError, ImageError, RepositoryError, UpdateRefused
 from clipbuild.core.run import run
@@ -221,13 +221,13 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
                            [*notes, "the core and the apps in the repository are the ones installed"])
         progress(f"apps {new_apps.conf.name} {new_apps.conf.version} on the running slot {active}")
         with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
-            info = apps.apply_apps(found, new_apps.members, Path(tmp), progress)
+            info = apps.apply_apps(found, new_apps.members, Path(tmp), progress, policy.special())
             imageedit.write_manifest(found, {**manifest, "slots": {**manifest["slots"], active: info},
                                              "packages": info["packages"]}, Path(tmp))
         return Outcome(image, "apps", active, target, old_version, old_version, notes)
     progress(f"core {old_version} -> {core.conf.version} into slot {target}")
     with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
-        _apply_core(found, parts, target, Path(tmp), progress)
+        _apply_core(found, parts, target, Path(tmp), progress, policy.special())
     return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
 
 
@@ -242,9 +242,9 @@ class _Built:
 
 
 def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
-                progress: Callable[[str], None]) -> None:
+                progress: Callable[[str], None], allow: dict[str, frozenset[str]]) -> None:
     try:
-        built = _build_core(found, parts, target, scratch, progress)
+        built = _build_core(found, parts, target, scratch, progress, allow)
     except ClipbuildError as exc:
         raise ImageError(f"update not applied: {exc.lines()[0]}", hint=f"nothing was written: "
                          f"{found.image.name} still boots slot {found.active_slot}; fix the cause and run the "
@@ -253,7 +253,7 @@ def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
 
 
 def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
-                progress: Callable[[str], None]) -> _Built:
+                progress: Callable[[str], None], allow: dict[str, frozenset[str]]) -> _Built:
     manifest = found.manifest
     active = found.active_slot or ""
     slices = found.slices()
@@ -266,7 +266,7 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     for name, files in _installed_files(manifest, active, ("clip-apps", *slot.RM_SETS)).items():
         pool.setdefault(name, [old_mirror / name.split("-")[0] / file for file in files])
     version = parts["clip-core"].conf.version
-    trees = slot.core_trees([d for s in slot.CLIP_SETS for d in pool[s]], scratch / "new", progress)
+    trees = slot.core_trees([d for s in slot.CLIP_SETS for d in pool[s]], scratch / "new", progress, allow)
     _carry_configuration(old_mounts, trees)
     slot.add_mirror(trees["mounts"], pool)
     slot.configure_root(trees["root"], slices, mode=manifest["signing"], species=manifest["species"],
@@ -282,10 +282,11 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     info = slot.verity(root_part, files[root_part.label], files[f"{root_part.label}_verity"],
                        manifest["species"], version)
     slot.ext4_filesystem(mounts_part, trees["mounts"], files[mounts_part.label], date, manifest["species"])
-    info["kernel_sha256"] = sha256_file(trees["root"] / "boot" / "vmlinuz-clip")
+    kernel = slot.kernel(trees["root"])
+    info["kernel_sha256"] = sha256_file(kernel)
     info["packages"] = imageedit.package_entries(pool)
-    info["release"] = (trees["root"] / "etc" / "shared" / "clip-release").read_text().strip()
-    return _Built(files, info, trees["root"] / "boot" / "vmlinuz-clip", info["release"])
+    info["release"] = slot.release(trees["root"])
+    return _Built(files, info, kernel, info["release"])
 
 
 def _write_core(found: inspection.Inspection, built: _Built, target: str, scratch: Path) -> None:
@@ -359,10 +360,9 @@ def _installed_files(manifest: dict[str, Any], slot_name: str, sets: tuple[str, 
 def _carry_configuration(old_mounts: imageedit.Ext4, trees: dict[str, Path]) -> None:
     """The local configuration the new root's conffiles.list names (paths on /mounts), copied from the
     active slot's mounts partition, replacing what the packages installed."""
-    listing = trees["root"] / CONFFILES
-    if not listing.is_file():
+    if not beneath.exists(trees["root"], CONFFILES):
         return
-    for line in listing.read_text().splitlines():
+    for line in beneath.read_text(trees["root"], CONFFILES).splitlines():
         path = line.strip()
         if not path or path.startswith("#"):
             continue
@@ -370,11 +370,11 @@ def _carry_configuration(old_mounts: imageedit.Ext4, trees: dict[str, Path]) -> 
             raise ImageError(f"{CONFFILES}: '{path}' is not a path under /mounts")
         relative = path.removeprefix("/mounts")
         copied = old_mounts.copy(relative)
-        if copied.exists():
-            target = trees["mounts"] / relative.lstrip("/")
-            run(["rm", "-rf", target])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            copied.rename(target)
+        if os.path.lexists(copied):
+            target = PurePosixPath(relative.lstrip("/"))
+            beneath.remove_tree(trees["mounts"], target)
+            beneath.mkdir(trees["mounts"], target.parent)
+            beneath.replace(copied.parent, copied.name, trees["mounts"], target)
 
 
 def _timeout(found: inspection.Inspection, active: str, scratch: Path) -> int:

@@ -16,11 +16,12 @@ recovery undid a half-done transaction from them. Here the running system is an 
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from clipbuild.core import beneath
 from clipbuild.core.errors import AppsUpdateFailed, ClipbuildError, ImageError
 from clipbuild.core.run import run
 from clipbuild.image import fsimage, gpt, inspection, install, slot
@@ -32,13 +33,14 @@ WRITING, EMPTIED = "apps: writing the mounts partition", "apps: old mounts parti
 
 
 def apply_apps(found: inspection.Inspection, members: tuple[Package, ...], scratch: Path,
-               progress: Callable[[str], None]) -> dict[str, Any]:
+               progress: Callable[[str], None], allow: Mapping[str, Collection[str]] | None = None) -> dict[str, Any]:
     """Install `members` (clip-apps-conf and what it pins) on the active slot; returns the slot's new entry."""
     manifest, image = found.manifest, found.image
     active = found.active_slot or ""
     info = manifest["slots"][active]
     if info["fs"] != "squashfs":
         raise ImageError(f"apps updates read the running root as squashfs; slot {active} is {info['fs']}")
+    install.check_packages([p.path for p in members], allow)  # before anything is unpacked or written
     stage = _stage(found, active, info, scratch)
     installed = inspection.slot_packages(manifest, active)
     old = {e["package"]: e for e in installed if e["set"] == "clip-apps"}
@@ -51,7 +53,7 @@ def apply_apps(found: inspection.Inspection, members: tuple[Package, ...], scrat
     _write_lists(stage, lists)
     progress(f"apps: {len(lists['installing'])} new, {len(lists['upgrading'])} upgraded, "
              f"{len(lists['removing'])} removed")
-    mirror = stage / "var" / "pkg" / "mirrors" / "clip"
+    mirror = "var/pkg/mirrors/clip"
     try:
         _dpkg(stage, ["-i", *(p.path for p in members)], scratch)
         if lists["removing"]:
@@ -62,7 +64,7 @@ def apply_apps(found: inspection.Inspection, members: tuple[Package, ...], scrat
                                f"({exc.lines()[0]})") from exc
     _write_lists(stage, {name: [] for name in LISTS})
     for member in members:
-        shutil.copyfile(member.path, mirror / member.path.name)
+        beneath.copy_in(member.path, stage, f"{mirror}/{member.path.name}")
     _write_back(found, active, stage, scratch, progress)
     entries = [e for e in installed if e["set"] != "clip-apps"]
     entries += imageedit.package_entries({"clip-apps": [p.path for p in members]})
@@ -95,36 +97,36 @@ def _stage(found: inspection.Inspection, active: str, info: dict[str, Any], scra
     run(["unsquashfs", "-no-progress", "-quiet", "-d", stage, squash])
     squash.unlink()
     mounts = imageedit.Ext4(found, f"mounts_{active}", scratch).copy("/")
-    shutil.rmtree(mounts / "lost+found", ignore_errors=True)
-    (stage / "mounts").rmdir()
-    mounts.rename(stage / "mounts")
+    beneath.remove_tree(mounts, "lost+found")
+    beneath.remove_tree(stage, "mounts")  # an empty mount point on the device
+    beneath.replace(mounts.parent, mounts.name, stage, "mounts")
     for where, target in (("var", "mounts/var"), ("usr/local", "../mounts/usr")):  # the device's binds
-        shutil.rmtree(stage / where)  # mount points, hidden on the device by the binds
-        (stage / where).symlink_to(target)
+        beneath.remove_tree(stage, where)  # mount points, hidden on the device by the binds
+        parent, _, name = where.rpartition("/")
+        with beneath.opened(stage, parent or ".", os.O_PATH | os.O_DIRECTORY) as parent_fd:
+            os.symlink(target, name, dir_fd=parent_fd)
     return stage
 
 
 def _write_lists(stage: Path, lists: dict[str, list[str]]) -> None:
-    folder = stage / "var" / "pkg"
-    folder.mkdir(parents=True, exist_ok=True)
+    beneath.mkdir(stage, "var/pkg")
     for name in LISTS:
-        (folder / name).write_text("".join(f"{line}\n" for line in lists[name]))
+        beneath.write_text(stage, f"var/pkg/{name}", "".join(f"{line}\n" for line in lists[name]))
 
 
 def _dpkg(stage: Path, args: list[Any], scratch: Path) -> None:
-    install.check_packages([a for a in args if isinstance(a, Path)])
     run(["dpkg", f"--root={stage}", f"--log={scratch / 'dpkg-apps.log'}", "--force-not-root",
          "--force-script-chrootless", "--no-triggers", *args])
 
 
-def _recover(stage: Path, lists: dict[str, list[str]], old: dict[str, dict], mirror: Path, scratch: Path) -> None:
+def _recover(stage: Path, lists: dict[str, list[str]], old: dict[str, dict], mirror: str, scratch: Path) -> None:
     """CLIP's recovery, from the lists: new packages removed, upgraded and removed ones put back from the
     local mirror (the apt cache of the original), with dpkg --force-all as CLIP did."""
     for name in lists["installing"]:
         run(["dpkg", f"--root={stage}", "--force-not-root", "--force-script-chrootless", "--force-all",
              "--purge", name], check=False)
-    back = [mirror / old[line.split()[0]]["file"] for line in lists["upgrading"]]
-    back += [mirror / old[name]["file"] for name in lists["removing"]]
+    files = [old[line.split()[0]]["file"] for line in lists["upgrading"]] + [old[n]["file"] for n in lists["removing"]]
+    back = [beneath.regular_path(stage, f"{mirror}/{name}") for name in files]
     if back:
         run(["dpkg", f"--root={stage}", "--force-not-root", "--force-script-chrootless", "--force-all", "-i",
              *back], check=False)
