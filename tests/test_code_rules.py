@@ -47,3 +47,47 @@ def test_modules_stay_small():
     big = [f"{p.relative_to(ROOT)}: {n}" for p in _modules()
            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
     assert big == []
+
+
+# Modules that work on installed trees (after or around dpkg): every file operation on a tree goes through
+# clipbuild.core.beneath, so a package's symbolic link never leads host-side work out of the tree (P10 item 1).
+TREE_MODULES = ("image/slot.py", "image/install.py", "image/fsimage.py", "update/apply.py", "update/apps.py",
+                "stages/image.py")
+TREE_NAMES = {"tree", "trees", "root", "mounts", "stage", "log", "target", "mirror", "target_tree", "source", "folder",
+              "listing", "status", "os_release"}
+PATH_OPS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "mkdir", "unlink", "rename", "replace",
+            "touch", "symlink_to", "rmdir", "iterdir", "glob", "rglob", "chmod", "exists", "is_file", "is_dir",
+            "resolve", "stat", "copy", "move", "rmtree", "copyfile", "copytree"}
+# Uses on a tree that are not file operations through a package's links, each with its reason.
+TREE_OPS_ALLOWED = {
+    ("image/slot.py", "tree.mkdir"): "core_trees: the empty trees' roots, made by clipbuild before dpkg runs",
+    ("image/install.py", "root.mkdir"): "split_core: the mounts and log trees' roots, made by clipbuild",
+    ("image/install.py", "tree.rglob"): "normalise_tree: rglob never descends a link; os.utime does not follow",
+    ("image/fsimage.py", "tree.rglob"): "sizes and listings: lstat and names only, nothing opened",
+    ("stages/image.py", "trees[name].mkdir"): "an RM partition's empty tree root, made before dpkg runs",
+}
+
+
+def _tree_op(node: ast.Call) -> str:
+    """`receiver.op` for a path or file operation whose receiver names a tree, else ''."""
+    func = node.func
+    if isinstance(func, ast.Name) and func.id == "open":
+        return "open"
+    if not isinstance(func, ast.Attribute) or func.attr not in PATH_OPS:
+        return ""
+    if isinstance(func.value, ast.Name) and func.value.id in {"shutil", "os"}:
+        keywords = {k.arg: k.value for k in node.keywords}
+        safe = "dir_fd" in keywords or isinstance(keywords.get("follow_symlinks"), ast.Constant)
+        return "" if safe else ast.unparse(func)
+    names = {n.id for n in ast.walk(func.value) if isinstance(n, ast.Name)}
+    return ast.unparse(func) if names & TREE_NAMES else ""
+
+
+def test_tree_modules_touch_trees_only_through_beneath():
+    found = []
+    for module in TREE_MODULES:
+        path = PACKAGE / module
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and (op := _tree_op(node)) and (module, op) not in TREE_OPS_ALLOWED:
+                found.append(f"clipbuild/{module}:{node.lineno}: {op}(...)")
+    assert found == [], "use clipbuild.core.beneath for file operations on an installed tree"

@@ -76,6 +76,8 @@ def _walk(dir_fd: int, rel: str, flags: int, mode: int) -> int:
     current = os.dup(dir_fd)
     try:
         for part in parts[:-1]:
+            if stat.S_ISLNK(os.stat(part, dir_fd=current, follow_symlinks=False).st_mode):
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), part)
             following = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
             os.close(current)
             current = following
@@ -128,7 +130,13 @@ def opened(root: Path, rel: str | PurePosixPath, flags: int, mode: int = 0o644) 
 
 
 def _regular(root: Path, rel: str | PurePosixPath, flags: int, mode: int = 0o644) -> int:
-    fd = open_fd(root, rel, flags | os.O_NONBLOCK, mode)
+    try:
+        fd = open_fd(root, rel, flags | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # opened for writing without blocking: a FIFO without reader, a socket
+            raise
+        raise _escape(root, PurePosixPath(rel).as_posix(), "is a FIFO or a socket, a regular file is expected") \
+            from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
