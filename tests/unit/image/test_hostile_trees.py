@@ -17,9 +17,10 @@ import pytest
 
 from clipbuild.core import beneath
 from clipbuild.core.beneath import TreeEscape
-from clipbuild.core.errors import ImageError
+from clipbuild.core.errors import ImageError, InputError
 from clipbuild.formats import ar
 from clipbuild.image import install, slot
+from clipbuild.signing import pki, trust
 from clipbuild.update import apply, apps
 
 SECRET = b"host secret\n"
@@ -342,3 +343,32 @@ def test_a_package_link_out_installed_by_dpkg_is_refused_by_the_host_side_work(t
     with pytest.raises(TreeEscape, match=f"'etc/fstab': {ESCAPE}"):
         _configure(root)
     assert host.unchanged()
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("pki") / "pki"
+    pki.init(directory, b"hostile-trees test passphrase")
+    return directory
+
+
+def _policy(policy_dir: Path, text: str) -> Path:
+    """The PKI's own policy with `text` appended, beside it (its paths are relative)."""
+    path = policy_dir / f"policy-{abs(hash(text))}.yaml"
+    path.write_text((policy_dir / "policy.yaml").read_text() + text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("special_files: [shadow]\n", "special_files: a mapping of package names to lists is expected"),
+    ("special_files: {shadow: setuid}\n", "special_files.shadow: a list of setuid, setgid, device, fifo"),
+    ("special_files: {shadow: [setuid, root]}\n", "special_files.shadow: a list of setuid, setgid, device, fifo"),
+])
+def test_a_policy_s_special_files_are_checked_when_it_loads(policy_dir, text, words):
+    with pytest.raises(InputError, match=re.escape(words)):
+        trust.load_policy(_policy(policy_dir, text))
+
+
+def test_a_policy_s_special_files_reach_the_install_check(policy_dir, tmp_path):
+    allow = trust.load_policy(_policy(policy_dir, "special_files: {shadow: [setuid]}\n")).special()
+    install.check_packages([_crafted(tmp_path, "shadow", [(_info("./usr/su", mode=0o4755), b"x")])], allow)
