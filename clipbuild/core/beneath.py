@@ -4,7 +4,9 @@ An installed tree holds what signed packages put there, symbolic links included;
 /etc/fstab, reading os-release, moving /var to the mounts partition) must not follow a package's link out of
 the tree. Each path here is relative to a root and resolved by the kernel with openat2(2) and
 RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS: a link that stays inside the tree is followed, one that leads out (an
-absolute target, `..` above the root) is refused with `TreeEscape`, which names the tree, the path and the rule.
+absolute target, `..` above the root) is refused with `TreeEscape`, which names the tree, the path and the rule;
+anything else amiss (a missing file, a FIFO or a directory where a file is expected, a file where a folder is)
+is a `TreeError` naming the tree and the path.
 Where openat2 is missing (kernel < 5.6, ENOSYS) the walk is done component by component with O_NOFOLLOW and
 dir_fd, and then every symbolic link is refused, inside or not.
 
@@ -17,12 +19,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
+from typing import ParamSpec, TypeVar
 
 from clipbuild.core.errors import ClipbuildError
 from clipbuild.core.safefile import kind
@@ -30,11 +34,17 @@ from clipbuild.core.safefile import kind
 SYS_OPENAT2 = 437  # the same number on every architecture (syscalls from 424 on share one table)
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
+P = ParamSpec("P")
+T = TypeVar("T")
 RULE = "clipbuild never follows a path out of an installed tree (no link out, no absolute link, no '..' above it)"
 
 
-class TreeEscape(ClipbuildError):
-    """A path in an installed tree that leads out of it, or is not what clipbuild expects there."""
+class TreeError(ClipbuildError):
+    """A path in an installed tree that is not what clipbuild expects there (missing, not a file, ...)."""
+
+
+class TreeEscape(TreeError):
+    """A path in an installed tree that leads out of it."""
 
 
 class _OpenHow(ctypes.Structure):
@@ -49,6 +59,23 @@ _openat2_missing = False
 
 def _escape(root: Path, rel: str, why: str) -> TreeEscape:
     return TreeEscape(f"{root}: '{rel}': {why}: refused", hint=RULE)
+
+
+def _problem(root: Path, rel: str | PurePosixPath, why: str) -> TreeError:
+    return TreeError(f"{root}: '{PurePosixPath(rel).as_posix()}': {why}")
+
+
+def _reported(function: Callable[P, T]) -> Callable[P, T]:
+    """Any OSError but a missing path (which callers may expect) becomes a TreeError naming tree and path."""
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return function(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise _problem(Path(str(args[0])), str(args[1]), exc.strerror or str(exc)) from None
+    return wrapper
 
 
 def _relative(root: Path, rel: str | PurePosixPath) -> str:
@@ -109,15 +136,18 @@ def open_fd(root: Path, rel: str | PurePosixPath, flags: int, mode: int = 0o644)
         os.close(root_fd)
 
 
-def _translate(root: Path, rel: str, exc: OSError, *, fallback: bool = False) -> OSError | TreeEscape:
+def _translate(root: Path, rel: str, exc: OSError, *, fallback: bool = False) -> OSError | TreeError:
     if exc.errno == errno.EXDEV:
         return _escape(root, rel, "leads out of the tree through a symbolic link")
     if exc.errno == errno.ELOOP:
         why = "passes through a symbolic link (not followed without openat2)" if fallback else \
             "a symbolic link loop or a magic link"
         return _escape(root, rel, why)
-    exc.filename = str(root / rel)
-    return exc
+    if exc.errno == errno.ENXIO:  # opened for writing without blocking: a FIFO without a reader, a socket
+        return _problem(root, rel, "is a FIFO or a socket, a regular file is expected")
+    if exc.errno == errno.ENOENT:
+        return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(root / rel))
+    return _problem(root, rel, exc.strerror or str(exc))
 
 
 @contextmanager
@@ -132,19 +162,17 @@ def opened(root: Path, rel: str | PurePosixPath, flags: int, mode: int = 0o644) 
 def _regular(root: Path, rel: str | PurePosixPath, flags: int, mode: int = 0o644) -> int:
     try:
         fd = open_fd(root, rel, flags | os.O_NONBLOCK, mode)
-    except OSError as exc:
-        if exc.errno != errno.ENXIO:  # opened for writing without blocking: a FIFO without reader, a socket
-            raise
-        raise _escape(root, PurePosixPath(rel).as_posix(), "is a FIFO or a socket, a regular file is expected") \
-            from None
+    except FileNotFoundError:
+        raise _problem(root, rel, "does not exist") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise _escape(root, PurePosixPath(rel).as_posix(), f"is {kind(info.st_mode)}, a regular file is expected")
+        raise _problem(root, rel, f"is {kind(info.st_mode)}, a regular file is expected")
     os.set_blocking(fd, True)
     return fd
 
 
+@_reported
 def read_bytes(root: Path, rel: str | PurePosixPath) -> bytes:
     with os.fdopen(_regular(root, rel, os.O_RDONLY), "rb") as stream:
         return stream.read()
@@ -154,6 +182,7 @@ def read_text(root: Path, rel: str | PurePosixPath) -> str:
     return read_bytes(root, rel).decode()
 
 
+@_reported
 def write_bytes(root: Path, rel: str | PurePosixPath, data: bytes, mode: int = 0o644) -> None:
     """`data` in the regular file `rel` (created with `mode` if missing), truncated only once checked."""
     with os.fdopen(_regular(root, rel, os.O_WRONLY | os.O_CREAT, mode), "wb") as stream:
@@ -165,6 +194,7 @@ def write_text(root: Path, rel: str | PurePosixPath, text: str, mode: int = 0o64
     write_bytes(root, rel, text.encode(), mode)
 
 
+@_reported
 def copy_in(source: Path, root: Path, rel: str | PurePosixPath, mode: int = 0o644) -> None:
     """A host file (one clipbuild chose, e.g. a verified package) copied to `rel` in the tree."""
     with open(source, "rb") as stream, os.fdopen(_regular(root, rel, os.O_WRONLY | os.O_CREAT, mode), "wb") as out:
@@ -172,6 +202,7 @@ def copy_in(source: Path, root: Path, rel: str | PurePosixPath, mode: int = 0o64
         shutil.copyfileobj(stream, out)
 
 
+@_reported
 def exists(root: Path, rel: str | PurePosixPath) -> bool:
     """Whether `rel` is there (a link out is refused, not answered)."""
     try:
@@ -181,6 +212,7 @@ def exists(root: Path, rel: str | PurePosixPath) -> bool:
     return True
 
 
+@_reported
 def is_dir(root: Path, rel: str | PurePosixPath) -> bool:
     try:
         with opened(root, rel, os.O_PATH) as fd:
@@ -189,6 +221,7 @@ def is_dir(root: Path, rel: str | PurePosixPath) -> bool:
         return False
 
 
+@_reported
 def regular_path(root: Path, rel: str | PurePosixPath) -> Path:
     """The link-free path of the regular file `rel` inside the tree, for a tool that takes a path (mcopy)."""
     fd = _regular(root, rel, os.O_RDONLY)
@@ -202,10 +235,11 @@ def _split(root: Path, rel: str | PurePosixPath) -> tuple[str, str]:
     text = _relative(root, rel)
     parent, _, name = text.rpartition("/")
     if name in ("", "."):
-        raise _escape(root, text, "names no entry")
+        raise _problem(root, text, "names no entry")
     return parent or ".", name
 
 
+@_reported
 def mkdir(root: Path, rel: str | PurePosixPath, mode: int = 0o755) -> None:
     """`rel` and its missing parents as directories (like mkdir -p), each created in its resolved parent."""
     path = ""
@@ -219,9 +253,10 @@ def mkdir(root: Path, rel: str | PurePosixPath, mode: int = 0o755) -> None:
             except FileExistsError:
                 pass
         if not is_dir(root, path):
-            raise _escape(root, path, "exists and is not a directory")
+            raise _problem(root, path, "exists and is not a directory")
 
 
+@_reported
 def unlink(root: Path, rel: str | PurePosixPath, *, missing_ok: bool = True) -> None:
     """The entry `rel` removed (a link itself, never what it points to)."""
     parent, name = _split(root, rel)
@@ -233,6 +268,7 @@ def unlink(root: Path, rel: str | PurePosixPath, *, missing_ok: bool = True) -> 
             raise
 
 
+@_reported
 def remove_tree(root: Path, rel: str | PurePosixPath) -> None:
     """The entry `rel` removed with all it holds, links never followed (shutil.rmtree with dir_fd)."""
     parent, name = _split(root, rel)
@@ -248,6 +284,7 @@ def remove_tree(root: Path, rel: str | PurePosixPath) -> None:
         pass
 
 
+@_reported
 def replace(source_root: Path, source: str | PurePosixPath, root: Path, rel: str | PurePosixPath) -> None:
     """The entry `source` of one tree renamed to `rel` in another (or the same) tree on the same filesystem."""
     source_parent, source_name = _split(source_root, source)
@@ -257,6 +294,7 @@ def replace(source_root: Path, source: str | PurePosixPath, root: Path, rel: str
         os.replace(source_name, name, src_dir_fd=from_fd, dst_dir_fd=to_fd)
 
 
+@_reported
 def entries(root: Path, rel: str | PurePosixPath) -> list[tuple[str, int]]:
     """The names in directory `rel` with their lstat modes, sorted."""
     with opened(root, rel, os.O_RDONLY | os.O_DIRECTORY) as fd:

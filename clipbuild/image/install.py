@@ -167,11 +167,7 @@ def _move_contents(tree: Path, source: str, target_tree: Path, target: str) -> N
             _move_contents(tree, child, target_tree, destination)
             beneath.remove_tree(tree, child)
             continue
-        try:
-            beneath.replace(tree, child, target_tree, destination)
-        except OSError as exc:
-            raise ImageError(f"{tree}: cannot move '{child}' to {target_tree}/{destination}: "
-                             f"{exc.strerror or exc}") from None
+        beneath.replace(tree, child, target_tree, destination)  # TreeError if a folder stands there
 
 
 def split_core(tree: Path, mounts: Path, log: Path) -> None:

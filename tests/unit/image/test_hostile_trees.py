@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from clipbuild.core import beneath
-from clipbuild.core.beneath import TreeEscape
+from clipbuild.core.beneath import TreeError, TreeEscape
 from clipbuild.core.errors import ImageError, InputError
 from clipbuild.formats import ar
 from clipbuild.image import install, slot
@@ -137,10 +137,25 @@ def test_unlink_and_remove_tree_remove_the_link_not_its_target(tree, host):
 
 def test_a_fifo_in_a_tree_is_refused_without_blocking(tree):
     os.mkfifo(tree / "etc" / "fstab")
-    with pytest.raises(TreeEscape, match="'etc/fstab': is a FIFO or a socket, a regular file is expected"):
+    with pytest.raises(TreeError, match="'etc/fstab': is a FIFO or a socket, a regular file is expected"):
         beneath.write_text(tree, "etc/fstab", "x")
-    with pytest.raises(TreeEscape, match="'etc/fstab': is a FIFO, a regular file is expected"):
+    with pytest.raises(TreeError, match="'etc/fstab': is a FIFO, a regular file is expected"):
         beneath.read_text(tree, "etc/fstab")
+
+
+def test_odd_trees_give_errors_not_tracebacks(tree):
+    (tree / "etc" / "os-release").mkdir()
+    with pytest.raises(TreeError, match="'etc/os-release': is a directory, a regular file is expected"):
+        beneath.read_text(tree, "etc/os-release")
+    with pytest.raises(TreeError, match="'etc/os-release': Is a directory"):
+        beneath.unlink(tree, "etc/os-release")
+    with pytest.raises(TreeError, match="'boot/vmlinuz-clip': does not exist"):
+        slot.kernel(tree)
+    (tree / "usr" / "local" / "file").write_text("")
+    with pytest.raises(TreeError, match="'usr/local/file': exists and is not a directory"):
+        beneath.mkdir(tree, "usr/local/file/x")
+    with pytest.raises(TreeError, match="Not a directory"):
+        beneath.write_text(tree, "usr/local/file/x", "")
 
 
 def test_without_openat2_every_link_is_refused(tree, host, monkeypatch):
