@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clipbuild.core import beneath
 from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import ImageError
 from clipbuild.core.run import run
@@ -163,6 +165,14 @@ def verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Pat
     hashes.unlink()
 
 
+def _mirror_debs(mirror: Path) -> dict[str, Path]:
+    """The .deb files of a mirror copied out of an image, as `dist/file`: a link (in or out) is not a package."""
+    folders = [d for d, mode in beneath.entries(mirror, "mirrors") if stat.S_ISDIR(mode)] \
+        if beneath.is_dir(mirror, "mirrors") else []
+    return {f"{d}/{name}": mirror / "mirrors" / d / name for d in folders
+            for name, mode in beneath.entries(mirror, f"mirrors/{d}") if stat.S_ISREG(mode) and name.endswith(".deb")}
+
+
 def _verify_packages(found: Inspection, policy: trust.Policy, scratch: Path, report: Report) -> None:
     for slot in sorted(found.manifest["slots"]):
         entries = slot_packages(found.manifest, slot)
@@ -174,7 +184,7 @@ def _verify_packages(found: Inspection, policy: trust.Policy, scratch: Path, rep
         mirror = scratch / label
         mirror.mkdir()
         run(["debugfs", "-R", f"rdump /var/pkg/mirrors {mirror}", part])
-        debs = {f"{p.parent.name}/{p.name}": p for p in (mirror / "mirrors").glob("*/*.deb")}
+        debs = _mirror_debs(mirror)
         part.unlink()
         missing = sorted(set(expected) - set(debs))
         report.add(f"{label}: every package of the manifest is in the local mirror", not missing,

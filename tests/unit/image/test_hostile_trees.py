@@ -19,7 +19,7 @@ from clipbuild.core import beneath
 from clipbuild.core.beneath import TreeError, TreeEscape
 from clipbuild.core.errors import ImageError, InputError
 from clipbuild.formats import ar
-from clipbuild.image import install, slot
+from clipbuild.image import inspection, install, slot
 from clipbuild.signing import pki, trust
 from clipbuild.update import apply, apps
 
@@ -230,6 +230,19 @@ def test_the_apps_lists_are_never_written_through_a_link_out(tree, host):
     with pytest.raises(TreeEscape, match=f"'var/pkg/pending': {ESCAPE}"):
         apps._write_lists(tree, {name: ["x"] for name in apps.LISTS})
     assert host.unchanged()
+
+
+def test_inspect_verify_never_takes_a_link_for_a_package_of_the_mirror(tmp_path, host):
+    """A mirror copied out of an image whose package is a link to a host file is reported missing."""
+    mirror = tmp_path / "dump"
+    (mirror / "mirrors" / "clip").mkdir(parents=True)
+    (mirror / "mirrors" / "clip" / "real.deb").write_bytes(b"deb")
+    _link(mirror, "mirrors/clip/linked.deb", host.file)
+    _link(mirror, "mirrors/rm", host.dir)
+    assert inspection._mirror_debs(mirror) == {"clip/real.deb": mirror / "mirrors" / "clip" / "real.deb"}
+    _link(mirror, "mirrors", host.dir)
+    with pytest.raises(TreeEscape, match=f"'mirrors': {ESCAPE}"):
+        inspection._mirror_debs(mirror)
 
 
 class _OldMounts:
