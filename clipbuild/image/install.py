@@ -2,7 +2,11 @@
 
 dpkg runs unprivileged and without chroot, so two things are checked first, for every package: it has no
 maintainer scripts (they would run on the build host), and no path in its data archive is absolute, holds
-`..`, or passes through a symbolic link some package installs (dpkg would follow it out of the tree).
+`..`, or passes through a symbolic link some package installs (dpkg would follow it out of the tree); no hard
+link names anything but a regular file of the same package, earlier in its archive; and no member is a device
+or a FIFO, or has a setuid or setgid mode, unless the trust policy's `special_files` grants that package that
+kind. Every error names the package file, the member and the rule. After dpkg, every file operation on the
+trees goes through clipbuild.core.beneath, so a package's link never leads this work out of the tree.
 
 CLIP's layout (clipos4.md §4) is then made from the installed tree: what the apps part installed under
 /usr/local goes to the mounts partition's usr/ (bound on /usr/local at boot), /var to its var/ (bound on /var,
@@ -46,6 +50,7 @@ def _fsys_tarfile(deb: Path) -> bytes:
     return run_bytes(["dpkg-deb", "--fsys-tarfile", deb], b"")
 
 
+GRANTABLE = "no package installs one unless its policy allows"
 SPECIAL_HINT = ("a trust policy allows it for one package with `special_files: {PACKAGE: [setuid, setgid, "
                 "device, fifo]}` (docs/security.md says who may grant it)")
 
@@ -97,7 +102,8 @@ def _checked_members(deb: Path, granted: set[str]) -> list[tuple[str, tarfile.Ta
         path = _member_path(deb, member.name)
         problem = _member_problem(member, regular, granted)
         if problem:
-            raise ImageError(f"{deb.name}: '{path}': {problem}", hint=SPECIAL_HINT if "allow" in problem else "")
+            raise ImageError(f"{deb.name}: '{path}': {problem}",
+                             hint=SPECIAL_HINT if problem.endswith(GRANTABLE) else "")
         if member.isreg():
             regular.add(path)
         out.append((path, member))
@@ -114,12 +120,12 @@ def _member_problem(member: tarfile.TarInfo, regular: set[str], granted: set[str
     elif member.ischr() or member.isblk() or member.isfifo():
         kind = "a FIFO" if member.isfifo() else "a device node"
         if ("fifo" if member.isfifo() else "device") not in granted:
-            return f"{kind}: the root is mounted without nodev; no package installs one unless its policy allows"
+            return f"{kind}: the root is mounted without nodev; {GRANTABLE}"
     elif not (member.isreg() or member.isdir() or member.issym()):
         return f"an archive member of type {member.type!r}: only files, directories and links are installed"
     for bit, name in ((stat.S_ISUID, "setuid"), (stat.S_ISGID, "setgid")):
         if member.mode & bit and name not in granted:
-            return f"mode {member.mode:o} is {name}: no package installs one unless its policy allows"
+            return f"mode {member.mode:o} is {name}: {GRANTABLE}"
     return ""
 
 
