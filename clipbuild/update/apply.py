@@ -18,10 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import hashlib
-import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,15 +193,14 @@ class Outcome:
 def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = None,
           progress: Callable[[str], None] = lambda message: None) -> Outcome:
     rules = rules or Rules()
-    notes = [note] if (note := apps.recover(image)) else []
     found = inspection.read(image)
+    active = found.check_writable()
+    notes = [note] if (note := apps.recover(found)) else []
     manifest = found.manifest
-    active = found.active_slot
-    if active not in manifest["slots"]:
-        raise ImageError(f"{image}: extlinux.conf selects no known slot", hint="clipbuild update rollback IMAGE")
-    target = next(s for s in sorted(manifest["slots"]) if s != active)
-    if imageedit.journal_path(image).exists():
-        previous = json.loads(imageedit.journal_path(image).read_text())
+    target = next((s for s in sorted(manifest["slots"]) if s != active), None)
+    if target is None:
+        raise ImageError(f"{image}: the image has a single slot; a core update needs an inactive one")
+    if (previous := imageedit.read_journal(found)) is not None:
         notes.append(f"an update to slot {previous['target']} ({previous['version']}) was interrupted "
                      f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
     parts = read_repository(repo)
@@ -220,14 +217,14 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
             return Outcome(image, "nothing", active, target, old_version, old_version,
                            [*notes, "the core and the apps in the repository are the ones installed"])
         progress(f"apps {new_apps.conf.name} {new_apps.conf.version} on the running slot {active}")
-        with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
-            info = apps.apply_apps(found, new_apps.members, Path(tmp), progress)
+        with imageedit.scratch(image) as tmp:
+            info = apps.apply_apps(found, new_apps.members, tmp, progress)
             imageedit.write_manifest(found, {**manifest, "slots": {**manifest["slots"], active: info},
-                                             "packages": info["packages"]}, Path(tmp))
+                                             "packages": info["packages"]}, tmp)
         return Outcome(image, "apps", active, target, old_version, old_version, notes)
     progress(f"core {old_version} -> {core.conf.version} into slot {target}")
-    with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
-        _apply_core(found, parts, target, Path(tmp), progress)
+    with imageedit.scratch(image) as tmp:
+        _apply_core(found, parts, target, tmp, progress)
     return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
 
 
@@ -296,7 +293,7 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
     by_label = {s.label: s for s in slices}
     version, date = info["version"], manifest["source_date_epoch"]
     slots = {**manifest["slots"], target: info}
-    journal = imageedit.Journal(image, target, version)
+    journal = imageedit.Journal(found, target, version)
     journal.step("writing the partitions of the inactive slot")
     for label, source in files.items():
         imageedit.replace_partition(image, by_label[label], source)
@@ -322,26 +319,26 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
 
 def rollback(image: Path) -> tuple[str, str]:
     """Make the other slot active again, once its root verifies against its boot entry: (from, to)."""
-    apps.recover(image)
     found = inspection.read(image)
-    active = found.active_slot or ""
+    active = found.check_writable()
+    apps.recover(found)
     other = next((s for s in sorted(found.manifest["slots"]) if s != active), None)
     if other is None:
         raise ImageError(f"{image}: no other slot to go back to")
     report = inspection.Report()
-    with tempfile.TemporaryDirectory(prefix="clipbuild-rollback-", dir=image.parent) as tmp:
-        inspection.verify_slot(found, other, found.manifest["slots"][other], Path(tmp), report)
+    with imageedit.scratch(image) as tmp:
+        inspection.verify_slot(found, other, found.manifest["slots"][other], tmp, report)
         if not report.ok:
             failed = "; ".join(f"{what}: {detail}" for what, ok, detail in report.checks if not ok)
             raise ImageError(f"{image}: slot {other} does not verify, not switching to it ({failed})")
         boot = found.mtools()
         date = found.manifest["source_date_epoch"]
-        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), Path(tmp), date)
+        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), tmp, date)
         info = found.manifest["slots"][other]
         manifest = {**found.manifest, "active_slot": other, "version": info["version"],
                     "release": info.get("release", found.manifest["release"]),
                     "packages": info.get("packages", found.manifest["packages"])}
-        imageedit.write_manifest(found, manifest, Path(tmp))
+        imageedit.write_manifest(found, manifest, tmp)
     return active, other
 
 
