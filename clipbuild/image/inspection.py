@@ -197,15 +197,25 @@ def _verify_table(found: Inspection, report: Report) -> None:
         report.add(f"partition {part['label']}", same, "" if same else "differs from the manifest")
 
 
-def verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Path, report: Report) -> None:
+def copy_root(found: Inspection, slot: str, info: dict[str, Any], scratch: Path) -> tuple[Path, Path] | None:
+    """A slot's root data and its hash tree copied out of the image (sparse), or None when the manifest's
+    data block count does not fit the root partition."""
     data, hashes = scratch / f"root_{slot}.img", scratch / f"root_{slot}_verity.img"
     root, tree = found.entry(info["root_partition"]), found.entry(info["verity_partition"])
     if not 0 < info["data_blocks"] * fsimage.VERITY_BLOCK <= root.size:
-        report.add(f"slot {slot}: root verifies against its root hash (dm-verity)", False,
-                   f"the manifest's {info['data_blocks']} data blocks do not fit {root.label}")
-        return
+        return None
     gpt.copy_out(found.image, root.start, info["data_blocks"] * fsimage.VERITY_BLOCK, data)
     gpt.copy_out(found.image, tree.start, tree.size, hashes)
+    return data, hashes
+
+
+def verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Path, report: Report) -> None:
+    copied = copy_root(found, slot, info, scratch)
+    if copied is None:
+        report.add(f"slot {slot}: root verifies against its root hash (dm-verity)", False,
+                   f"the manifest's {info['data_blocks']} data blocks do not fit {info['root_partition']}")
+        return
+    data, hashes = copied
     boot_hash = found.boot_hashes.get(slot, "")
     report.add(f"slot {slot}: boot entry root hash = manifest", boot_hash == info["root_hash"],
                boot_hash or "no verity table in the boot entry")

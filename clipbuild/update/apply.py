@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import hashlib
 import os
 import re
@@ -204,14 +205,16 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
         notes.append(f"an update to slot {previous['target']} ({previous['version']}) was interrupted "
                      f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
     parts = read_repository(repo)
-    installed = imageedit.installed(manifest, active)
+    with imageedit.scratch(image) as tmp:
+        installed = installed_versions(found, policy, tmp)
     reasons = [r for part in parts.values() for r in check_part(part, policy, installed.get(part.name, {}), rules)]
     if reasons:
         raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}",
                             detail=[f"  {reason}" for reason in reasons])
     core, new_apps = parts.get("clip-core"), parts.get("clip-apps")
     old_version = manifest["slots"][active]["version"]
-    if core is None or compare_versions(core.conf.version, installed["clip-core"].get(core.conf.name, "0")) == 0:
+    if core is None or compare_versions(core.conf.version,
+                                        installed.get("clip-core", {}).get(core.conf.name, "0")) == 0:
         if new_apps is None or compare_versions(new_apps.conf.version,
                                                 installed.get("clip-apps", {}).get(new_apps.conf.name, "0")) == 0:
             return Outcome(image, "nothing", active, target, old_version, old_version,
@@ -226,6 +229,75 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
     with imageedit.scratch(image) as tmp:
         _apply_core(found, parts, target, tmp, progress)
     return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
+
+
+CONF_FILE = re.compile(r"(clip|rm)-(core|apps)-conf(-[bh])?_[A-Za-z0-9.+~:%-]+\.deb")
+
+
+def installed_versions(found: inspection.Inspection, policy: trust.Policy,
+                       scratch: Path) -> dict[str, dict[str, str]]:
+    """Per set, package -> version the running slot has installed, from what can be authenticated, never from
+    the boot partition's manifest: the core's version is the running root's (etc/os-release IMAGE_VERSION),
+    read once the root verifies against the root hash its boot entry hands the kernel; each set's packages are
+    the pins of its conf package, signed (both signatures against `policy`), in the slot's local mirror: for
+    the core the one of the root's version, for the others the newest signed one."""
+    active = found.active_slot or ""
+    core_version = _root_version(found, active, scratch)
+    out: dict[str, dict[str, str]] = {}
+    for name, confs in _signed_confs(found, active, policy, scratch).items():
+        if name == "clip-core-conf":
+            chosen = next((c for c in confs if c.version == core_version), None)
+        else:
+            chosen = max(confs, key=functools.cmp_to_key(lambda a, b: compare_versions(a.version, b.version)))
+        if chosen is not None:
+            match = CONF.fullmatch(name)
+            out[f"{match['dist']}-{match['part']}"] = {name: chosen.version, **dict(pins(chosen))}
+    if "clip-core-conf" not in out.get("clip-core", {}):
+        raise ImageError(f"{found.image}: slot {active}'s root is core {core_version}, but its local mirror holds no "
+                         f"signed clip-core-conf {core_version}; cannot tell what is installed, refused before any "
+                         "write", hint="restore the image from a copy")
+    return out
+
+
+def _root_version(found: inspection.Inspection, active: str, scratch: Path) -> str:
+    """IMAGE_VERSION of the running root, after it verified against its boot entry's root hash."""
+    info = found.manifest["slots"][active]
+    boot_hash = found.boot_hashes.get(active, "")
+    copied = inspection.copy_root(found, active, info, scratch)
+    if copied is None or boot_hash != info["root_hash"] or not fsimage.verity_verify(*copied, boot_hash):
+        raise ImageError(f"{found.image}: slot {active}'s root does not verify against the root hash its boot "
+                         "entry gives the kernel (or the manifest disagrees with that entry); refused before any "
+                         "write", hint="clipbuild inspect IMAGE --verify says more; restore the image from a copy")
+    data, hashes = copied
+    path = "etc/os-release"
+    command = ["unsquashfs", "-cat", data, path] if info["fs"] == "squashfs" else ["debugfs", "-R", f"cat /{path}",
+                                                                                   data]
+    text = run(command).stdout
+    data.unlink()
+    hashes.unlink()
+    match = re.search(r"^IMAGE_VERSION=\"?([^\s\"]+)\"?$", text, re.MULTILINE)
+    if match is None:
+        raise ImageError(f"{found.image}: slot {active}'s root has no IMAGE_VERSION in /{path}; cannot tell what is "
+                         "installed, refused before any write")
+    return match.group(1)
+
+
+def _signed_confs(found: inspection.Inspection, active: str, policy: trust.Policy,
+                  scratch: Path) -> dict[str, list[Package]]:
+    """The conf packages of the slot's local mirror whose signatures verify, by package name."""
+    mounts = imageedit.Ext4(found, f"mounts_{active}", scratch)
+    out: dict[str, list[Package]] = {}
+    for dist in ("clip", "rm"):
+        for name in mounts.names(f"/var/pkg/mirrors/{dist}"):
+            if not CONF_FILE.fullmatch(name):
+                continue
+            deb = mounts.copy(f"/var/pkg/mirrors/{dist}/{name}")
+            if deb.is_symlink() or not deb.is_file() or not trust.verify_file(deb, policy).ok:
+                continue
+            package = read_package(deb)
+            if CONF.fullmatch(package.name):
+                out.setdefault(package.name, []).append(package)
+    return out
 
 
 @dataclass

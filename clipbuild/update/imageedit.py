@@ -1,9 +1,9 @@
 """Editing an image file in place, without root or mounts: the primitives updates are made of.
 
 An ext4 partition read with debugfs, a partition's content replaced (old blocks punched out first), a file of
-the boot partition rewritten with mtools, the manifest's view of what a slot holds, the update journal
-beside the image (CLIP's clip_install_boot.lck) with the test hook that kills an update at a given state, and
-the scratch folders of updates (beside the image, removed by the next run when an update was killed).
+the boot partition rewritten with mtools, the update journal beside the image (CLIP's clip_install_boot.lck)
+with the test hook that kills an update at a given state, and the scratch folders of updates (beside the
+image, removed by the next run when an update was killed).
 
 The journal is acted on only when it is clipbuild's own for this image: it carries an HMAC-SHA256 under a key
 kept in the user's clipbuild cache folder (created on first use, mode 0600) over its content, which includes
@@ -179,13 +179,11 @@ class Ext4:
         run(["debugfs", "-R", f"rdump {path} {out}", self.file])
         return out / Path(path).name
 
-
-def installed(manifest: dict[str, Any], slot_name: str) -> dict[str, dict[str, str]]:
-    """Per set, package -> version installed in a slot (from the manifest on the boot partition)."""
-    out: dict[str, dict[str, str]] = {}
-    for entry in inspection.slot_packages(manifest, slot_name):
-        out.setdefault(entry["set"], {})[entry["package"]] = entry["version"]
-    return out
+    def names(self, folder: str) -> list[str]:
+        """The names of the regular files in `folder` (none when it is absent)."""
+        listing = run(["debugfs", "-R", f"ls -p {folder}", self.file], check=False).stdout
+        fields = [line.strip().split("/") for line in listing.splitlines()]
+        return [f[5] for f in fields if len(f) == 8 and f[2].startswith("100")]
 
 
 def package_entries(pool: dict[str, list[Path]]) -> list[dict[str, str]]:
