@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,9 +106,10 @@ def image_path(opts: Options, name: str) -> Path:
     """IMAGE as a file, or a species name meaning its newest image in WORKDIR/images/ (development
     `<species>-<version>-dev.img` or release `<species>-<version>.img`)."""
     path = Path(name)
-    if path.is_file():
-        return path
-    if "/" not in name and species_path(opts.project, name).is_file():
+    is_species = "/" not in name and species_path(opts.project, name).is_file()
+    if path.is_file() or (os.path.lexists(path) and not is_species):
+        return path  # anything else there (folder, FIFO, dangling link) is refused by the reader, named
+    if is_species:
         profile = resolve(opts.project, name)
         paths = [opts.workdir / "images" / image_name(profile.species, profile.version, mode)
                  for mode in (DEVELOPMENT, RELEASE)]
