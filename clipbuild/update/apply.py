@@ -231,7 +231,7 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
     return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
 
 
-CONF_FILE = re.compile(r"(clip|rm)-(core|apps)-conf(-[bh])?_[A-Za-z0-9.+~:%-]+\.deb")
+CONF_FILE = re.compile(r"(clip|rm)-(core|apps)-conf(-[bh])?_[A-Za-z0-9.+~:%_-]+\.deb")
 
 
 def installed_versions(found: inspection.Inspection, policy: trust.Policy,
@@ -244,7 +244,8 @@ def installed_versions(found: inspection.Inspection, policy: trust.Policy,
     active = found.active_slot or ""
     core_version = _root_version(found, active, scratch)
     out: dict[str, dict[str, str]] = {}
-    for name, confs in _signed_confs(found, active, policy, scratch).items():
+    signed, refused = _signed_confs(found, active, policy, scratch)
+    for name, confs in signed.items():
         if name == "clip-core-conf":
             chosen = next((c for c in confs if c.version == core_version), None)
         else:
@@ -255,7 +256,8 @@ def installed_versions(found: inspection.Inspection, policy: trust.Policy,
     if "clip-core-conf" not in out.get("clip-core", {}):
         raise ImageError(f"{found.image}: slot {active}'s root is core {core_version}, but its local mirror holds no "
                          f"signed clip-core-conf {core_version}; cannot tell what is installed, refused before any "
-                         "write", hint="restore the image from a copy")
+                         "write", detail=[f"  {line}" for line in refused],
+                         hint="is --policy the policy the image was made with? else restore the image from a copy")
     return out
 
 
@@ -283,21 +285,25 @@ def _root_version(found: inspection.Inspection, active: str, scratch: Path) -> s
 
 
 def _signed_confs(found: inspection.Inspection, active: str, policy: trust.Policy,
-                  scratch: Path) -> dict[str, list[Package]]:
-    """The conf packages of the slot's local mirror whose signatures verify, by package name."""
+                  scratch: Path) -> tuple[dict[str, list[Package]], list[str]]:
+    """The conf packages of the slot's local mirror whose signatures verify, by package name; and why the
+    others were left out."""
     mounts = imageedit.Ext4(found, f"mounts_{active}", scratch)
     out: dict[str, list[Package]] = {}
+    refused: list[str] = []
     for dist in ("clip", "rm"):
         for name in mounts.names(f"/var/pkg/mirrors/{dist}"):
             if not CONF_FILE.fullmatch(name):
                 continue
             deb = mounts.copy(f"/var/pkg/mirrors/{dist}/{name}")
-            if deb.is_symlink() or not deb.is_file() or not trust.verify_file(deb, policy).ok:
+            verdict = None if deb.is_symlink() or not deb.is_file() else trust.verify_file(deb, policy)
+            if verdict is None or not verdict.ok:
+                refused.append(f"{dist}/{name}: {'; '.join(verdict.reasons) if verdict else 'not a file'}")
                 continue
             package = read_package(deb)
             if CONF.fullmatch(package.name):
                 out.setdefault(package.name, []).append(package)
-    return out
+    return out, refused
 
 
 @dataclass

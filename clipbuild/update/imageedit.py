@@ -168,7 +168,8 @@ class Ext4:
 
     def __init__(self, found: inspection.Inspection, label: str, scratch: Path):
         entry = found.entry(label)
-        self.file, self.scratch, self.count = scratch / f"{label}.img", scratch, 0
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=scratch))  # its own: two may share `scratch`
+        self.file, self.count = self.scratch / f"{label}.img", 0
         gpt.copy_out(found.image, entry.start, entry.size, self.file)
 
     def copy(self, path: str) -> Path:
