@@ -32,6 +32,7 @@ from clipbuild.core.errors import ClipbuildError, ImageError, RepositoryError, U
 from clipbuild.core.run import run
 from clipbuild.image import bootloader, fsimage, inspection, install, slot
 from clipbuild.signing import trust
+from clipbuild.spec import cmdline
 from clipbuild.update import apps, imageedit
 from clipbuild.update.repository import CONF, Package, pins, pool_file, read_index, read_package
 
@@ -201,6 +202,7 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
     target = next((s for s in sorted(manifest["slots"]) if s != active), None)
     if target is None:
         raise ImageError(f"{image}: the image has a single slot; a core update needs an inactive one")
+    _extra(manifest, active)  # the arguments the new entries will carry: checked before anything is written
     if (previous := imageedit.read_journal(found)) is not None:
         notes.append(f"an update to slot {previous['target']} ({previous['version']}) was interrupted "
                      f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
@@ -455,12 +457,16 @@ def _carry_configuration(old_mounts: imageedit.Ext4, trees: dict[str, Path]) -> 
 def _timeout(found: inspection.Inspection, active: str, scratch: Path) -> int:
     text = inspection.read_boot_file(found.image, found.boot().start,
                                      f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}", scratch)
-    words = [line.split() for line in text.splitlines() if line.startswith("TIMEOUT ")]
-    return int(words[0][1]) if words else 30
+    found_timeout = re.search(r"^TIMEOUT ([0-9]{1,6})\s*$", text, re.MULTILINE)
+    return int(found_timeout.group(1)) if found_timeout else 30
 
 
 def _extra(manifest: dict[str, Any], active: str) -> tuple[str, ...]:
     """The profile's own kernel arguments, as the active slot's entry carries them."""
     words = manifest["slots"][active].get("cmdline", "").split('" ', 1)[-1].split()
     ours = ("dm-mod.waitfor=", "root=", "rootfstype=", "ro", "clip.slot=")
-    return tuple(w for w in words if not any(w == o or (o.endswith("=") and w.startswith(o)) for o in ours))
+    extra = tuple(w for w in words if not any(w == o or (o.endswith("=") and w.startswith(o)) for o in ours))
+    if refused := [reason for word in extra if (reason := cmdline.refusal(word))]:
+        raise ImageError(f"slot {active}'s kernel arguments in the manifest on the boot partition: {refused[0]}; "
+                         "refused before any write", hint="the boot partition was edited: restore the image")
+    return extra

@@ -16,7 +16,7 @@ from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import ImageError
 from clipbuild.core.run import run
 from clipbuild.image import gpt, inspection
-from clipbuild.update import apps, imageedit
+from clipbuild.update import apply, apps, imageedit
 from tests.unit.image.gptcraft import MIB, Gpt, entry
 
 LABELS = ("boot", "root_a", "root_a_verity", "mounts_a", "root_b", "root_b_verity", "mounts_b")
@@ -198,3 +198,27 @@ def test_scratch_of_a_live_run_is_kept(tmp_path):
     live = tmp_path / f".disk.img{imageedit.SCRATCH_MARK}{os.getpid()}-abc"
     live.mkdir()
     assert imageedit.clean_scratch(image) == [] and live.is_dir()
+
+
+# -- boot facts read from the boot partition ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("extra", "reason"), [("init=/bin/sh", "overrides what clipbuild sets"),
+                                               ("rw", "overrides what clipbuild sets|weaken|not among"),
+                                               ("dm_verity.error_behavior=0", "dm-verity")])
+def test_kernel_arguments_planted_in_the_manifest_are_refused(extra, reason):
+    table = 'dm-mod.create="root,,,ro,0 8 verity 1 a b 4096 4096 1 1 sha256 x y 1 panic_on_corruption"'
+    manifest = {"slots": {"a": {"cmdline": f"{table} dm-mod.waitfor=x root=/dev/dm-0 ro clip.slot=a "
+                                           f"console=ttyS0 {extra}"}}}
+    with pytest.raises(ImageError, match=reason):
+        apply._extra(manifest, "a")
+    manifest["slots"]["a"]["cmdline"] = manifest["slots"]["a"]["cmdline"].replace(extra, "")
+    assert apply._extra(manifest, "a") == ("console=ttyS0",)
+
+
+@pytest.mark.parametrize("text", ["TIMEOUT abc\n", "TIMEOUT \n", "TIMEOUT 99999999999\n", ""])
+def test_a_junk_timeout_falls_back(tmp_path, monkeypatch, text):
+    monkeypatch.setattr(apply.inspection, "read_boot_file", lambda *args: text)
+    found = _image(tmp_path / "disk.img")
+    found.manifest["partitions"][0]["mount"] = "/boot"
+    assert apply._timeout(found, "a", tmp_path) == 30
