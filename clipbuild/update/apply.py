@@ -229,7 +229,7 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
         return Outcome(image, "apps", active, target, old_version, old_version, notes)
     progress(f"core {old_version} -> {core.conf.version} into slot {target}")
     with imageedit.scratch(image) as tmp:
-        _apply_core(found, parts, target, tmp, progress)
+        _apply_core(found, parts, target, tmp, progress, _Kept(installed, policy))
     return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
 
 
@@ -318,10 +318,36 @@ class _Built:
     release: str
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """What the packages a core update keeps from the running slot are checked against: the versions the
+    running slot has installed (installed_versions) and the trust policy."""
+
+    installed: dict[str, dict[str, str]]
+    policy: trust.Policy
+
+    def check(self, set_name: str, debs: list[Path]) -> list[Path]:
+        """`debs` (named by the manifest) if each is signed and together they are exactly what is installed."""
+        found = {}
+        for deb in debs:
+            if not (verdict := trust.verify_file(deb, self.policy)).ok:
+                raise ImageError(f"{deb.name}: kept from the running slot's mirror, but: {'; '.join(verdict.reasons)}")
+            package = read_package(deb)
+            found[package.name] = package.version
+        if found != self.installed.get(set_name, {}):
+            raise ImageError(f"{set_name}: the packages the manifest names ({_listing(found)}) are not the ones the "
+                             f"running slot's signed conf package pins ({_listing(self.installed.get(set_name, {}))})")
+        return debs
+
+
+def _listing(versions: dict[str, str]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in sorted(versions.items())) or "none"
+
+
 def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
-                progress: Callable[[str], None]) -> None:
+                progress: Callable[[str], None], kept: _Kept) -> None:
     try:
-        built = _build_core(found, parts, target, scratch, progress)
+        built = _build_core(found, parts, target, scratch, progress, kept)
     except ClipbuildError as exc:
         raise ImageError(f"update not applied: {exc.lines()[0]}", hint=f"nothing was written: "
                          f"{found.image.name} still boots slot {found.active_slot}; fix the cause and run the "
@@ -330,7 +356,7 @@ def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
 
 
 def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
-                progress: Callable[[str], None]) -> _Built:
+                progress: Callable[[str], None], kept: _Kept) -> _Built:
     manifest = found.manifest
     active = found.active_slot or ""
     slices = found.slices()
@@ -339,9 +365,11 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     old_mirror = old_mounts.copy("/var/pkg/mirrors")
     pool = {name: [p.path for p in part.members] for name, part in parts.items() if part.dist == "clip"}
     # Apps not in the repository, and the RM levels (updated in their own jails): the packages the running
-    # slot has installed, by name from the manifest; the mirror also keeps older ones for rollback.
+    # slot has installed, by name from the manifest, each signed and together exactly what the running slot's
+    # signed conf packages pin; the mirror also keeps older ones for rollback.
     for name, files in _installed_files(manifest, active, ("clip-apps", *slot.RM_SETS)).items():
-        pool.setdefault(name, [old_mirror / name.split("-")[0] / file for file in files])
+        if name not in pool:
+            pool[name] = kept.check(name, [old_mirror / name.split("-")[0] / file for file in files])
     version = parts["clip-core"].conf.version
     trees = slot.core_trees([d for s in slot.CLIP_SETS for d in pool[s]], scratch / "new", progress)
     _carry_configuration(old_mounts, trees)
