@@ -8,8 +8,10 @@ root set in partitions 10 and 11.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import stat
 import struct
 import uuid
 import zlib
@@ -20,7 +22,7 @@ from typing import Any
 
 from clipbuild.core import safefile
 from clipbuild.core.digest import extents
-from clipbuild.core.errors import ImageError
+from clipbuild.core.errors import ImageError, NotAFile
 from clipbuild.core.run import run
 from clipbuild.spec.layout import ALIGNMENT, GPT_HEAD, GPT_TAIL, align, verity_hash_size
 from clipbuild.spec.model import Disk
@@ -211,6 +213,9 @@ def read_gpt(image: Path) -> Table:
     size and count (bounded: never more than MAX_TABLE bytes are read), the entries' CRC, UTF-16 labels, and
     the partitions against each other and the file (inside the usable area and the file, aligned, no
     overlap). Anything else is an ImageError naming the image and the rule."""
+    with contextlib.suppress(OSError):  # a FIFO, folder or device is refused before it is ever opened
+        if not stat.S_ISREG(mode := os.stat(image).st_mode):
+            raise NotAFile(f"{image}: it is {safefile.kind(mode)}: a regular file is expected")
     with os.fdopen(safefile.open_regular(image), "rb") as stream:
         file_size = os.fstat(stream.fileno()).st_size
         header = _read_at(stream, SECTOR, MAX_HEADER)
