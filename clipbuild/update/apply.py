@@ -221,6 +221,7 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
                                                 installed.get("clip-apps", {}).get(new_apps.conf.name, "0")) == 0:
             return Outcome(image, "nothing", active, target, old_version, old_version,
                            [*notes, "the core and the apps in the repository are the ones installed"])
+        _Kept(installed, policy).agrees(manifest, active, "clip-apps")  # the apps lists follow the manifest
         progress(f"apps {new_apps.conf.name} {new_apps.conf.version} on the running slot {active}")
         with imageedit.scratch(image) as tmp:
             info = apps.apply_apps(found, new_apps.members, tmp, progress)
@@ -334,10 +335,19 @@ class _Kept:
                 raise ImageError(f"{deb.name}: kept from the running slot's mirror, but: {'; '.join(verdict.reasons)}")
             package = read_package(deb)
             found[package.name] = package.version
-        if found != self.installed.get(set_name, {}):
-            raise ImageError(f"{set_name}: the packages the manifest names ({_listing(found)}) are not the ones the "
-                             f"running slot's signed conf package pins ({_listing(self.installed.get(set_name, {}))})")
+        self._same(set_name, found)
         return debs
+
+    def agrees(self, manifest: dict[str, Any], active: str, set_name: str) -> None:
+        """The manifest's entries of `set_name` for the running slot are exactly what is installed."""
+        entries = inspection.slot_packages(manifest, active)
+        self._same(set_name, {e["package"]: e["version"] for e in entries if e["set"] == set_name})
+
+    def _same(self, set_name: str, listed: dict[str, str]) -> None:
+        if listed != self.installed.get(set_name, {}):
+            raise ImageError(f"{set_name}: the packages the manifest names ({_listing(listed)}) are not the ones the "
+                             f"running slot's signed conf package pins ({_listing(self.installed.get(set_name, {}))});"
+                             " refused before any write", hint="the boot partition was edited: restore the image")
 
 
 def _listing(versions: dict[str, str]) -> str:

@@ -222,3 +222,14 @@ def test_a_junk_timeout_falls_back(tmp_path, monkeypatch, text):
     found = _image(tmp_path / "disk.img")
     found.manifest["partitions"][0]["mount"] = "/boot"
     assert apply._timeout(found, "a", tmp_path) == 30
+
+
+def test_apps_lists_follow_the_manifest_only_when_it_agrees_with_the_signed_pins():
+    kept = apply._Kept({"clip-apps": {"clip-apps-conf": "4.5.0", "vim": "9.0"}}, policy=None)
+    entry = {"set": "clip-apps", "package": "clip-apps-conf", "version": "4.5.0", "file": "f", "sha256": "0" * 64}
+    good = [entry, {**entry, "package": "vim", "version": "9.0"}]
+    kept.agrees({"slots": {"a": {"packages": good}}}, "a", "clip-apps")
+    for edited in ([entry], [*good, {**entry, "package": "extra"}], [entry, {**entry, "package": "vim",
+                                                                            "version": "8.0"}]):
+        with pytest.raises(ImageError, match="are not the ones the running slot's signed conf package pins"):
+            kept.agrees({"slots": {"a": {"packages": edited}}}, "a", "clip-apps")
