@@ -212,3 +212,12 @@ def test_a_switch_naming_a_missing_slot_is_refused_before_any_write(tmp_path):
     found.manifest["slots"]["a"]["data_blocks"] = 10**6  # a root larger than its partition
     with pytest.raises(ImageError, match="do not fit partition root_a"):
         found.check_writable()
+
+
+def test_a_relative_image_name_is_a_file_not_a_species(tmp_path, clipbuild, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Gpt(entry_size=16).write(tmp_path / "c.img")
+    result = clipbuild("inspect", "c.img")
+    assert result.code == 1 and result.err.startswith("error: c.img: GPT entry size 16"), result.err
+    os.mkfifo(tmp_path / "f.img")
+    assert clipbuild("inspect", "f.img").err.startswith("error: f.img: it is a FIFO")
