@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import click
 
 from clipbuild.cli.context import Options, emit_json, json_option
-from clipbuild.core.errors import InputError, VmCheckError
+from clipbuild.core.errors import ClipbuildError, InputError, VmCheckError
 from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
 from clipbuild.image import inspection, vm
@@ -107,7 +108,10 @@ def image_path(opts: Options, name: str) -> Path:
     path = Path(name)
     if path.is_file():
         return path
-    if "/" not in name and species_path(opts.project, name).is_file():
+    is_species = "/" not in name and _is_species(opts, name)
+    if os.path.lexists(path) and not is_species:
+        return path  # anything else there (folder, FIFO, dangling link) is refused by the reader, named
+    if is_species:
         profile = resolve(opts.project, name)
         paths = [opts.workdir / "images" / image_name(profile.species, profile.version, mode)
                  for mode in (DEVELOPMENT, RELEASE)]
@@ -116,6 +120,13 @@ def image_path(opts: Options, name: str) -> Path:
             return max(found, key=lambda p: p.stat().st_mtime_ns)
         raise InputError(f"no image of {name} yet ({' or '.join(str(p) for p in paths)})")
     raise InputError(f"{name}: no such image file (or species)")
+
+
+def _is_species(opts: Options, name: str) -> bool:
+    try:
+        return species_path(opts.project, name).is_file()
+    except ClipbuildError:  # not even a species name
+        return False
 
 
 @click.command("inspect")

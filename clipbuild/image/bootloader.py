@@ -9,6 +9,7 @@ made with mtools and SYSLINUX is installed with its mtools installer (`syslinux 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +108,9 @@ def active_slot(switch_text: str) -> str | None:
     words = switch_text.split()
     if len(words) == 2 and words[0].lower() == "include":
         name = words[1]
-        if name.startswith("extlinux_") and name.endswith(".conf"):
-            return name.removeprefix("extlinux_").removesuffix(".conf")
+        slot = name.removeprefix("extlinux_").removesuffix(".conf")
+        if name == slot_config_name(slot) and re.fullmatch(r"[a-z][a-z0-9]{0,7}", slot):
+            return slot
     return None
 
 

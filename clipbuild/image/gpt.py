@@ -8,7 +8,10 @@ root set in partitions 10 and 11.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
+import stat
 import struct
 import uuid
 import zlib
@@ -17,8 +20,9 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+from clipbuild.core import safefile
 from clipbuild.core.digest import extents
-from clipbuild.core.errors import ImageError
+from clipbuild.core.errors import ImageError, NotAFile
 from clipbuild.core.run import run
 from clipbuild.spec.layout import ALIGNMENT, GPT_HEAD, GPT_TAIL, align, verity_hash_size
 from clipbuild.spec.model import Disk
@@ -137,7 +141,7 @@ def copy_into(image: Path, part: Slice, source: Path) -> None:
 
 def copy_out(image: Path, start: int, length: int, out: Path) -> None:
     """Bytes [start, start+length) of the disk into a new sparse file."""
-    with out.open("wb") as stream:
+    with out.open("xb") as stream:  # a new file: never a planted one, never through a link
         stream.truncate(length)
     copy_range(image, start, length, out, 0)
 
@@ -179,34 +183,124 @@ class Entry:
     attributes: int
 
 
+# Bounds on what is read from an image's GPT: a crafted header never makes clipbuild read much.
+MAX_HEADER = SECTOR
+MAX_ENTRIES = 1024
+MAX_ENTRY_SIZE = 4096
+MAX_TABLE = 1 << 20
+PART_ALIGNMENT = 4096  # every clipbuild partition starts and ends on a 4 KiB block (dm-verity, ext4, FAT)
+
+
+@dataclass(frozen=True)
+class Table:
+    """The GPT of an image file: its disk GUID, partitions, and the SHA-256 of the primary header and entries
+    (what an update journal is bound to)."""
+
+    disk_guid: str
+    entries: list[Entry]
+    digest: str
+    file_size: int
+
+
 def read_table(image: Path) -> tuple[str, list[Entry]]:
-    """The disk GUID and partitions of an image file, checking the primary header's and entries' CRCs."""
-    with image.open("rb") as stream:
-        stream.seek(SECTOR)
-        header = stream.read(92)
+    """The disk GUID and partitions of an image file (see `read_gpt`)."""
+    table = read_gpt(image)
+    return table.disk_guid, table.entries
+
+
+def read_gpt(image: Path) -> Table:
+    """The GPT of an image file, every field checked before it is used: the header's size and CRC, the entry
+    size and count (bounded: never more than MAX_TABLE bytes are read), the entries' CRC, UTF-16 labels, and
+    the partitions against each other and the file (inside the usable area and the file, aligned, no
+    overlap). Anything else is an ImageError naming the image and the rule."""
+    with contextlib.suppress(OSError):  # a FIFO, folder or device is refused before it is ever opened
+        if not stat.S_ISREG(mode := os.stat(image).st_mode):
+            raise NotAFile(f"{image}: it is {safefile.kind(mode)}: a regular file is expected")
+    with os.fdopen(safefile.open_regular(image), "rb") as stream:
+        file_size = os.fstat(stream.fileno()).st_size
+        header = _read_at(stream, SECTOR, MAX_HEADER)
         if header[:8] != b"EFI PART":
             raise ImageError(f"{image}: no GPT (no 'EFI PART' signature at sector 1)")
-        size = struct.unpack_from("<I", header, 12)[0]
-        stream.seek(SECTOR)
-        full = bytearray(stream.read(size))
-        crc = struct.unpack_from("<I", full, 16)[0]
-        full[16:20] = b"\0\0\0\0"
-        if zlib.crc32(full) != crc:
-            raise ImageError(f"{image}: the GPT header checksum is wrong")
-        disk_guid = str(uuid.UUID(bytes_le=header[56:72])).upper()
-        entries_lba, count, entry_size, entries_crc = struct.unpack_from("<QIII", header, 72)
-        stream.seek(entries_lba * SECTOR)
-        table = stream.read(count * entry_size)
-    if zlib.crc32(table) != entries_crc:
+        fields = _check_header(image, header, file_size)
+        entries_lba, count, entry_size, entries_crc = fields
+        raw = _read_at(stream, entries_lba * SECTOR, count * entry_size)
+    if len(raw) != count * entry_size:
+        raise ImageError(f"{image}: the GPT partition entries run past the end of the file (truncated image?)")
+    if zlib.crc32(raw) != entries_crc:
         raise ImageError(f"{image}: the GPT partition entries' checksum is wrong")
-    entries = []
-    for index in range(count):
-        raw = table[index * entry_size:(index + 1) * entry_size]
-        if raw[:16] == bytes(16):
-            continue
-        first, last, attributes = struct.unpack_from("<QQQ", raw, 32)
-        label = raw[56:128].decode("utf-16-le").rstrip("\0")
-        entries.append(Entry(index + 1, label, str(uuid.UUID(bytes_le=raw[:16])).upper(),
-                             str(uuid.UUID(bytes_le=raw[16:32])).upper(), first * SECTOR,
-                             (last - first + 1) * SECTOR, attributes))
-    return disk_guid, entries
+    size = struct.unpack_from("<I", header, 12)[0]
+    entries = [e for i in range(count) if (e := _entry(image, i, raw[i * entry_size:i * entry_size + 128]))]
+    first_usable, last_usable = struct.unpack_from("<QQ", header, 40)
+    check_layout(image, entries, (first_usable * SECTOR, (last_usable + 1) * SECTOR), file_size)
+    return Table(str(uuid.UUID(bytes_le=header[56:72])).upper(), entries,
+                 sha256(header[:size] + raw).hexdigest(), file_size)
+
+
+def _read_at(stream: Any, offset: int, length: int) -> bytes:
+    stream.seek(offset)
+    return stream.read(length)
+
+
+def _check_header(image: Path, header: bytes, file_size: int) -> tuple[int, int, int, int]:
+    """The header's own checks; returns where the entries are, how many, their size and CRC."""
+    if len(header) < 92:
+        raise ImageError(f"{image}: the GPT header is cut short (truncated image?)")
+    size, crc = struct.unpack_from("<II", header, 12)
+    if not 92 <= size <= len(header):
+        raise ImageError(f"{image}: GPT header size {size} is outside 92..{MAX_HEADER} bytes")
+    full = bytearray(header[:size])
+    full[16:20] = bytes(4)
+    if zlib.crc32(full) != crc:
+        raise ImageError(f"{image}: the GPT header checksum is wrong")
+    backup_lba, first_usable, last_usable = struct.unpack_from("<QQQ", header, 32)
+    entries_lba, count, entry_size, entries_crc = struct.unpack_from("<QIII", header, 72)
+    if entry_size < 128 or entry_size % 8 or entry_size > MAX_ENTRY_SIZE:
+        raise ImageError(f"{image}: GPT entry size {entry_size} is not a multiple of 8 in 128..{MAX_ENTRY_SIZE}")
+    if count > MAX_ENTRIES or count * entry_size > MAX_TABLE:
+        raise ImageError(f"{image}: {count} GPT entries of {entry_size} bytes: more than clipbuild reads "
+                         f"({MAX_ENTRIES} entries, {MAX_TABLE} bytes)")
+    if not 2 <= entries_lba < first_usable <= last_usable < backup_lba:
+        raise ImageError(f"{image}: the GPT header's areas are out of order (entries at LBA {entries_lba}, "
+                         f"usable LBAs {first_usable}..{last_usable}, backup header at LBA {backup_lba})")
+    if (backup_lba + 1) * SECTOR > file_size:
+        raise ImageError(f"{image}: {file_size} bytes, but its GPT describes a disk of {(backup_lba + 1) * SECTOR} "
+                         "bytes (truncated image?)")
+    return entries_lba, count, entry_size, entries_crc
+
+
+def _entry(image: Path, index: int, raw: bytes) -> Entry | None:
+    if raw[:16] == bytes(16):
+        return None
+    first, last, attributes = struct.unpack_from("<QQQ", raw, 32)
+    try:
+        label = raw[56:128].decode("utf-16-le").split("\0", 1)[0]
+    except UnicodeDecodeError:
+        raise ImageError(f"{image}: GPT partition {index + 1}: its name is not valid UTF-16") from None
+    if last < first:
+        raise ImageError(f"{image}: GPT partition {index + 1} ({label}) ends (LBA {last}) before it starts "
+                         f"(LBA {first})")
+    return Entry(index + 1, label, str(uuid.UUID(bytes_le=raw[:16])).upper(),
+                 str(uuid.UUID(bytes_le=raw[16:32])).upper(), first * SECTOR, (last - first + 1) * SECTOR,
+                 attributes)
+
+
+def check_layout(image: Path, entries: list[Entry], usable: tuple[int, int], file_size: int) -> None:
+    """Partitions inside the usable area and the file, aligned, not overlapping, labels unique: the offsets
+    an update writes to are only ever these."""
+    labels = [e.label for e in entries]
+    if twice := sorted({label for label in labels if labels.count(label) > 1}):
+        raise ImageError(f"{image}: GPT: two partitions are labelled {twice[0]!r}")
+    for e in entries:
+        where = f"{image}: GPT partition {e.number} ({e.label})"
+        if e.start < usable[0] or e.start + e.size > usable[1]:
+            raise ImageError(f"{where}: bytes {e.start}..{e.start + e.size} are outside the disk's usable area "
+                             f"{usable[0]}..{usable[1]}")
+        if e.start + e.size > file_size:
+            raise ImageError(f"{where}: ends at byte {e.start + e.size}, past the end of the file ({file_size} "
+                             "bytes; truncated image?)")
+        if e.start % PART_ALIGNMENT or e.size % PART_ALIGNMENT:
+            raise ImageError(f"{where}: not aligned on {PART_ALIGNMENT} bytes (start {e.start}, size {e.size})")
+    ordered = sorted(entries, key=lambda e: e.start)
+    for a, b in itertools.pairwise(ordered):
+        if a.start + a.size > b.start:
+            raise ImageError(f"{image}: GPT partitions {a.number} ({a.label}) and {b.number} ({b.label}) overlap")

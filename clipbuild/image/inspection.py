@@ -11,6 +11,7 @@ digest against the manifest.
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 import tempfile
@@ -18,12 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipbuild.core import beneath
+from clipbuild.core import beneath, safefile
 from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import ImageError
 from clipbuild.core.run import run
 from clipbuild.image import bootloader, fsimage, gpt
-from clipbuild.image.manifest import EMBEDDED_MANIFEST
+from clipbuild.image.manifest import EMBEDDED_MANIFEST, check_shape
 from clipbuild.signing import trust
 
 
@@ -35,25 +36,62 @@ class Inspection:
     manifest: dict[str, Any]
     active_slot: str | None
     boot_hashes: dict[str, str]  # slot -> root hash in that slot's current entry
+    table_digest: str = ""  # SHA-256 of the GPT's primary header and entries (gpt.Table.digest)
 
     def entry(self, label: str) -> gpt.Entry:
         for e in self.entries:
             if e.label == label:
                 return e
-        raise ImageError(f"{self.image}: no partition labelled {label}")
+        raise ImageError(f"{self.image}: no partition labelled {label} in the GPT")
 
     def boot(self) -> gpt.Entry:
-        return self.entry(next(p["label"] for p in self.manifest["partitions"] if p["mount"] == "/boot"))
+        label = next((p["label"] for p in self.manifest["partitions"] if p["mount"] == "/boot"), None)
+        if label is None:
+            raise ImageError(f"{self.image}: the manifest names no /boot partition")
+        return self.entry(label)
 
     def mtools(self) -> str:
         """The boot partition as mtools addresses it inside the image file."""
         return f"{self.image}@@{self.boot().start}"
 
     def slices(self) -> list[gpt.Slice]:
-        return [gpt.Slice.from_dict(p) for p in self.manifest["partitions"]]
+        """The partitions: what each holds from the manifest, where it is (start, size, GUID) from the GPT,
+        whose layout `gpt.read_gpt` checked: an edited manifest never moves a write."""
+        out = []
+        for part in self.manifest["partitions"]:
+            e = self.entry(part["label"])
+            out.append(gpt.Slice.from_dict({**part, "start": e.start, "size": e.size, "guid": e.guid}))
+        return out
 
     def slice(self, label: str) -> gpt.Slice:
-        return next(s for s in self.slices() if s.label == label)
+        found = next((s for s in self.slices() if s.label == label), None)
+        if found is None:
+            raise ImageError(f"{self.image}: the manifest describes no partition labelled {label}")
+        return found
+
+    def check_writable(self) -> str:
+        """Refuse, before any write, an image whose parts disagree: the switch naming no slot of the image, a
+        manifest partition that is not the GPT's, a slot without its partitions or with a root larger than its
+        partition. Returns the active slot."""
+        by_label = {e.label: e for e in self.entries}
+        for part in self.manifest["partitions"]:
+            entry = by_label.get(part["label"])
+            if entry is None or (entry.start, entry.size, entry.guid) != (part["start"], part["size"], part["guid"]):
+                raise ImageError(f"{self.image}: partition {part['label']}: the manifest on the boot partition "
+                                 "disagrees with the GPT; refused before any write",
+                                 hint="the boot partition was edited or damaged: restore the image")
+        for name, info in self.manifest["slots"].items():
+            root = self.entry(info["root_partition"])
+            self.entry(info["verity_partition"])
+            self.entry(f"mounts_{name}")
+            if not 0 < info["data_blocks"] * fsimage.VERITY_BLOCK <= root.size:
+                raise ImageError(f"{self.image}: slot {name}: {info['data_blocks']} data blocks do not fit "
+                                 f"partition {root.label}; refused before any write")
+        if self.active_slot not in self.manifest["slots"]:
+            raise ImageError(f"{self.image}: extlinux.conf selects slot {self.active_slot!r}, which the image does "
+                             f"not have (slots: {', '.join(sorted(self.manifest['slots']))}); refused before any "
+                             "write", hint="restore the image's boot partition")
+        return self.active_slot or ""
 
     def to_dict(self) -> dict[str, Any]:
         m = self.manifest
@@ -75,34 +113,48 @@ def slot_packages(manifest: dict[str, Any], slot: str) -> list[dict[str, Any]]:
     return manifest["slots"][slot].get("packages") or manifest["packages"]
 
 
+MAX_BOOT_FILE = 4 << 20  # a manifest or a SYSLINUX config is far smaller
+
+
 def read_boot_file(image: Path, start: int, name: str, scratch: Path) -> str:
+    """A text file of the boot partition: bounded in size, UTF-8, else an ImageError naming it."""
     out = scratch / Path(name).name
     fsimage.vfat_read(f"{image}@@{start}", name, out)
-    return out.read_text()
+    with os.fdopen(safefile.open_regular(out, follow=False, max_size=MAX_BOOT_FILE), "rb") as stream:
+        data = stream.read()
+    try:
+        return data.decode()
+    except UnicodeDecodeError as exc:
+        raise ImageError(f"{image}: {name} on the boot partition is not UTF-8 text (byte {exc.start})",
+                         hint="the boot partition was changed or damaged; restore the image") from None
+
+
+def _manifest(image: Path, text: str) -> dict[str, Any]:
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ImageError(f"{image}: {EMBEDDED_MANIFEST} on the boot partition is not JSON ({str(exc)[:80]})",
+                         hint="was it made by clipbuild image?") from None
+    return check_shape(data, f"{image}: {EMBEDDED_MANIFEST}")
 
 
 def read(image: Path) -> Inspection:
-    if not image.is_file():
-        raise ImageError(f"{image}: no such image file")
-    disk_guid, entries = gpt.read_table(image)
+    table = gpt.read_gpt(image)  # a regular file (never a FIFO, folder or dangling link), its GPT checked
+    disk_guid, entries = table.disk_guid, table.entries
     boot = next((e for e in entries if e.label == "boot"), None) or next(
         (e for e in entries if e.type_guid == gpt.TYPES["esp"]), None)
     if boot is None:
         raise ImageError(f"{image}: no boot partition in the GPT")
     with tempfile.TemporaryDirectory(prefix="clipbuild-inspect-") as tmp:
         scratch = Path(tmp)
-        try:
-            manifest = json.loads(read_boot_file(image, boot.start, EMBEDDED_MANIFEST, scratch))
-        except (ValueError, OSError) as exc:
-            raise ImageError(f"{image}: the boot partition holds no readable {EMBEDDED_MANIFEST} ({exc})",
-                             hint="was it made by clipbuild image?") from None
+        manifest = _manifest(image, read_boot_file(image, boot.start, EMBEDDED_MANIFEST, scratch))
         active = bootloader.active_slot(read_boot_file(image, boot.start, bootloader.SWITCH, scratch))
         hashes = {}
         for slot in manifest.get("slots", {}):
             text = read_boot_file(image, boot.start, f"{bootloader.DIRECTORY}/"
                                    f"{bootloader.slot_config_name(slot)}", scratch)
             hashes[slot] = current_root_hash(text)
-    return Inspection(image, disk_guid, entries, manifest, active, hashes)
+    return Inspection(image, disk_guid, entries, manifest, active, hashes, table.digest)
 
 
 def current_root_hash(slot_config: str) -> str:
@@ -146,11 +198,25 @@ def _verify_table(found: Inspection, report: Report) -> None:
         report.add(f"partition {part['label']}", same, "" if same else "differs from the manifest")
 
 
-def verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Path, report: Report) -> None:
+def copy_root(found: Inspection, slot: str, info: dict[str, Any], scratch: Path) -> tuple[Path, Path] | None:
+    """A slot's root data and its hash tree copied out of the image (sparse), or None when the manifest's
+    data block count does not fit the root partition."""
     data, hashes = scratch / f"root_{slot}.img", scratch / f"root_{slot}_verity.img"
     root, tree = found.entry(info["root_partition"]), found.entry(info["verity_partition"])
+    if not 0 < info["data_blocks"] * fsimage.VERITY_BLOCK <= root.size:
+        return None
     gpt.copy_out(found.image, root.start, info["data_blocks"] * fsimage.VERITY_BLOCK, data)
     gpt.copy_out(found.image, tree.start, tree.size, hashes)
+    return data, hashes
+
+
+def verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Path, report: Report) -> None:
+    copied = copy_root(found, slot, info, scratch)
+    if copied is None:
+        report.add(f"slot {slot}: root verifies against its root hash (dm-verity)", False,
+                   f"the manifest's {info['data_blocks']} data blocks do not fit {info['root_partition']}")
+        return
+    data, hashes = copied
     boot_hash = found.boot_hashes.get(slot, "")
     report.add(f"slot {slot}: boot entry root hash = manifest", boot_hash == info["root_hash"],
                boot_hash or "no verity table in the boot entry")

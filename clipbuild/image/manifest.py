@@ -4,10 +4,12 @@ the image's file name."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from clipbuild.core.digest import sha256_file
+from clipbuild.core.errors import ImageError
 from clipbuild.image import gpt, install
 from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.signing.trust import Verdict
@@ -49,3 +51,71 @@ def describe(pool: dict[str, list[tuple[Path, Verdict]]], slots: dict[str, dict[
         "partitions": [s.to_dict() for s in slices], "slots": slots, "packages": packages,
         "signers": sorted(signers.values(), key=lambda s: (s["role"], s["fingerprint"])),
     }
+
+
+# -- the shape of a manifest read back from an image -------------------------------------------------------
+# A manifest read from a boot partition is input like any other: its shape is checked before any of it is
+# used. A key ending in "?" is optional; {"*": X} maps names to X; [X] is a list of X.
+
+HEX64 = re.compile(r"[0-9a-f]{64}")
+PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")  # a file or set name: no folder, never . or ..
+SLOT_NAME = re.compile(r"[a-z][a-z0-9]{0,7}")
+_PACKAGE = {"set": PLAIN, "package": str, "version": str, "file": PLAIN, "sha256": HEX64}
+_PARTITION = {"number": int, "label": PLAIN, "name": str, "slot": str, "role": str, "fs": str,
+              "mount": (str, type(None)), "options": [str], "start": int, "size": int, "type_guid": str,
+              "guid": str}
+_SLOT = {"version": str, "fs": str, "root_partition": PLAIN, "verity_partition": PLAIN, "root_hash": HEX64,
+         "salt": re.compile(r"[0-9a-f]{1,256}"), "data_blocks": int, "kernel_sha256?": HEX64,
+         "packages?": [_PACKAGE], "release?": str, "cmdline?": str}
+SHAPE = {"species": PLAIN, "version": str, "release": str, "signing": str, "source_date_epoch": int,
+         "partitions": [_PARTITION], "slots": {"*": _SLOT}, "packages": [_PACKAGE], "signers": [dict]}
+
+
+def check_shape(data: Any, where: str) -> dict[str, Any]:
+    """`data` if it has the manifest's shape (types, names, digests); else an ImageError naming the key."""
+    problem = _shape(data, SHAPE, "")
+    if problem is None and not all(SLOT_NAME.fullmatch(name) for name in data["slots"]):
+        problem = "slots: a slot name is not a short lower-case name"
+    if problem:
+        raise ImageError(f"{where}: not a clipbuild manifest: {problem}",
+                         hint="the boot partition was changed or damaged; rebuild or restore the image")
+    return data
+
+
+def _shape(value: Any, spec: Any, path: str) -> str | None:
+    if isinstance(spec, re.Pattern):
+        ok = isinstance(value, str) and spec.fullmatch(value) is not None
+        return None if ok else f"{path or 'value'}: {_short(value)} is not of the expected form"
+    if isinstance(spec, list):
+        if not isinstance(value, list):
+            return f"{path}: a list is expected"
+        return next((p for i, item in enumerate(value) if (p := _shape(item, spec[0], f"{path}[{i}]"))), None)
+    if isinstance(spec, dict) and "*" in spec:
+        if not isinstance(value, dict):
+            return f"{path}: a mapping is expected"
+        return next((p for k, v in value.items() if (p := _shape(v, spec["*"], f"{path}.{k}"))), None)
+    if isinstance(spec, dict):
+        return _record(value, spec, path)
+    types = spec if isinstance(spec, tuple) else (spec,)
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        return f"{path}: {_short(value)} is not {' or '.join(t.__name__ for t in types)}"
+    return None
+
+
+def _record(value: Any, spec: dict[str, Any], path: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{path or 'the manifest'}: a mapping is expected"
+    for key, sub in spec.items():
+        name = key.rstrip("?")
+        if name not in value:
+            if key.endswith("?"):
+                continue
+            return f"{path}.{name}: missing".lstrip(".")
+        if problem := _shape(value[name], sub, f"{path}.{name}".lstrip(".")):
+            return problem
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

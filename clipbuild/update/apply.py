@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import hashlib
-import json
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -33,6 +32,7 @@ from clipbuild.core.errors import ClipbuildError, ImageError, RepositoryError, U
 from clipbuild.core.run import run
 from clipbuild.image import bootloader, fsimage, inspection, install, slot
 from clipbuild.signing import trust
+from clipbuild.spec import cmdline
 from clipbuild.update import apps, imageedit
 from clipbuild.update.repository import CONF, Package, pins, pool_file, read_index, read_package
 
@@ -195,40 +195,118 @@ class Outcome:
 def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = None,
           progress: Callable[[str], None] = lambda message: None) -> Outcome:
     rules = rules or Rules()
-    notes = [note] if (note := apps.recover(image)) else []
     found = inspection.read(image)
+    active = found.check_writable()
+    notes = [note] if (note := apps.recover(found)) else []
     manifest = found.manifest
-    active = found.active_slot
-    if active not in manifest["slots"]:
-        raise ImageError(f"{image}: extlinux.conf selects no known slot", hint="clipbuild update rollback IMAGE")
-    target = next(s for s in sorted(manifest["slots"]) if s != active)
-    if imageedit.journal_path(image).exists():
-        previous = json.loads(imageedit.journal_path(image).read_text())
+    target = next((s for s in sorted(manifest["slots"]) if s != active), None)
+    if target is None:
+        raise ImageError(f"{image}: the image has a single slot; a core update needs an inactive one")
+    _extra(manifest, active)  # the arguments the new entries will carry: checked before anything is written
+    if (previous := imageedit.read_journal(found)) is not None:
         notes.append(f"an update to slot {previous['target']} ({previous['version']}) was interrupted "
                      f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
     parts = read_repository(repo)
-    installed = imageedit.installed(manifest, active)
+    with imageedit.scratch(image) as tmp:
+        installed = installed_versions(found, policy, tmp)
     reasons = [r for part in parts.values() for r in check_part(part, policy, installed.get(part.name, {}), rules)]
     if reasons:
         raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}",
                             detail=[f"  {reason}" for reason in reasons])
     core, new_apps = parts.get("clip-core"), parts.get("clip-apps")
     old_version = manifest["slots"][active]["version"]
-    if core is None or compare_versions(core.conf.version, installed["clip-core"].get(core.conf.name, "0")) == 0:
+    if core is None or compare_versions(core.conf.version,
+                                        installed.get("clip-core", {}).get(core.conf.name, "0")) == 0:
         if new_apps is None or compare_versions(new_apps.conf.version,
                                                 installed.get("clip-apps", {}).get(new_apps.conf.name, "0")) == 0:
             return Outcome(image, "nothing", active, target, old_version, old_version,
                            [*notes, "the core and the apps in the repository are the ones installed"])
+        _Kept(installed, policy).agrees(manifest, active, "clip-apps")  # the apps lists follow the manifest
         progress(f"apps {new_apps.conf.name} {new_apps.conf.version} on the running slot {active}")
-        with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
-            info = apps.apply_apps(found, new_apps.members, Path(tmp), progress, policy.special())
+        with imageedit.scratch(image) as tmp:
+            info = apps.apply_apps(found, new_apps.members, tmp, progress, policy.special())
             imageedit.write_manifest(found, {**manifest, "slots": {**manifest["slots"], active: info},
-                                             "packages": info["packages"]}, Path(tmp))
+                                             "packages": info["packages"]}, tmp)
         return Outcome(image, "apps", active, target, old_version, old_version, notes)
     progress(f"core {old_version} -> {core.conf.version} into slot {target}")
-    with tempfile.TemporaryDirectory(prefix="clipbuild-update-", dir=image.parent) as tmp:
-        _apply_core(found, parts, target, Path(tmp), progress, policy.special())
+    with imageedit.scratch(image) as tmp:
+        _apply_core(found, parts, target, tmp, progress, _Kept(installed, policy), policy.special())
     return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
+
+
+CONF_FILE = re.compile(r"(clip|rm)-(core|apps)-conf(-[bh])?_[A-Za-z0-9.+~:%_-]+\.deb")
+
+
+def installed_versions(found: inspection.Inspection, policy: trust.Policy,
+                       scratch: Path) -> dict[str, dict[str, str]]:
+    """Per set, package -> version the running slot has installed, from what can be authenticated, never from
+    the boot partition's manifest: the core's version is the running root's (etc/os-release IMAGE_VERSION),
+    read once the root verifies against the root hash its boot entry hands the kernel; each set's packages are
+    the pins of its conf package, signed (both signatures against `policy`), in the slot's local mirror: for
+    the core the one of the root's version, for the others the newest signed one."""
+    active = found.active_slot or ""
+    core_version = _root_version(found, active, scratch)
+    out: dict[str, dict[str, str]] = {}
+    signed, refused = _signed_confs(found, active, policy, scratch)
+    for name, confs in signed.items():
+        if name == "clip-core-conf":
+            chosen = next((c for c in confs if c.version == core_version), None)
+        else:
+            chosen = max(confs, key=functools.cmp_to_key(lambda a, b: compare_versions(a.version, b.version)))
+        if chosen is not None:
+            match = CONF.fullmatch(name)
+            out[f"{match['dist']}-{match['part']}"] = {name: chosen.version, **dict(pins(chosen))}
+    if "clip-core-conf" not in out.get("clip-core", {}):
+        raise ImageError(f"{found.image}: slot {active}'s root is core {core_version}, but its local mirror holds no "
+                         f"signed clip-core-conf {core_version}; cannot tell what is installed, refused before any "
+                         "write", detail=[f"  {line}" for line in refused],
+                         hint="is --policy the policy the image was made with? else restore the image from a copy")
+    return out
+
+
+def _root_version(found: inspection.Inspection, active: str, scratch: Path) -> str:
+    """IMAGE_VERSION of the running root, after it verified against its boot entry's root hash."""
+    info = found.manifest["slots"][active]
+    boot_hash = found.boot_hashes.get(active, "")
+    copied = inspection.copy_root(found, active, info, scratch)
+    if copied is None or boot_hash != info["root_hash"] or not fsimage.verity_verify(*copied, boot_hash):
+        raise ImageError(f"{found.image}: slot {active}'s root does not verify against the root hash its boot "
+                         "entry gives the kernel (or the manifest disagrees with that entry); refused before any "
+                         "write", hint="clipbuild inspect IMAGE --verify says more; restore the image from a copy")
+    data, hashes = copied
+    path = "etc/os-release"
+    command = ["unsquashfs", "-cat", data, path] if info["fs"] == "squashfs" else ["debugfs", "-R", f"cat /{path}",
+                                                                                   data]
+    text = run(command).stdout
+    data.unlink()
+    hashes.unlink()
+    match = re.search(r"^IMAGE_VERSION=\"?([^\s\"]+)\"?$", text, re.MULTILINE)
+    if match is None:
+        raise ImageError(f"{found.image}: slot {active}'s root has no IMAGE_VERSION in /{path}; cannot tell what is "
+                         "installed, refused before any write")
+    return match.group(1)
+
+
+def _signed_confs(found: inspection.Inspection, active: str, policy: trust.Policy,
+                  scratch: Path) -> tuple[dict[str, list[Package]], list[str]]:
+    """The conf packages of the slot's local mirror whose signatures verify, by package name; and why the
+    others were left out."""
+    mounts = imageedit.Ext4(found, f"mounts_{active}", scratch)
+    out: dict[str, list[Package]] = {}
+    refused: list[str] = []
+    for dist in ("clip", "rm"):
+        for name in mounts.names(f"/var/pkg/mirrors/{dist}"):
+            if not CONF_FILE.fullmatch(name):
+                continue
+            deb = mounts.copy(f"/var/pkg/mirrors/{dist}/{name}")
+            verdict = None if deb.is_symlink() or not deb.is_file() else trust.verify_file(deb, policy)
+            if verdict is None or not verdict.ok:
+                refused.append(f"{dist}/{name}: {'; '.join(verdict.reasons) if verdict else 'not a file'}")
+                continue
+            package = read_package(deb)
+            if CONF.fullmatch(package.name):
+                out.setdefault(package.name, []).append(package)
+    return out, refused
 
 
 @dataclass
@@ -241,10 +319,45 @@ class _Built:
     release: str
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """What the packages a core update keeps from the running slot are checked against: the versions the
+    running slot has installed (installed_versions) and the trust policy."""
+
+    installed: dict[str, dict[str, str]]
+    policy: trust.Policy
+
+    def check(self, set_name: str, debs: list[Path]) -> list[Path]:
+        """`debs` (named by the manifest) if each is signed and together they are exactly what is installed."""
+        found = {}
+        for deb in debs:
+            if not (verdict := trust.verify_file(deb, self.policy)).ok:
+                raise ImageError(f"{deb.name}: kept from the running slot's mirror, but: {'; '.join(verdict.reasons)}")
+            package = read_package(deb)
+            found[package.name] = package.version
+        self._same(set_name, found)
+        return debs
+
+    def agrees(self, manifest: dict[str, Any], active: str, set_name: str) -> None:
+        """The manifest's entries of `set_name` for the running slot are exactly what is installed."""
+        entries = inspection.slot_packages(manifest, active)
+        self._same(set_name, {e["package"]: e["version"] for e in entries if e["set"] == set_name})
+
+    def _same(self, set_name: str, listed: dict[str, str]) -> None:
+        if listed != self.installed.get(set_name, {}):
+            raise ImageError(f"{set_name}: the packages the manifest names ({_listing(listed)}) are not the ones the "
+                             f"running slot's signed conf package pins ({_listing(self.installed.get(set_name, {}))});"
+                             " refused before any write", hint="the boot partition was edited: restore the image")
+
+
+def _listing(versions: dict[str, str]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in sorted(versions.items())) or "none"
+
+
 def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
-                progress: Callable[[str], None], allow: dict[str, frozenset[str]]) -> None:
+                progress: Callable[[str], None], kept: _Kept, allow: dict[str, frozenset[str]]) -> None:
     try:
-        built = _build_core(found, parts, target, scratch, progress, allow)
+        built = _build_core(found, parts, target, scratch, progress, kept, allow)
     except ClipbuildError as exc:
         raise ImageError(f"update not applied: {exc.lines()[0]}", hint=f"nothing was written: "
                          f"{found.image.name} still boots slot {found.active_slot}; fix the cause and run the "
@@ -253,7 +366,7 @@ def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
 
 
 def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
-                progress: Callable[[str], None], allow: dict[str, frozenset[str]]) -> _Built:
+                progress: Callable[[str], None], kept: _Kept, allow: dict[str, frozenset[str]]) -> _Built:
     manifest = found.manifest
     active = found.active_slot or ""
     slices = found.slices()
@@ -262,9 +375,11 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     old_mirror = old_mounts.copy("/var/pkg/mirrors")
     pool = {name: [p.path for p in part.members] for name, part in parts.items() if part.dist == "clip"}
     # Apps not in the repository, and the RM levels (updated in their own jails): the packages the running
-    # slot has installed, by name from the manifest; the mirror also keeps older ones for rollback.
+    # slot has installed, by name from the manifest, each signed and together exactly what the running slot's
+    # signed conf packages pin; the mirror also keeps older ones for rollback.
     for name, files in _installed_files(manifest, active, ("clip-apps", *slot.RM_SETS)).items():
-        pool.setdefault(name, [old_mirror / name.split("-")[0] / file for file in files])
+        if name not in pool:
+            pool[name] = kept.check(name, [old_mirror / name.split("-")[0] / file for file in files])
     version = parts["clip-core"].conf.version
     trees = slot.core_trees([d for s in slot.CLIP_SETS for d in pool[s]], scratch / "new", progress, allow)
     _carry_configuration(old_mounts, trees)
@@ -297,7 +412,7 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
     by_label = {s.label: s for s in slices}
     version, date = info["version"], manifest["source_date_epoch"]
     slots = {**manifest["slots"], target: info}
-    journal = imageedit.Journal(image, target, version)
+    journal = imageedit.Journal(found, target, version)
     journal.step("writing the partitions of the inactive slot")
     for label, source in files.items():
         imageedit.replace_partition(image, by_label[label], source)
@@ -323,26 +438,26 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
 
 def rollback(image: Path) -> tuple[str, str]:
     """Make the other slot active again, once its root verifies against its boot entry: (from, to)."""
-    apps.recover(image)
     found = inspection.read(image)
-    active = found.active_slot or ""
+    active = found.check_writable()
+    apps.recover(found)
     other = next((s for s in sorted(found.manifest["slots"]) if s != active), None)
     if other is None:
         raise ImageError(f"{image}: no other slot to go back to")
     report = inspection.Report()
-    with tempfile.TemporaryDirectory(prefix="clipbuild-rollback-", dir=image.parent) as tmp:
-        inspection.verify_slot(found, other, found.manifest["slots"][other], Path(tmp), report)
+    with imageedit.scratch(image) as tmp:
+        inspection.verify_slot(found, other, found.manifest["slots"][other], tmp, report)
         if not report.ok:
             failed = "; ".join(f"{what}: {detail}" for what, ok, detail in report.checks if not ok)
             raise ImageError(f"{image}: slot {other} does not verify, not switching to it ({failed})")
         boot = found.mtools()
         date = found.manifest["source_date_epoch"]
-        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), Path(tmp), date)
+        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), tmp, date)
         info = found.manifest["slots"][other]
         manifest = {**found.manifest, "active_slot": other, "version": info["version"],
                     "release": info.get("release", found.manifest["release"]),
                     "packages": info.get("packages", found.manifest["packages"])}
-        imageedit.write_manifest(found, manifest, Path(tmp))
+        imageedit.write_manifest(found, manifest, tmp)
     return active, other
 
 
@@ -380,12 +495,16 @@ def _carry_configuration(old_mounts: imageedit.Ext4, trees: dict[str, Path]) -> 
 def _timeout(found: inspection.Inspection, active: str, scratch: Path) -> int:
     text = inspection.read_boot_file(found.image, found.boot().start,
                                      f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(active)}", scratch)
-    words = [line.split() for line in text.splitlines() if line.startswith("TIMEOUT ")]
-    return int(words[0][1]) if words else 30
+    found_timeout = re.search(r"^TIMEOUT ([0-9]{1,6})\s*$", text, re.MULTILINE)
+    return int(found_timeout.group(1)) if found_timeout else 30
 
 
 def _extra(manifest: dict[str, Any], active: str) -> tuple[str, ...]:
     """The profile's own kernel arguments, as the active slot's entry carries them."""
     words = manifest["slots"][active].get("cmdline", "").split('" ', 1)[-1].split()
     ours = ("dm-mod.waitfor=", "root=", "rootfstype=", "ro", "clip.slot=")
-    return tuple(w for w in words if not any(w == o or (o.endswith("=") and w.startswith(o)) for o in ours))
+    extra = tuple(w for w in words if not any(w == o or (o.endswith("=") and w.startswith(o)) for o in ours))
+    if refused := [reason for word in extra if (reason := cmdline.refusal(word))]:
+        raise ImageError(f"slot {active}'s kernel arguments in the manifest on the boot partition: {refused[0]}; "
+                         "refused before any write", hint="the boot partition was edited: restore the image")
+    return extra

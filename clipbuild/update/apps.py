@@ -15,13 +15,13 @@ recovery undid a half-done transaction from them. Here the running system is an 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
-from clipbuild.core import beneath
+from clipbuild.core import beneath, safefile
+from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import AppsUpdateFailed, ClipbuildError, ImageError
 from clipbuild.core.run import run
 from clipbuild.image import fsimage, gpt, inspection, install, slot
@@ -71,20 +71,26 @@ def apply_apps(found: inspection.Inspection, members: tuple[Package, ...], scrat
     return {**info, "packages": entries}
 
 
-def recover(image: Path) -> str | None:
-    """An apps update killed while writing the partition: the backup written back. Returns what was done."""
-    journal = imageedit.journal_path(image)
-    if not journal.exists():
+def recover(found: inspection.Inspection) -> str | None:
+    """An apps update killed while writing the partition: the backup written back, once the journal proved
+    to be clipbuild's own for this image and the backup the one it recorded. Returns what was done."""
+    data = imageedit.read_journal(found)
+    if data is None or not data["backup_sha256"]:
         return None
-    data = json.loads(journal.read_text())
-    if not data.get("backup") or not Path(data["backup"]).is_file():
-        return None
-    found = inspection.read(image)
-    label = f"mounts_{data['target']}"
-    part = found.slice(label)
-    imageedit.replace_partition(image, part, Path(data["backup"]))
-    Path(data["backup"]).unlink()
-    journal.unlink()
+    image, label = found.image, f"mounts_{data['target']}"
+    part = found.slice(label)  # where it is: from the GPT
+    backup = imageedit.backup_path(image, label)
+    try:
+        os.close(safefile.open_regular(backup, follow=False))
+    except ClipbuildError as exc:
+        raise ImageError(f"{imageedit.journal_path(image)}: the apps update it records left no usable backup "
+                         f"({exc.lines()[0]}); nothing was done", hint="restore the image from a copy") from None
+    if os.stat(backup, follow_symlinks=False).st_size != part.size or sha256_file(backup) != data["backup_sha256"]:
+        raise ImageError(f"{backup}: not the backup the update journal recorded (size or SHA-256 differs); "
+                         "nothing was done", hint="restore the image from a copy")
+    imageedit.replace_partition(image, part, backup)
+    backup.unlink()
+    imageedit.journal_path(image).unlink()
     return f"an apps update was killed while writing {label}; the partition was rolled back from its backup"
 
 
@@ -145,11 +151,10 @@ def _write_back(found: inspection.Inspection, active: str, stage: Path, scratch:
     except ClipbuildError as exc:
         raise ImageError(f"apps update not applied: {exc.lines()[0]}", hint=f"nothing was written: {image.name} "
                          f"is as it was; fix the cause and run the same command again") from exc
-    backup = image.with_name(f"{image.name}.{part.label}.backup")
-    entry = found.entry(part.label)
-    gpt.copy_out(image, entry.start, entry.size, backup)
-    journal = imageedit.Journal(image, active, manifest["version"])
-    journal.data["backup"] = str(backup)
+    backup = imageedit.backup_path(image, part.label)
+    backup.unlink(missing_ok=True)  # a leftover no journal names (recover() ran first); created afresh
+    gpt.copy_out(image, part.start, part.size, backup)
+    journal = imageedit.Journal(found, active, manifest["version"], sha256_file(backup))
     progress(f"apps: writing {part.label} (backup beside the image until done)")
     journal.step(WRITING)
     imageedit.drop_partition(image, part)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from clipbuild.core.digest import sha256_file
 from clipbuild.formats.clipsig import read_layout
 from clipbuild.signing import devpki
 from clipbuild.signing.signer import sign_bytes
@@ -134,11 +135,70 @@ def test_bad_repositories_are_refused_with_their_reason(releases, image, tmp_pat
     assert image.read_bytes() == before
 
 
-def test_a_downgrade_is_refused(releases, image):
+def test_a_downgrade_is_refused(releases, image, tmp_path):
     assert _run(releases, "update", "apply", str(image), str(_repo(releases, "n1"))).returncode == 0
     result = _run(releases, "update", "apply", str(image), str(_repo(releases, "n")))
     assert result.returncode == 1
     assert "downgrade refused: clip-core-conf 4.5.1 is installed, the repository has 4.5.0" in result.stderr
+    # The manifest on the boot partition edited to say 4.4.0 is installed: it decides nothing.
+    _edit_manifest(image, tmp_path, lambda m: json.loads(json.dumps(m).replace('"4.5.1"', '"4.4.0"')))
+    before = sha256_file(image)
+    result = _run(releases, "update", "apply", str(image), str(_repo(releases, "n")))
+    assert result.returncode == 1
+    assert "downgrade refused: clip-core-conf 4.5.1 is installed, the repository has 4.5.0" in result.stderr
+    assert sha256_file(image) == before
+
+
+def _edit_manifest(image: Path, scratch: Path, change) -> None:
+    from clipbuild.image import inspection
+    from clipbuild.update import imageedit
+    found = inspection.read(image)
+    imageedit.write_manifest(found, change(found.manifest), scratch)
+
+
+def _point_root_b_at_root_a(manifest: dict) -> dict:
+    parts = {p["label"]: p for p in manifest["partitions"]}
+    parts["root_b"].update(start=parts["root_a"]["start"], size=parts["root_a"]["size"])
+    return manifest
+
+
+def _hostile(how: str, image: Path, tmp_path: Path) -> Path | None:
+    """The image (or what lies beside it) damaged as an attacker would; returns a file that must survive."""
+    from clipbuild.image import bootloader, inspection
+    from clipbuild.update import imageedit
+    if how == "manifest moves root_b onto root_a":
+        _edit_manifest(image, tmp_path, _point_root_b_at_root_a)
+    elif how == "switch names slot c":
+        found = inspection.read(image)
+        imageedit.write_boot_file(found.mtools(), bootloader.SWITCH, "include extlinux_c.conf\n", tmp_path,
+                                  found.manifest["source_date_epoch"])
+    elif how == "truncated":
+        with image.open("r+b") as stream:
+            stream.truncate(image.stat().st_size - (64 << 20))
+    elif how == "planted journal":
+        victim = tmp_path / "victim"
+        victim.write_bytes(b"precious")
+        Path(str(image) + ".clipbuild-update.json").write_text(json.dumps(
+            {"target": "a", "version": "4.5.0", "state": "apps: writing", "backup": str(victim)}))
+        return victim
+    return None
+
+
+@pytest.mark.parametrize(("how", "reason"), [
+    ("manifest moves root_b onto root_a", "root_b: the manifest on the boot partition disagrees with the GPT"),
+    ("switch names slot c", "extlinux.conf selects slot 'c', which the image does not have"),
+    ("truncated", "truncated image?"),
+    ("planted journal", "update journal refused: not in the shape clipbuild writes; nothing was done"),
+])
+def test_a_damaged_image_is_refused_before_any_write(releases, image, tmp_path, how, reason):
+    survivor = _hostile(how, image, tmp_path)
+    before = sha256_file(image)
+    for command in (["apply", str(image), str(_repo(releases, "n1"))], ["rollback", str(image)]):
+        result = _run(releases, "update", *command)
+        assert result.returncode == 1 and reason in result.stderr, result.stderr[-2000:]
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+        assert sha256_file(image) == before
+    assert survivor is None or survivor.read_bytes() == b"precious"
 
 
 @pytest.mark.parametrize("state", ["writing the partitions of the inactive slot", "switching to the new slot"])
