@@ -59,6 +59,9 @@ def make_conf(profile: Profile, dist: str, part: str, pset: PackageSet) -> str:
         'BINPKG_COMPRESS="zstd"',
         'ACCEPT_LICENSE="*"',
         'CLEAN_DELAY="0"',
+        # Build dates written into programs (busybox's banner, __DATE__) are fixed, as in Nix: a binary package
+        # is keyed on its inputs, and the date of the build is not one. The packages' own dates are the plan's.
+        f'SOURCE_DATE_EPOCH="{BUILD_DATE_EPOCH}"',
         f"FEATURES={_quote(' '.join((*BASE_FEATURES, *portage.features)))}",
         f"CFLAGS={_quote(portage.cflags)}",
         'CXXFLAGS="${CFLAGS}"',
@@ -70,6 +73,8 @@ def make_conf(profile: Profile, dist: str, part: str, pset: PackageSet) -> str:
     lines += [f"{name}={_quote(value)}" for name, value in env.items()]
     return "\n".join(lines) + "\n"
 
+
+BUILD_DATE_EPOCH = 315532800  # 1980-01-01, the earliest date zip and most tools accept
 
 CCACHE_DIR = "/var/cache/ccache"  # where the build step mounts the machine's compiler cache
 

@@ -265,6 +265,12 @@ def kernel_root(project, client) -> Path:
     return project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
 
 
+def test_build_dates_inside_programs_are_fixed(kernel_root):
+    """A binary package is keyed on its inputs; the day it was built is not one (SOURCE_DATE_EPOCH in make.conf):
+    busybox writes its build date into its banner, and two builds gave two packages before."""
+    assert b"BusyBox v1.35.0 (1980-01-01 00:00:00 UTC)" in (kernel_root / "bin" / "busybox").read_bytes()
+
+
 def test_the_kernel_is_built_with_its_configuration(kernel_root):
     config = (kernel_root / "boot" / f"config-{KERNEL}-clip").read_text()
     for line in ("CONFIG_DM_VERITY=y", "CONFIG_DM_INIT=y", 'CONFIG_CLIP_SPECIES="client"', "CONFIG_SECURITY_YAMA=y",
