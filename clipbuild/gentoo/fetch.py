@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipbuild.core import safefile
 from clipbuild.core.errors import ClipbuildError, FetchError, InputError, PinGone
 from clipbuild.core.paths import cache_dir
 from clipbuild.gentoo.debarchive import Archive, Say
@@ -119,9 +120,7 @@ def origins() -> dict[str, str]:
 def _record_origin(name: str, mirror: str) -> None:
     data = origins()
     data[name] = mirror
-    tmp = store_dir() / f".{ORIGINS}.tmp"
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(store_dir() / ORIGINS)
+    safefile.write_atomic(store_dir() / ORIGINS, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 def fetch(distfiles: Iterable[Distfile], mirrors: Iterable[str], project_root: Path, say: Say = print) -> list[str]:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from debian.debian_support import version_compare
 
+from clipbuild.core import safefile
 from clipbuild.core.errors import InputError
 from clipbuild.gentoo import fetch
 from clipbuild.gentoo.debarchive import Archive, Say
-from clipbuild.gentoo.pins import Pin, moved, pins_file, read_pin_file, write_atomically, write_pin_file
+from clipbuild.gentoo.pins import Pin, moved, pins_file, read_pin_file, write_pin_file
 
 MANIFEST_HASHES = ("BLAKE2B", "SHA512")
 
@@ -79,7 +80,7 @@ def move_pins(overlay: Path, package: str, suites: Iterable[str], version: str |
             result.moves.append(move)
     if not result.moves:
         return result
-    write_atomically(manifest, text)
+    safefile.write_atomic(manifest, text.encode())
     write_pin_file(pins_file(directory), [m.new for m in result.moves])
     _follow_upstream_version(overlay, package, result)
     return result
@@ -125,7 +126,7 @@ def _follow_upstream_version(overlay: Path, package: str, result: PinMove) -> No
             content = other.read_text(encoding="utf-8")
             updated = exact.sub(f"{package}-{new}", content)
             if updated != content:
-                write_atomically(other, updated)
+                safefile.write_atomic(other, updated.encode())
                 result.rewritten.append(other.relative_to(overlay).as_posix())
 
 

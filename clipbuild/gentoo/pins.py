@@ -13,11 +13,11 @@ the pin says where to find them, so a Debian update of the package never changes
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from clipbuild.core import safefile
 from clipbuild.core.errors import InputError
 
 PINS = "Pins"
@@ -93,14 +93,8 @@ def write_pin_file(path: Path, pins: list[Pin]) -> None:
         else:
             lines.append(text)
     lines += [p.line() for p in by_name.values()]
-    write_atomically(path, "\n".join(lines) + "\n")
+    safefile.write_atomic(path, ("\n".join(lines) + "\n").encode())
 
 
 def moved(pin: Pin, version: str) -> Pin:
     return replace(pin, version=version)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
