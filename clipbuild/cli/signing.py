@@ -12,7 +12,7 @@ import click
 from clipbuild.cli.context import emit_json, json_option
 from clipbuild.core.errors import EXIT_FAILED, InputError
 from clipbuild.signing import batch, pki, signer, trust
-from clipbuild.update import repository
+from clipbuild.update import releasemeta, repository
 
 ROLE = click.Choice(["developer", "controller"])
 passphrase_option = click.option(
@@ -157,15 +157,59 @@ def repo_group() -> None:
 @policy_option
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="Where OUT/<dist>/<conf>/{pool,dists} are written.")
-def repo_publish(sources: tuple[Path, ...], policy: Path, out: Path) -> None:
+@click.option("--species", help="Also write OUT/release.json, the unsigned release metadata for SPECIES.")
+def repo_publish(sources: tuple[Path, ...], policy: Path, out: Path, species: str | None) -> None:
     """Publish countersigned packages (files, or batch directories) as CLIP update repositories.
 
     One repository per conf package (clip-core-conf, clip-apps-conf, rm-core-conf, rm-apps-conf), holding it
     and exactly the versions it pins. Every package must verify; otherwise nothing is published.
+    With --species, OUT/release.json describes them (unsigned); a controller signs it with
+    clipbuild repo sign-metadata OUT.
     """
     debs = sorted({deb for src in sources for deb in ([src] if src.is_file() else src.glob("*.deb"))})
     for path in repository.publish(debs, trust.load_policy(policy), out):
         click.echo(path)
+    if species:
+        click.echo(releasemeta.write_draft(out, species))
+
+
+@repo_group.command("sign-metadata")
+@click.argument("repo", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--key", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+@click.option("--cert", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
+@policy_option
+@click.option("--expires", "expires_days", type=click.IntRange(1, releasemeta.MAX_EXPIRES_DAYS),
+              default=releasemeta.DEFAULT_EXPIRES_DAYS, show_default=True,
+              help="Days the signed metadata stays valid; devices refuse it after (a mirror cannot freeze them).")
+@click.option("--version", "version", type=click.IntRange(1), help="Metadata version [default: the signing time "
+              "in seconds since 1970, above the previous one].")
+@click.option("--species", help="The species [default: the one REPO/release.json names].")
+@passphrase_option
+@json_option
+def repo_sign_metadata(repo: Path, key: Path, cert: Path, policy: Path, expires_days: int, version: int | None,
+                       species: str | None, passphrase_file: Path | None, as_json: bool) -> None:
+    """Sign REPO's release metadata as the controller (REPO/release.json): every repository's Packages.gz and
+    each package's name, version, size and SHA-256, the release, a version that only grows, an expiry, and
+    the policy's current CRLs.
+
+    \b
+    The repository must be the one its draft (repo publish --species, or release) describes. Sign again
+    before the expiry to keep devices updating (the version grows each time):
+      clipbuild repo sign-metadata REPO --key controller.key --cert controller.pem --policy policy.yaml
+    """
+    key_pair = signer.load_signing_key(key, cert, signer.passphrase(passphrase_file))
+    loaded = trust.load_policy(policy)
+    signer.check_fit(key_pair, releasemeta.SIGNING_ROLE, loaded.role(releasemeta.SIGNING_ROLE))
+    statement = releasemeta.sign_repository(repo, key_pair, loaded, expires_days=expires_days, version=version,
+                                            species=species or "")
+    summary = {"metadata": str(repo / releasemeta.METADATA), "species": statement.species,
+               "release": statement.release, "version": statement.version, "expires": statement.expires,
+               "repositories": sorted(statement.repositories)}
+    if as_json:
+        emit_json(summary, sort_keys=False)
+    else:
+        click.echo(f"signed {summary['metadata']}: {statement.species} {statement.release}, version "
+                   f"{statement.version}, expires {statement.expires}")
 
 
 COMMANDS = (pki_group, sign_cmd, countersign_cmd, verify_cmd, repo_group)

@@ -3,6 +3,7 @@ image file offline, and rolled back."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -10,11 +11,13 @@ import click
 
 from clipbuild.cli.context import Options, emit_json, json_option
 from clipbuild.cli.image import build_image, image_path, image_policy, signing_options
+from clipbuild.core.errors import InputError
 from clipbuild.image import inspection
 from clipbuild.image.slot import CLIP_SETS, RM_SETS
-from clipbuild.signing import trust
+from clipbuild.signing import devpki, trust
+from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.spec.profile import resolve
-from clipbuild.update import apply, repository
+from clipbuild.update import apply, releasemeta, repository
 
 
 @click.command("release")
@@ -41,14 +44,21 @@ def release_cmd(opts: Options, species: str, release: bool, batches: tuple[Path,
     debs = sorted(p for name in (*CLIP_SETS, *RM_SETS) if (executor.workdir / "steps" / species / f"sign/{name}")
                   .exists() for p in (executor.output(species, f"sign/{name}") / "debs").glob("*.deb"))
     policy_path = image_policy(json.loads(done.manifest.read_text()), policy, "publishing")
-    written = repository.publish(debs, trust.load_policy(policy_path), out_dir / "repo")
+    loaded = trust.load_policy(policy_path)
+    written = repository.publish(debs, loaded, out_dir / "repo")
+    metadata = releasemeta.write_draft(out_dir / "repo", species)
+    if not release:  # a development release: the development PKI's controller signs its metadata at once
+        releasemeta.sign_repository(out_dir / "repo", devpki.ensure().controller, loaded)
     if as_json:
         emit_json({"image": str(done.image), "manifest": str(done.manifest),
-                   "repositories": [str(p) for p in written]}, sort_keys=False)
+                   "repositories": [str(p) for p in written], "metadata": str(metadata),
+                   "metadata_signed": not release}, sort_keys=False)
         return
     click.echo(f"{done.image}")
     for path in written:
         click.echo(f"{path}")
+    click.echo(f"{metadata}" + ("" if not release else " (unsigned: the controller signs it with clipbuild repo "
+                                                       f"sign-metadata {out_dir / 'repo'} --key ... --cert ...)"))
 
 
 @click.group("update")
@@ -64,14 +74,19 @@ def update_group() -> None:
 @click.option("--max-age", default=90, show_default=True,
               help="Refuse a conf package released more than this many days ago (0: no limit).")
 @click.option("--allow-high-impact", is_flag=True, help="Accept packages with Impact 2 or more.")
+@click.option("--at", "at", type=click.DateTime(),
+              help="Development images: check as of this time (UTC) instead of now (expiry, ages, certificates).")
 @json_option
 @click.pass_obj
 def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_age: int, allow_high_impact: bool,
-              as_json: bool) -> None:
+              at: dt.datetime | None, as_json: bool) -> None:
     """Apply the update repositories under REPO to IMAGE (a file, or a species' latest image), in place.
 
-    Every package is checked first: both signatures, Priority and Distribution of its part, Impact, the
-    conf package's Release-Date age, no downgrade. Then:
+    REPO's signed release metadata (REPO/release.json) is checked before anything else: signed by a
+    controller the image trusts, not expired, not older than what the image has accepted, of its species;
+    then every file is checked against it (size, digest), and every package: both signatures, Priority
+    and Distribution of its part, Impact, the conf package's Release-Date age, no downgrade, no dependency
+    outside the release. Then:
 
     \b
       core newer: into the inactive slot (new root, dm-verity tree, mounts partition with the local
@@ -83,8 +98,12 @@ def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_ag
     Back to the previous slot: clipbuild update rollback IMAGE
     """
     path = image_path(opts, image)
-    found_policy = image_policy(inspection.read(path).manifest, policy, "updating")
-    rules = apply.Rules(maximum_age_days=max_age, install_high_impact=allow_high_impact)
+    manifest = inspection.read(path).manifest
+    found_policy = image_policy(manifest, policy, "updating")
+    if at is not None and manifest["signing"] != DEVELOPMENT:
+        raise InputError(f"{path}: --at is for development images: a release image checks dates against the clock")
+    rules = apply.Rules(maximum_age_days=max_age, install_high_impact=allow_high_impact,
+                        now=at.replace(tzinfo=dt.UTC) if at else dt.datetime.now(dt.UTC))
     outcome = apply.apply(path, repo, trust.load_policy(found_policy), rules,
                            progress=lambda message: click.echo(f"update: {message}", err=True))
     if as_json:

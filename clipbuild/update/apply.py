@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import functools
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -28,13 +27,13 @@ from typing import Any
 
 from clipbuild.core import beneath, safefile
 from clipbuild.core.digest import sha256_file
-from clipbuild.core.errors import ClipbuildError, ImageError, RepositoryError, UpdateRefused
+from clipbuild.core.errors import ClipbuildError, ImageError, UpdateRefused
 from clipbuild.core.run import run
 from clipbuild.image import bootloader, fsimage, inspection, install, slot
 from clipbuild.signing import trust
 from clipbuild.spec import cmdline
-from clipbuild.update import apps, imageedit
-from clipbuild.update.repository import CONF, Package, pins, pool_file, read_index, read_package
+from clipbuild.update import apps, imageedit, intake, releasemeta
+from clipbuild.update.repository import CONF, Package, pins, read_package
 
 PRIORITY = {"core": "required", "apps": "important"}
 CONFFILES = "etc/clip_update/conffiles.list"
@@ -59,68 +58,6 @@ class RepoPart:
     @property
     def name(self) -> str:
         return f"{self.dist}-{self.part}"
-
-
-def read_repository(repo: Path) -> dict[str, RepoPart]:
-    """Every conf repository under REPO (<dist>/<conf>/pool and Packages.gz), its index checked against the pool:
-    each file in the pool, listed once, with the digest listed, and pinned by the conf package."""
-    parts: dict[str, RepoPart] = {}
-    for index in sorted(repo.glob("*/*/dists/*/main/binary-*/Packages.gz")):
-        base = index.parents[4]
-        match = CONF.fullmatch(base.name)
-        if match is None:
-            continue
-        _no_links(repo, index.parent)
-        members = [_pool_package(base, para, str(index)) for para in _unique(read_index(index), str(index))]
-        conf = next((p for p in members if p.name == base.name), None)
-        if conf is None:
-            raise ImageError(f"{index}: the repository of {base.name} does not list {base.name} itself")
-        _check_pinned(conf, members, str(index))
-        others = tuple(p for p in members if p is not conf)
-        parts[f"{match['dist']}-{match['part']}"] = RepoPart(match["dist"], match["part"], conf, (conf, *others))
-    if not parts:
-        raise ImageError(f"{repo}: no update repository (<dist>/<conf>/dists/.../Packages.gz) found",
-                         hint="make one with: clipbuild release SPECIES")
-    return parts
-
-
-def _no_links(repo: Path, path: Path) -> None:
-    """Every folder between REPO and `path` is a folder of the repository, not a link to elsewhere."""
-    parts = path.relative_to(repo).parts
-    for depth in range(1, len(parts) + 1):
-        if (folder := repo.joinpath(*parts[:depth])).is_symlink():
-            raise RepositoryError(f"{folder}: a symbolic link inside the repository: refused")
-
-
-def _unique(stanzas: list[dict[str, str]], where: str) -> list[dict[str, str]]:
-    """A file or a package listed twice is refused: one stanza per package."""
-    for key in ("Filename", "Package"):
-        values = [s.get(key) for s in stanzas if s.get(key) is not None]
-        if twice := sorted({v for v in values if values.count(v) > 1}):
-            raise RepositoryError(f"{where}: {key} {twice[0]} is listed more than once")
-    return stanzas
-
-
-def _pool_package(base: Path, para: dict[str, str], where: str) -> Package:
-    path = pool_file(base, para, where)
-    with os.fdopen(safefile.open_regular(path, follow=False, max_size=trust.MAX_PACKAGE_BYTES), "rb") as stream:
-        digest = hashlib.file_digest(stream, "sha256").hexdigest()
-    if digest != para.get("SHA256"):
-        raise ImageError(f"{path}: its SHA-256 is not the one Packages.gz lists",
-                         hint="the pool and its index disagree: publish the repository again")
-    package = read_package(path)
-    if (package.name, package.version) != (para.get("Package"), para.get("Version")):
-        raise RepositoryError(f"{where}: {para.get('Filename')} is {package.name} {package.version}, the index "
-                              f"says {para.get('Package')} {para.get('Version')}")
-    return package
-
-
-def _check_pinned(conf: Package, members: list[Package], where: str) -> None:
-    """A repository holds its conf package and exactly the versions it pins (clipos4.md §3)."""
-    pinned = set(pins(conf))
-    if extra := [f"{p.name} {p.version}" for p in members if p is not conf and (p.name, p.version) not in pinned]:
-        raise RepositoryError(f"{where}: {', '.join(extra)}: not pinned by {conf.name} {conf.version}; refused",
-                              hint="a repository holds its conf package and exactly the versions it pins")
 
 
 def compare_versions(a: str, b: str) -> int:
@@ -206,46 +143,107 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
     if (previous := imageedit.read_journal(found)) is not None:
         notes.append(f"an update to slot {previous['target']} ({previous['version']}) was interrupted "
                      f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
-    parts = read_repository(repo)
     with imageedit.scratch(image) as tmp:
-        installed = installed_versions(found, policy, tmp)
+        accepted = _take_in(found, repo, policy, rules, tmp)
+        return _install(found, accepted, target, tmp, progress, notes)
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """An update whose metadata and packages passed every check: what `_install` works from."""
+
+    signed: releasemeta.Signed
+    parts: dict[str, RepoPart]
+    installed: dict[str, dict[str, str]]
+    policy: trust.Policy  # the device's, with the newest CRLs
+
+
+def _take_in(found: inspection.Inspection, repo: Path, policy: trust.Policy, rules: Rules,
+             tmp: Path) -> _Accepted:
+    """The device's state (from what can be authenticated), then the signed release metadata, checked before
+    any other file of the repository is read, then the repository against it, then every package."""
+    image = found.image
+    root = read_root(found, found.active_slot or "", tmp)
+    installed = installed_versions(found, policy, tmp, root.version)
+    seen = newest_seen(found, policy, tmp, root.tree)
+    signed = releasemeta.read(repo / releasemeta.METADATA)
+    policy = releasemeta.fresh_policy(policy, signed.statement)
+    if problems := releasemeta.check(signed, policy, species=found.manifest["species"], seen=seen, now=rules.now):
+        raise UpdateRefused(f"{repo}: update refused: its release metadata is not accepted; nothing was written to "
+                            f"{image.name}", detail=[f"  {p}" for p in problems])
+    found_parts = intake.read_repository(repo, signed.statement, tmp / "repository")
+    parts = {name: RepoPart(*value) for name, value in found_parts.items()}
     reasons = [r for part in parts.values() for r in check_part(part, policy, installed.get(part.name, {}), rules)]
+    reasons += intake.undeclared_dependencies([p for part in parts.values() for p in part.members],
+                                              signed.statement)
     if reasons:
         raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}",
                             detail=[f"  {reason}" for reason in reasons])
+    return _Accepted(signed, parts, installed, policy)
+
+
+def _install(found: inspection.Inspection, accepted: _Accepted, target: str, tmp: Path,
+             progress: Callable[[str], None], notes: list[str]) -> Outcome:
+    image, manifest, parts, installed = found.image, found.manifest, accepted.parts, accepted.installed
+    active = found.active_slot or ""
     core, new_apps = parts.get("clip-core"), parts.get("clip-apps")
     old_version = manifest["slots"][active]["version"]
+    kept = _Kept(installed, accepted.policy)
     if core is None or compare_versions(core.conf.version,
                                         installed.get("clip-core", {}).get(core.conf.name, "0")) == 0:
         if new_apps is None or compare_versions(new_apps.conf.version,
                                                 installed.get("clip-apps", {}).get(new_apps.conf.name, "0")) == 0:
             return Outcome(image, "nothing", active, target, old_version, old_version,
                            [*notes, "the core and the apps in the repository are the ones installed"])
-        _Kept(installed, policy).agrees(manifest, active, "clip-apps")  # the apps lists follow the manifest
+        kept.agrees(manifest, active, "clip-apps")  # the apps lists follow the manifest
         progress(f"apps {new_apps.conf.name} {new_apps.conf.version} on the running slot {active}")
-        with imageedit.scratch(image) as tmp:
-            info = apps.apply_apps(found, new_apps.members, tmp, progress, policy.special())
-            imageedit.write_manifest(found, {**manifest, "slots": {**manifest["slots"], active: info},
-                                             "packages": info["packages"]}, tmp)
+        info = apps.apply_apps(found, new_apps.members, tmp, progress, accepted.policy.special(),
+                               record=accepted.signed.raw)
+        imageedit.write_manifest(found, {**manifest, "slots": {**manifest["slots"], active: info},
+                                         "packages": info["packages"]}, tmp)
         return Outcome(image, "apps", active, target, old_version, old_version, notes)
     progress(f"core {old_version} -> {core.conf.version} into slot {target}")
-    with imageedit.scratch(image) as tmp:
-        _apply_core(found, parts, target, tmp, progress, _Kept(installed, policy), policy.special())
+    _apply_core(found, parts, target, tmp, progress, kept, accepted)
     return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
+
+
+def newest_seen(found: inspection.Inspection, policy: trust.Policy, scratch: Path,
+                root: Path) -> releasemeta.Seen | None:
+    """The newest release metadata this image accepted: the record in the running root (dm-verity checked,
+    written with the core it came with) and those in each slot's mounts partition (written by every update;
+    each must be genuine, signed by a controller of the device's policy, else the image was edited)."""
+    active = found.active_slot or ""
+    records = {}
+    if beneath.exists(root, releasemeta.RECORD_ROOT):
+        where = f"slot {active}'s root: /{releasemeta.RECORD_ROOT}"
+        records["root"] = releasemeta.read_record(beneath.read_bytes(root, releasemeta.RECORD_ROOT), where, policy)
+    for name in sorted(found.manifest["slots"]):
+        copied = imageedit.Ext4(found, f"mounts_{name}", scratch).copy(f"/{releasemeta.RECORD_MOUNTS}")
+        if os.path.lexists(copied):
+            where = f"mounts_{name}: /{releasemeta.RECORD_MOUNTS}"
+            if copied.is_symlink() or not copied.is_file():
+                raise ImageError(f"{found.image}: {where} is not a regular file: the image was edited")
+            records[name] = releasemeta.read_record(safefile.read_regular(copied, 4 << 20), where, policy)
+    floor, running = records.get("root"), records.get(active)
+    if floor is not None and (running is None or running.version < floor.version):
+        raise ImageError(f"{found.image}: mounts_{active} has {'no record' if running is None else 'version '}"
+                         f"{'' if running is None else running.version} of the release metadata, below the "
+                         f"running root's {floor.version}: lowered by someone with the disk; refused before any "
+                         "write", hint="restore the image from a copy")
+    return max(records.values(), key=lambda r: r.version, default=None)
 
 
 CONF_FILE = re.compile(r"(clip|rm)-(core|apps)-conf(-[bh])?_[A-Za-z0-9.+~:%_-]+\.deb")
 
 
-def installed_versions(found: inspection.Inspection, policy: trust.Policy,
-                       scratch: Path) -> dict[str, dict[str, str]]:
+def installed_versions(found: inspection.Inspection, policy: trust.Policy, scratch: Path,
+                       core_version: str) -> dict[str, dict[str, str]]:
     """Per set, package -> version the running slot has installed, from what can be authenticated, never from
     the boot partition's manifest: the core's version is the running root's (etc/os-release IMAGE_VERSION),
     read once the root verifies against the root hash its boot entry hands the kernel; each set's packages are
     the pins of its conf package, signed (both signatures against `policy`), in the slot's local mirror: for
     the core the one of the root's version, for the others the newest signed one."""
     active = found.active_slot or ""
-    core_version = _root_version(found, active, scratch)
     out: dict[str, dict[str, str]] = {}
     signed, refused = _signed_confs(found, active, policy, scratch)
     for name, confs in signed.items():
@@ -264,8 +262,20 @@ def installed_versions(found: inspection.Inspection, policy: trust.Policy,
     return out
 
 
-def _root_version(found: inspection.Inspection, active: str, scratch: Path) -> str:
-    """IMAGE_VERSION of the running root, after it verified against its boot entry's root hash."""
+@dataclass(frozen=True)
+class RootFacts:
+    """What the running root says, once it verified against its boot entry's root hash."""
+
+    version: str  # IMAGE_VERSION of etc/os-release
+    tree: Path  # ROOT_PATHS extracted (links stay links: read them with clipbuild.core.beneath)
+
+
+ROOT_PATHS = ("etc/os-release", "etc/clip_update", "etc/admin")
+
+
+def read_root(found: inspection.Inspection, active: str, scratch: Path) -> RootFacts:
+    """The running root verified against the root hash its boot entry hands the kernel, then ROOT_PATHS taken
+    out of it into `scratch`."""
     info = found.manifest["slots"][active]
     boot_hash = found.boot_hashes.get(active, "")
     copied = inspection.copy_root(found, active, info, scratch)
@@ -274,17 +284,22 @@ def _root_version(found: inspection.Inspection, active: str, scratch: Path) -> s
                          "entry gives the kernel (or the manifest disagrees with that entry); refused before any "
                          "write", hint="clipbuild inspect IMAGE --verify says more; restore the image from a copy")
     data, hashes = copied
-    path = "etc/os-release"
-    command = ["unsquashfs", "-cat", data, path] if info["fs"] == "squashfs" else ["debugfs", "-R", f"cat /{path}",
-                                                                                   data]
-    text = run(command).stdout
+    tree = scratch / f"root-{active}"
+    if info["fs"] == "squashfs":
+        run(["unsquashfs", "-no-xattrs", "-d", tree, data, *ROOT_PATHS])
+    else:
+        tree.mkdir()
+        for path in ROOT_PATHS:
+            (tree / path).parent.mkdir(parents=True, exist_ok=True)
+            run(["debugfs", "-R", f"rdump /{path} {(tree / path).parent}", data], check=False)
     data.unlink()
     hashes.unlink()
+    text = beneath.read_text(tree, "etc/os-release") if beneath.exists(tree, "etc/os-release") else ""
     match = re.search(r"^IMAGE_VERSION=\"?([^\s\"]+)\"?$", text, re.MULTILINE)
     if match is None:
-        raise ImageError(f"{found.image}: slot {active}'s root has no IMAGE_VERSION in /{path}; cannot tell what is "
-                         "installed, refused before any write")
-    return match.group(1)
+        raise ImageError(f"{found.image}: slot {active}'s root has no IMAGE_VERSION in /etc/os-release; cannot tell "
+                         "what is installed, refused before any write")
+    return RootFacts(match.group(1), tree)
 
 
 def _signed_confs(found: inspection.Inspection, active: str, policy: trust.Policy,
@@ -355,9 +370,9 @@ def _listing(versions: dict[str, str]) -> str:
 
 
 def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
-                progress: Callable[[str], None], kept: _Kept, allow: dict[str, frozenset[str]]) -> None:
+                progress: Callable[[str], None], kept: _Kept, accepted: _Accepted) -> None:
     try:
-        built = _build_core(found, parts, target, scratch, progress, kept, allow)
+        built = _build_core(found, parts, target, scratch, progress, kept, accepted)
     except ClipbuildError as exc:
         raise ImageError(f"update not applied: {exc.lines()[0]}", hint=f"nothing was written: "
                          f"{found.image.name} still boots slot {found.active_slot}; fix the cause and run the "
@@ -366,7 +381,7 @@ def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
 
 
 def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
-                progress: Callable[[str], None], kept: _Kept, allow: dict[str, frozenset[str]]) -> _Built:
+                progress: Callable[[str], None], kept: _Kept, accepted: _Accepted) -> _Built:
     manifest = found.manifest
     active = found.active_slot or ""
     slices = found.slices()
@@ -381,9 +396,14 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
         if name not in pool:
             pool[name] = kept.check(name, [old_mirror / name.split("-")[0] / file for file in files])
     version = parts["clip-core"].conf.version
-    trees = slot.core_trees([d for s in slot.CLIP_SETS for d in pool[s]], scratch / "new", progress, allow)
+    trees = slot.core_trees([d for s in slot.CLIP_SETS for d in pool[s]], scratch / "new", progress,
+                             accepted.policy.special())
     _carry_configuration(old_mounts, trees)
     slot.add_mirror(trees["mounts"], pool)
+    # The release metadata this core came with: its version is the floor of what the new slot accepts.
+    for tree, path in ((trees["root"], releasemeta.RECORD_ROOT), (trees["mounts"], releasemeta.RECORD_MOUNTS)):
+        beneath.mkdir(tree, PurePosixPath(path).parent)
+        beneath.write_bytes(tree, path, accepted.signed.raw)
     slot.configure_root(trees["root"], slices, mode=manifest["signing"], species=manifest["species"],
                         version=version)
     date = manifest["source_date_epoch"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Collection, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from clipbuild.core import beneath, safefile
@@ -26,6 +26,7 @@ from clipbuild.core.errors import AppsUpdateFailed, ClipbuildError, ImageError
 from clipbuild.core.run import run
 from clipbuild.image import fsimage, gpt, inspection, install, slot
 from clipbuild.update import imageedit
+from clipbuild.update.releasemeta import RECORD_MOUNTS as RECORD
 from clipbuild.update.repository import Package
 
 LISTS = ("pending", "installing", "upgrading", "removing")
@@ -33,8 +34,10 @@ WRITING, EMPTIED = "apps: writing the mounts partition", "apps: old mounts parti
 
 
 def apply_apps(found: inspection.Inspection, members: tuple[Package, ...], scratch: Path,
-               progress: Callable[[str], None], allow: Mapping[str, Collection[str]] | None = None) -> dict[str, Any]:
-    """Install `members` (clip-apps-conf and what it pins) on the active slot; returns the slot's new entry."""
+               progress: Callable[[str], None], allow: Mapping[str, Collection[str]] | None = None, *,
+               record: bytes = b"") -> dict[str, Any]:
+    """Install `members` (clip-apps-conf and what it pins) on the active slot; returns the slot's new entry.
+    `record`, the release metadata that was accepted, is kept on the slot's mounts partition."""
     manifest, image = found.manifest, found.image
     active = found.active_slot or ""
     info = manifest["slots"][active]
@@ -65,6 +68,9 @@ def apply_apps(found: inspection.Inspection, members: tuple[Package, ...], scrat
     _write_lists(stage, {name: [] for name in LISTS})
     for member in members:
         beneath.copy_in(member.path, stage, f"{mirror}/{member.path.name}")
+    if record:
+        beneath.mkdir(stage, PurePosixPath(RECORD).parent)
+        beneath.write_bytes(stage, RECORD, record)
     _write_back(found, active, stage, scratch, progress)
     entries = [e for e in installed if e["set"] != "clip-apps"]
     entries += imageedit.package_entries({"clip-apps": [p.path for p in members]})

@@ -15,7 +15,7 @@ from clipbuild.signing import devpki
 from clipbuild.signing.trust import load_policy
 from clipbuild.update import apply, repository
 
-from .test_update import _deb, _reasons
+from .test_update import _deb, _reasons, read_repository
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +57,12 @@ def _write_stanzas(repo: Path, stanzas: list[str]) -> None:
 
 def _refused(repo: Path, words: str, kind: type[ClipbuildError] = ClipbuildError) -> None:
     with pytest.raises(kind) as exc:
-        apply.read_repository(repo)
+        read_repository(repo, repo.parent / "scratch")
     assert words in str(exc.value), str(exc.value)
 
 
 def test_the_published_repository_reads_back(repo):
-    part = apply.read_repository(repo)["clip-core"]
+    part = read_repository(repo, repo.parent / "scratch")["clip-core"]
     assert [p.name for p in part.members] == ["clip-core-conf", "busybox"]
 
 
@@ -124,7 +124,7 @@ def test_a_stanza_that_lies_about_its_package_is_refused(repo):
     stanzas = _stanzas(repo)
     stanzas[0] = stanzas[0].replace("Version: 1.35.0", "Version: 9.9")
     _write_stanzas(repo, stanzas)
-    _refused(repo, "the index says busybox 9.9", RepositoryError)
+    _refused(repo, "the package is busybox 1.35.0, the signed release metadata says busybox 9.9", RepositoryError)
 
 
 @pytest.mark.parametrize(("content", "words"), [

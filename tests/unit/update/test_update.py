@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import hashlib
 from pathlib import Path
 
 import pytest
 
-from clipbuild.core.errors import ImageError
+from clipbuild.core.errors import ImageError, RepositoryError
 from clipbuild.core.run import run
 from clipbuild.signing import devpki
 from clipbuild.signing.signer import sign_bytes
 from clipbuild.signing.trust import load_policy
-from clipbuild.update import apply, repository
+from clipbuild.update import apply, intake, releasemeta, repository
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 
@@ -48,6 +49,31 @@ def _part(tmp_path: Path, pki, **fields: str) -> apply.RepoPart:
 
 
 RULES = apply.Rules(now=NOW)
+
+
+def as_signed(repo: Path) -> releasemeta.Statement:
+    """The statement a controller would have signed over REPO's files as they are now, hostile or not (no
+    checks here: the tests exercise what intake checks once metadata is accepted)."""
+    repositories = {}
+    for index in sorted(repo.glob("*/*/dists/*/main/binary-*/Packages.gz")):
+        base = index.parents[4]
+        raw = index.read_bytes() if index.is_file() else b""
+        try:
+            stanzas = repository.parse_packages(gzip.decompress(raw).decode(), "test")
+        except Exception:  # a damaged index: the statement lists no package, intake refuses the index
+            stanzas = []
+        entries = tuple(releasemeta.Entry(s.get("Filename", ""), s.get("Package", ""), s.get("Version", ""),
+                                          int(s.get("Size", "0")), s.get("SHA256", "")) for s in stanzas)
+        name = f"{base.parent.name}/{base.name}"
+        repositories[name] = releasemeta.Repository(name, str(index.relative_to(base)), len(raw),
+                                                    hashlib.sha256(raw).hexdigest(), entries)
+    return releasemeta.Statement("client", "4.5.1", repositories)
+
+
+def read_repository(repo: Path, scratch: Path) -> dict[str, apply.RepoPart]:
+    """The repository read as update apply reads it, under metadata that signed exactly these files."""
+    found = intake.read_repository(repo, as_signed(repo), scratch)
+    return {name: apply.RepoPart(*value) for name, value in found.items()}
 
 
 def _reasons(tmp_path, pki, installed=None, rules=RULES, **fields):
@@ -101,9 +127,16 @@ def test_a_pool_that_disagrees_with_its_index_is_refused(tmp_path, pki):
     index.mkdir(parents=True)
     stanza = repository.stanza(repository.read_package(conf_dir / "pool" / deb.name), f"pool/{deb.name}")
     (index / "Packages.gz").write_bytes(gzip.compress(stanza.encode()))
-    assert set(apply.read_repository(tmp_path / "repo")) == {"clip-core"}
+    signed = as_signed(tmp_path / "repo")
+    assert set(intake.read_repository(tmp_path / "repo", signed, tmp_path / "s1")) == {"clip-core"}
     (conf_dir / "pool" / deb.name).write_bytes(deb.read_bytes() + b"\n")
-    with pytest.raises(ImageError, match=r"its SHA-256 is not the one Packages\.gz lists"):
-        apply.read_repository(tmp_path / "repo")
-    with pytest.raises(ImageError, match="no update repository"):
-        apply.read_repository(tmp_path / "empty")
+    with pytest.raises(RepositoryError, match="larger than the .* bytes the signed release metadata gives it"):
+        intake.read_repository(tmp_path / "repo", signed, tmp_path / "s2")
+    changed = bytearray(deb.read_bytes())
+    changed[-1] ^= 1
+    (conf_dir / "pool" / deb.name).write_bytes(bytes(changed))
+    with pytest.raises(RepositoryError, match="not the file that was signed"):
+        intake.read_repository(tmp_path / "repo", signed, tmp_path / "s4")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RepositoryError, match="clip/clip-core-conf is in the signed release metadata but not in"):
+        intake.read_repository(tmp_path / "empty", signed, tmp_path / "s3")
