@@ -298,10 +298,19 @@ def fresh_policy(policy: Policy, statement: Statement) -> Policy:
             ca = next((c for c in current.cas if c.subject == crl.issuer), None)
             if ca is None or not _signed_by(crl, ca):
                 continue
-            if crl.issuer not in best or crl.last_update_utc > best[crl.issuer].last_update_utc:
+            if crl.issuer not in best or _newness(crl) > _newness(best[crl.issuer]):
                 best[crl.issuer] = crl
         return replace(current, crls=tuple(best.values()))
     return replace(policy, developer=role(policy.developer), controller=role(policy.controller))
+
+
+def _newness(crl: x509.CertificateRevocationList) -> tuple[int, dt.datetime]:
+    """CRLs of one CA in issue order: by CRL number (RFC 5280 §5.2.3), then by date."""
+    try:
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        number = -1
+    return number, crl.last_update_utc
 
 
 def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:

@@ -1,0 +1,222 @@
+"""Signed release metadata on its own (P11 item 1): a repository published from real signed packages, its
+metadata signed by a scratch development PKI's controller, then each attack of The Update Framework's list
+tried against the checks, each refused with its reason."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from clipbuild.core.errors import RepositoryError, SigningError
+from clipbuild.signing import devpki, envelope, pki
+from clipbuild.signing.trust import load_policy
+from clipbuild.update import intake, releasemeta, repository
+
+from .test_update import _deb
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)  # the scratch PKI is valid from now on
+EXPIRES = (NOW + dt.timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@pytest.fixture
+def keys(tmp_path):
+    return devpki.ensure(tmp_path / "dev-pki")
+
+
+@pytest.fixture
+def repo(tmp_path, keys) -> Path:
+    debs = [_deb(tmp_path, keys, "clip-core-conf", "4.5.1", Depends="busybox (= 1.35.0)"),
+            _deb(tmp_path, keys, "busybox", "1.35.0")]
+    out = tmp_path / "repo"
+    repository.publish(debs, keys.policy(), out)
+    releasemeta.write_draft(out, "client")
+    releasemeta.sign_repository(out, keys.controller, keys.policy(), now=NOW)
+    return out
+
+
+def _check(repo: Path, keys, *, policy=None, seen=None, now=NOW, species="client") -> list[str]:
+    found = releasemeta.read(repo / releasemeta.METADATA)
+    policy = releasemeta.fresh_policy(policy or keys.policy(), found.statement)
+    return releasemeta.check(found, policy, species=species, seen=seen, now=now)
+
+
+def _rewrite(repo: Path, change) -> None:
+    path = repo / releasemeta.METADATA
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_signed_metadata_describes_the_release_and_is_accepted(repo, keys):
+    found = releasemeta.read(repo / releasemeta.METADATA)
+    statement = found.statement
+    assert (statement.species, statement.release) == ("client", "4.5.1")
+    assert statement.version == int(NOW.timestamp()) and statement.expires == EXPIRES
+    entries = statement.repositories["clip/clip-core-conf"].packages
+    assert [(e.package, e.version) for e in entries] == [("busybox", "1.35.0"), ("clip-core-conf", "4.5.1")]
+    assert _check(repo, keys) == []
+
+
+def test_expired_metadata_is_refused_saying_since_when(repo, keys):
+    reasons = _check(repo, keys, now=NOW + dt.timedelta(days=9))
+    assert len(reasons) == 1 and f"expired on {EXPIRES} (2 days ago)" in reasons[0], reasons
+
+
+def test_metadata_older_than_what_the_image_accepted_is_refused(repo, keys):
+    version = releasemeta.read(repo / releasemeta.METADATA).statement.version
+    seen = releasemeta.Seen(version + 1, "x" * 64, "mounts_a")
+    reasons = _check(repo, keys, seen=seen)
+    assert len(reasons) == 1 and f"version {version} is older than version {version + 1}" in reasons[0]
+    assert "(rollback)" in reasons[0]
+    same = releasemeta.Seen(version, "x" * 64, "mounts_a")
+    assert "with another content" in _check(repo, keys, seen=same)[0]
+    genuine = releasemeta.Seen(version, releasemeta.read(repo / releasemeta.METADATA).envelope.sha256, "root")
+    assert _check(repo, keys, seen=genuine) == []
+
+
+def test_a_version_from_the_future_is_refused(repo, keys):
+    releasemeta.sign_repository(repo, keys.controller, keys.policy(), version=2**40, now=NOW)
+    reasons = _check(repo, keys)
+    assert len(reasons) == 1 and "(fast-forward)" in reasons[0], reasons
+
+
+def test_another_species_release_is_refused(repo, keys):
+    assert "a release of client, this image is gateway" in _check(repo, keys, species="gateway")[0]
+
+
+def test_metadata_signed_by_a_developer_is_refused(repo, keys):
+    releasemeta.sign_repository(repo, keys.developer, keys.policy(), now=NOW)
+    reasons = _check(repo, keys)
+    assert reasons and "signature refused" in reasons[0] and "is not issued by the controller CA" in reasons[0]
+
+
+def test_an_edited_statement_is_refused(repo, keys):
+    _rewrite(repo, lambda d: d["signed"].update(expires="2099-01-01T00:00:00Z"))
+    reasons = _check(repo, keys)
+    assert len(reasons) == 1 and "the signature does not match the document" in reasons[0], reasons
+
+
+def test_a_revoked_controller_is_refused_with_the_crl_the_metadata_carries(repo, keys, tmp_path):
+    before = keys.policy()  # what the device has: a CRL that does not list controller-1 yet
+    pki.revoke(keys.directory, keys.directory / "controller-1.pem", devpki.SECRET)
+    releasemeta.sign_repository(repo, keys.controller, keys.policy(), now=NOW)  # carries the new CRL
+    reasons = _check(repo, keys, policy=before, now=dt.datetime.now(dt.UTC))
+    assert reasons and "is revoked since" in reasons[0], reasons
+
+
+def test_a_crl_its_ca_did_not_sign_is_ignored(repo, keys, tmp_path):
+    other = devpki.ensure(tmp_path / "other-pki")
+    statement = releasemeta.read(repo / releasemeta.METADATA).statement
+    foreign = (other.directory / "controller-ca.crl.pem").read_text()
+    forged = dataclasses.replace(statement, crls={"controller": (foreign,)})
+    policy = releasemeta.fresh_policy(keys.policy(), forged)
+    assert policy.controller.crls == keys.policy().controller.crls
+
+
+def test_a_stale_crl_is_refused_with_its_date(repo, keys):
+    crl = keys.policy().controller.crls[0]
+    later = crl.next_update_utc + dt.timedelta(days=1)
+    releasemeta.sign_repository(repo, keys.controller, keys.policy(), expires_days=365, now=later
+                                - dt.timedelta(days=2))
+    reasons = _check(repo, keys, now=later)
+    assert any(f"is stale (next update was {crl.next_update_utc:%Y-%m-%d})" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize(("raw", "words"), [
+    (b'{"signed": {"a": 1, "a": 2}, "signatures": []}', "the key 'a' is given twice"),
+    (b'{"signed": {"a": 1.5}, "signatures": []}', "numbers in a signed document are integers"),
+    (b'{"signed": {"a": NaN}, "signatures": []}', "numbers in a signed document are integers"),
+    (b'{"signed": {}, "signatures": []}', "exactly one signature is expected, found 0"),
+    (b'[1, 2]', "a signed document is"),
+    (b'\xff', "not UTF-8 text"),
+    (b'{"signed": ' * 5000, "not a JSON document"),
+])
+def test_malformed_documents_are_refused_with_their_reason(raw, words):
+    with pytest.raises(envelope.EnvelopeError, match=words):
+        envelope.read(raw, "release.json")
+
+
+def test_an_unsigned_draft_is_refused_with_the_command_to_sign_it(tmp_path, keys):
+    debs = [_deb(tmp_path, keys, "clip-core-conf", "4.5.1")]
+    repository.publish(debs, keys.policy(), tmp_path / "draft")
+    releasemeta.write_draft(tmp_path / "draft", "client")
+    with pytest.raises(envelope.EnvelopeError) as exc:
+        releasemeta.read(tmp_path / "draft" / releasemeta.METADATA)
+    assert "clipbuild repo sign-metadata" in exc.value.hint
+
+
+def test_signing_refuses_a_repository_changed_since_its_draft(repo, keys):
+    index = next(repo.glob("clip/clip-core-conf/dists/*/main/*/Packages.gz"))
+    index.write_bytes(index.read_bytes() + b"")
+    pool = repo / "clip" / "clip-core-conf" / "pool" / "busybox_1.35.0_amd64.deb"
+    pool.write_bytes(pool.read_bytes() + b"x")
+    with pytest.raises(RepositoryError, match="size or SHA-256 is not the one"):
+        releasemeta.sign_repository(repo, keys.controller, keys.policy(), now=NOW)
+
+
+def test_versions_only_grow(repo, keys):
+    first = releasemeta.read(repo / releasemeta.METADATA).statement.version
+    again = releasemeta.sign_repository(repo, keys.controller, keys.policy(), now=NOW)
+    assert again.version == first + 1
+    with pytest.raises(SigningError, match="versions only grow"):
+        releasemeta.sign_repository(repo, keys.controller, keys.policy(), version=5, now=NOW)
+
+
+def test_records_are_genuine_or_refused(repo, keys):
+    raw = (repo / releasemeta.METADATA).read_bytes()
+    seen = releasemeta.read_record(raw, "mounts_a", keys.policy())
+    assert seen.version == releasemeta.read(repo / releasemeta.METADATA).statement.version
+    data = json.loads(raw)
+    data["signed"]["version"] += 1000
+    edited = json.dumps(data).encode()
+    with pytest.raises(RepositoryError, match="does not verify .* the image was edited"):
+        releasemeta.read_record(edited, "mounts_a", keys.policy())
+
+
+def test_endless_data_stops_at_the_signed_size(repo, tmp_path):
+    statement = releasemeta.read(repo / releasemeta.METADATA).statement
+    entry = statement.repositories["clip/clip-core-conf"].entry("pool/busybox_1.35.0_amd64.deb")
+    pool = repo / "clip" / "clip-core-conf" / "pool" / "busybox_1.35.0_amd64.deb"
+    with pool.open("ab") as stream:
+        stream.write(b"\0" * (8 << 20))
+    with pytest.raises(RepositoryError, match=f"larger than the {entry.size} bytes .* \\(endless data\\)"):
+        intake.read_repository(repo, statement, tmp_path / "scratch")
+
+
+def test_a_package_the_metadata_does_not_list_is_refused(repo, keys, tmp_path):
+    statement = releasemeta.read(repo / releasemeta.METADATA).statement
+    other = _deb(tmp_path / "x", keys, "busybox", "1.36.0") if (tmp_path / "x").mkdir() is None else None
+    pool = repo / "clip" / "clip-core-conf" / "pool"
+    (pool / other.name).write_bytes(other.read_bytes())
+    stanzas = [repository.stanza(repository.read_package(deb), f"pool/{deb.name}")
+               for deb in sorted(pool.glob("*.deb")) if deb.name != "busybox_1.35.0_amd64.deb"]
+    index = next(repo.glob("clip/clip-core-conf/dists/*/main/*/Packages.gz"))
+    import gzip
+    index.write_bytes(gzip.compress("\n".join(stanzas).encode()))
+    with pytest.raises(RepositoryError, match="not the one the signed release metadata gives|SHA-256"):
+        intake.read_repository(repo, statement, tmp_path / "scratch")
+
+
+def test_a_repository_of_another_release_is_refused(repo, keys, tmp_path):
+    statement = releasemeta.read(repo / releasemeta.METADATA).statement
+    extra = _deb(tmp_path / "apps", keys, "clip-apps-conf", "4.5.1", Priority="Important") \
+        if (tmp_path / "apps").mkdir() is None else None
+    repository.publish([extra], keys.policy(), tmp_path / "other")
+    (tmp_path / "other" / "clip" / "clip-apps-conf").rename(repo / "clip" / "clip-apps-conf")
+    with pytest.raises(RepositoryError, match="not in the signed release metadata .* \\(mix-and-match\\)"):
+        intake.read_repository(repo, statement, tmp_path / "scratch")
+
+
+def test_a_dependency_outside_the_release_is_refused(tmp_path, keys):
+    statement = releasemeta.Statement("client", "4.5.1", {"clip/clip-core-conf": releasemeta.Repository(
+        "clip/clip-core-conf", "dists/clip/main/binary-amd64/Packages.gz", 0, "0" * 64,
+        (releasemeta.Entry("pool/a.deb", "busybox", "1.35.0", 1, "0" * 64),))})
+    package = repository.read_package(_deb(tmp_path, keys, "busybox", "1.35.0", Depends="libc6 | musl, evil (>= 1)"))
+    reasons = intake.undeclared_dependencies([package], statement)
+    assert [r.split(": ", 1)[1] for r in reasons] == [
+        "Depends libc6 | musl: no package of the signed release metadata provides it (extraneous dependency)",
+        "Depends evil (>= 1): no package of the signed release metadata provides it (extraneous dependency)"]
