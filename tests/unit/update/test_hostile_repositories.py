@@ -13,7 +13,7 @@ import pytest
 from clipbuild.core.errors import ClipbuildError, NotAFile, RepositoryError
 from clipbuild.signing import devpki
 from clipbuild.signing.trust import load_policy
-from clipbuild.update import apply, repository
+from clipbuild.update import repository
 
 from .test_update import _deb, _reasons, read_repository
 

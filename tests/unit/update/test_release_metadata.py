@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gzip
 import json
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import pytest
 
 from clipbuild.core.errors import RepositoryError, SigningError
 from clipbuild.signing import devpki, envelope, pki
-from clipbuild.signing.trust import load_policy
 from clipbuild.update import intake, releasemeta, repository
 
 from .test_update import _deb
@@ -173,7 +173,7 @@ def test_records_are_genuine_or_refused(repo, keys):
     data = json.loads(raw)
     data["signed"]["version"] += 1000
     edited = json.dumps(data).encode()
-    with pytest.raises(RepositoryError, match="does not verify .* the image was edited"):
+    with pytest.raises(RepositoryError, match=r"does not verify .* the image was edited"):
         releasemeta.read_record(edited, "mounts_a", keys.policy())
 
 
@@ -189,25 +189,25 @@ def test_endless_data_stops_at_the_signed_size(repo, tmp_path):
 
 def test_a_package_the_metadata_does_not_list_is_refused(repo, keys, tmp_path):
     statement = releasemeta.read(repo / releasemeta.METADATA).statement
-    other = _deb(tmp_path / "x", keys, "busybox", "1.36.0") if (tmp_path / "x").mkdir() is None else None
+    (tmp_path / "x").mkdir()
+    other = _deb(tmp_path / "x", keys, "busybox", "1.36.0")
     pool = repo / "clip" / "clip-core-conf" / "pool"
     (pool / other.name).write_bytes(other.read_bytes())
     stanzas = [repository.stanza(repository.read_package(deb), f"pool/{deb.name}")
                for deb in sorted(pool.glob("*.deb")) if deb.name != "busybox_1.35.0_amd64.deb"]
     index = next(repo.glob("clip/clip-core-conf/dists/*/main/*/Packages.gz"))
-    import gzip
     index.write_bytes(gzip.compress("\n".join(stanzas).encode()))
-    with pytest.raises(RepositoryError, match="not the one the signed release metadata gives|SHA-256"):
+    with pytest.raises(RepositoryError, match=r"Packages.gz: .* not the file that was signed"):
         intake.read_repository(repo, statement, tmp_path / "scratch")
 
 
 def test_a_repository_of_another_release_is_refused(repo, keys, tmp_path):
     statement = releasemeta.read(repo / releasemeta.METADATA).statement
-    extra = _deb(tmp_path / "apps", keys, "clip-apps-conf", "4.5.1", Priority="Important") \
-        if (tmp_path / "apps").mkdir() is None else None
+    (tmp_path / "apps").mkdir()
+    extra = _deb(tmp_path / "apps", keys, "clip-apps-conf", "4.5.1", Priority="Important")
     repository.publish([extra], keys.policy(), tmp_path / "other")
     (tmp_path / "other" / "clip" / "clip-apps-conf").rename(repo / "clip" / "clip-apps-conf")
-    with pytest.raises(RepositoryError, match="not in the signed release metadata .* \\(mix-and-match\\)"):
+    with pytest.raises(RepositoryError, match=r"not in the signed release metadata .* \(mix-and-match\)"):
         intake.read_repository(repo, statement, tmp_path / "scratch")
 
 

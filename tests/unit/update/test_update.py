@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.core.errors import ImageError, RepositoryError
+from clipbuild.core.errors import RepositoryError
 from clipbuild.core.run import run
 from clipbuild.signing import devpki
 from clipbuild.signing.signer import sign_bytes
@@ -130,7 +130,7 @@ def test_a_pool_that_disagrees_with_its_index_is_refused(tmp_path, pki):
     signed = as_signed(tmp_path / "repo")
     assert set(intake.read_repository(tmp_path / "repo", signed, tmp_path / "s1")) == {"clip-core"}
     (conf_dir / "pool" / deb.name).write_bytes(deb.read_bytes() + b"\n")
-    with pytest.raises(RepositoryError, match="larger than the .* bytes the signed release metadata gives it"):
+    with pytest.raises(RepositoryError, match=r"larger than the .* bytes the signed release metadata gives it"):
         intake.read_repository(tmp_path / "repo", signed, tmp_path / "s2")
     changed = bytearray(deb.read_bytes())
     changed[-1] ^= 1
