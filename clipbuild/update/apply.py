@@ -175,7 +175,7 @@ def _take_in(found: inspection.Inspection, repo: Path, policy: trust.Policy, rul
     parts = {name: RepoPart(*value) for name, value in found_parts.items()}
     reasons = [r for part in parts.values() for r in check_part(part, policy, installed.get(part.name, {}), rules)]
     reasons += intake.undeclared_dependencies([p for part in parts.values() for p in part.members],
-                                              signed.statement)
+                                              signed.statement, {n for pinned in installed.values() for n in pinned})
     if reasons:
         raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}",
                             detail=[f"  {reason}" for reason in reasons])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from clipbuild.core import safefile
@@ -152,10 +153,11 @@ def _check_pinned(conf: Package, members: list[Package], where: str) -> None:
                               hint="a repository holds its conf package and exactly the versions it pins")
 
 
-def undeclared_dependencies(packages: list[Package], statement: Statement) -> list[str]:
-    """Each Depends or Pre-Depends of an update's package that no package of the signed release provides
-    (extraneous dependencies: the update may pull in nothing the release does not list)."""
-    listed = statement.names() | {alt.strip().split(" ")[0] for package in packages
+def undeclared_dependencies(packages: list[Package], statement: Statement,
+                            installed: Collection[str] = ()) -> list[str]:
+    """Each Depends or Pre-Depends of an update's package that neither a package of the signed release nor one
+    the device has installed provides (extraneous dependencies: an update pulls in nothing else)."""
+    listed = statement.names() | set(installed) | {alt.strip().split(" ")[0] for package in packages
                                   for alt in package.fields.get("Provides", "").split(",") if alt.strip()}
     reasons = []
     for package in packages:
@@ -165,5 +167,5 @@ def undeclared_dependencies(packages: list[Package], statement: Statement) -> li
                 names = [n for n in names if n]
                 if names and not any(n in listed for n in names):
                     reasons.append(f"{package.path.name}: {field} {clause.strip()}: no package of the signed release "
-                                   f"metadata provides it (extraneous dependency)")
+                                   f"metadata or installed provides it (extraneous dependency)")
     return reasons

@@ -60,3 +60,52 @@ def sparse_copy(source: str | Path, target: Path) -> Path:
     of it in every test would fill the disk."""
     run(["cp", "--sparse=always", source, target])
     return target
+
+
+def dated_copy(base: Path, store: str, date: int) -> Project:
+    """Another project copy sharing `store` (the packages already built), dated `date`."""
+    proj = Project(base)
+    proj.env.update({"CLIPBUILD_BINPKGS": store, "SOURCE_DATE_EPOCH": str(date)})
+    return proj
+
+
+def bump(proj: Project, version: str) -> None:
+    """Release `version` of the copy: baselayout-clip `version` (its clip-release says so), pinned by
+    clip-core-conf `version`, clip-update-keys `version` (the trust store, when the overlay has it), and
+    clip-apps-conf `version` (its clip-apps-release says so)."""
+    overlay = proj.root / "overlays" / "clip"
+    apps = overlay / "clip-conf" / "clip-apps-conf"
+    shutil.copy(apps / "clip-apps-conf-4.5.0.ebuild", apps / f"clip-apps-conf-{version}.ebuild")
+    base = overlay / "clip-layout" / "baselayout-clip"
+    shutil.copy(base / "baselayout-clip-4.5.0.ebuild", base / f"baselayout-clip-{version}.ebuild")
+    conf = overlay / "clip-conf" / "clip-core-conf"
+    text = (conf / "clip-core-conf-4.5.0.ebuild").read_text().replace("baselayout-clip-4.5.0",
+                                                                        f"baselayout-clip-{version}")
+    keys = overlay / "clip-conf" / "clip-update-keys"
+    if (keys / "clip-update-keys-4.5.0.ebuild").exists():
+        shutil.copy(keys / "clip-update-keys-4.5.0.ebuild", keys / f"clip-update-keys-{version}.ebuild")
+        text = text.replace("clip-update-keys-4.5.0", f"clip-update-keys-{version}")
+    (conf / f"clip-core-conf-{version}.ebuild").write_text(text)
+    profile = proj.root / "profiles" / "base.yaml"
+    profile.write_text(profile.read_text().replace("version: 4.5.0", f"version: {version}"))
+
+
+def release(proj: Project, *args: str) -> dict:
+    result = proj.clipbuild("release", "client", "--json", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def resign(repo: Path, *args: str) -> None:
+    """REPO's release metadata described afresh and signed by the development PKI's controller: what a
+    controller (or whoever holds its key) signs; `args` are `repo sign-metadata` options."""
+    from clipbuild.signing import devpki
+    from clipbuild.update import releasemeta
+
+    species = json.loads((repo / releasemeta.METADATA).read_text())["signed"]["species"]
+    releasemeta.write_draft(repo, species)
+    pki = devpki.ensure()
+    signed = run([CLIPBUILD, "repo", "sign-metadata", str(repo), "--key", str(pki.directory / "controller-1.key"),
+                  "--cert", str(pki.directory / "controller-1.pem"), "--policy", str(pki.policy_path), *args],
+                 env={"CLIPBUILD_PASSPHRASE": devpki.SECRET.decode()}, check=False)
+    assert signed.returncode == 0, signed.stderr

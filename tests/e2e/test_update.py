@@ -2,15 +2,14 @@
 repositories with a tampered, unsigned, developer-only or downgraded package refused; an update killed
 half-way leaves N booting; apps updated in place, rolled back when dpkg fails, recovered when killed.
 
-N is the e2e project's own release (after the session's client image, so its image is built already); N+1 is a
-copy with baselayout-clip 4.5.1 (core) and clip-apps-conf 4.5.1 (apps), sharing the package store."""
+N and N+1 are the session's `releases` (tests/e2e/conftest.py): the e2e project's own release and a copy with
+baselayout-clip 4.5.1 (core) and clip-apps-conf 4.5.1 (apps), sharing the package store."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -20,44 +19,9 @@ from clipbuild.formats.clipsig import read_layout
 from clipbuild.signing import devpki
 from clipbuild.signing.signer import sign_bytes
 from clipbuild.update import repository
-from tests.e2e.support import Project, sparse_copy
+from tests.e2e.support import resign, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-DAY = 86400
-
-
-def _project(base: Path, store: str, date: int) -> Project:
-    proj = Project(base)
-    proj.env.update({"CLIPBUILD_BINPKGS": store, "SOURCE_DATE_EPOCH": str(date)})
-    return proj
-
-
-def _bump(proj: Project) -> None:
-    """Version N+1: baselayout-clip 4.5.1 (its clip-release says so), pinned by clip-core-conf 4.5.1, and
-    clip-apps-conf 4.5.1 (its clip-apps-release says so)."""
-    overlay = proj.root / "overlays" / "clip"
-    apps = overlay / "clip-conf" / "clip-apps-conf"
-    shutil.copy(apps / "clip-apps-conf-4.5.0.ebuild", apps / "clip-apps-conf-4.5.1.ebuild")
-    base = overlay / "clip-layout" / "baselayout-clip"
-    shutil.copy(base / "baselayout-clip-4.5.0.ebuild", base / "baselayout-clip-4.5.1.ebuild")
-    conf = overlay / "clip-conf" / "clip-core-conf"
-    text = (conf / "clip-core-conf-4.5.0.ebuild").read_text()
-    (conf / "clip-core-conf-4.5.1.ebuild").write_text(text.replace("baselayout-clip-4.5.0", "baselayout-clip-4.5.1"))
-    profile = proj.root / "profiles" / "base.yaml"
-    profile.write_text(profile.read_text().replace("version: 4.5.0", "version: 4.5.1"))
-
-
-def _release(proj: Project) -> dict:
-    result = proj.clipbuild("release", "client", "--json")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
-
-
-@pytest.fixture(scope="module")
-def releases(e2e_project: Project, client_image: dict, tmp_path_factory) -> dict[str, dict]:
-    new = _project(tmp_path_factory.mktemp("n1"), e2e_project.env["CLIPBUILD_BINPKGS"], int(time.time()) - DAY)
-    _bump(new)
-    return {"n": _release(e2e_project), "n1": _release(new), "project": e2e_project}
 
 
 @pytest.fixture
@@ -119,6 +83,7 @@ def _bad_repo(releases, tmp_path: Path, how: str) -> Path:
     elif how == "developer-only":
         victim.write_bytes(sign_bytes(unsigned, "developer", devpki.ensure().developer, 0))
     _reindex(conf)
+    resign(repo)  # as if the controller's metadata key were stolen: the packages' own signatures still stop it
     return repo
 
 
@@ -137,13 +102,20 @@ def test_bad_repositories_are_refused_with_their_reason(releases, image, tmp_pat
 
 def test_a_downgrade_is_refused(releases, image, tmp_path):
     assert _run(releases, "update", "apply", str(image), str(_repo(releases, "n1"))).returncode == 0
+    # N's metadata is older than N+1's, which the image accepted: refused first for that (rollback).
     result = _run(releases, "update", "apply", str(image), str(_repo(releases, "n")))
+    assert result.returncode == 1 and "which this image has already accepted" in result.stderr, result.stderr
+    # N's packages under fresh metadata (a controller re-signing an old release): the downgrade check stops it.
+    old = tmp_path / "n-resigned"
+    shutil.copytree(_repo(releases, "n"), old)
+    resign(old)
+    result = _run(releases, "update", "apply", str(image), str(old))
     assert result.returncode == 1
     assert "downgrade refused: clip-core-conf 4.5.1 is installed, the repository has 4.5.0" in result.stderr
     # The manifest on the boot partition edited to say 4.4.0 is installed: it decides nothing.
     _edit_manifest(image, tmp_path, lambda m: json.loads(json.dumps(m).replace('"4.5.1"', '"4.4.0"')))
     before = sha256_file(image)
-    result = _run(releases, "update", "apply", str(image), str(_repo(releases, "n")))
+    result = _run(releases, "update", "apply", str(image), str(old))
     assert result.returncode == 1
     assert "downgrade refused: clip-core-conf 4.5.1 is installed, the repository has 4.5.0" in result.stderr
     assert sha256_file(image) == before
@@ -218,10 +190,11 @@ def test_an_update_killed_half_way_leaves_n_booting(releases, image, state):
 
 @pytest.fixture(scope="module")
 def apps_repo(releases, tmp_path_factory) -> Path:
-    """N+1's repositories without the core one: an apps-only update (clip-apps-conf 4.5.1)."""
+    """N+1's repositories without the core one, signed as such: an apps-only release (clip-apps-conf 4.5.1)."""
     repo = tmp_path_factory.mktemp("apps") / "repo"
     shutil.copytree(_repo(releases, "n1"), repo)
     shutil.rmtree(repo / "clip" / "clip-core-conf")
+    resign(repo)
     return repo
 
 
@@ -267,6 +240,7 @@ def _unmet_apps_repo(apps_repo: Path, tmp_path: Path) -> Path:
     out.write_bytes(sign_bytes(sign_bytes(out.read_bytes(), "developer", pki.developer), "controller",
                                pki.controller))
     _reindex(repo / "clip" / "clip-apps-conf")
+    resign(repo)
     return repo
 
 
@@ -298,6 +272,7 @@ def test_a_core_update_after_an_apps_update_keeps_the_installed_apps(releases, a
     core_only = tmp_path / "core-only"
     shutil.copytree(_repo(releases, "n1"), core_only)
     shutil.rmtree(core_only / "clip" / "clip-apps-conf")
+    resign(core_only)
     assert _run(releases, "update", "apply", str(image), str(apps_repo)).returncode == 0
     applied = _run(releases, "update", "apply", str(image), str(core_only), "--json")
     assert applied.returncode == 0, applied.stderr[-3000:]
