@@ -109,3 +109,15 @@ def resign(repo: Path, *args: str) -> None:
                   "--cert", str(pki.directory / "controller-1.pem"), "--policy", str(pki.policy_path), *args],
                  env={"CLIPBUILD_PASSPHRASE": devpki.SECRET.decode()}, check=False)
     assert signed.returncode == 0, signed.stderr
+
+
+def reindex(conf_dir: Path) -> None:
+    """A repository's Packages.gz rewritten for its pool as it now is: what someone holding the mirror can do."""
+    import gzip
+
+    from clipbuild.update import repository
+
+    stanzas = [repository.stanza(repository.read_package(deb), f"pool/{deb.name}")
+               for deb in sorted((conf_dir / "pool").glob("*.deb"))]
+    index = next(conf_dir.glob("dists/*/main/binary-*/Packages.gz"))
+    index.write_bytes(gzip.compress("\n".join(stanzas).encode(), mtime=0))

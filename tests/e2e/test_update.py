@@ -7,7 +7,6 @@ baselayout-clip 4.5.1 (core) and clip-apps-conf 4.5.1 (apps), sharing the packag
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 from pathlib import Path
@@ -18,8 +17,7 @@ from clipbuild.core.digest import sha256_file
 from clipbuild.formats.clipsig import read_layout
 from clipbuild.signing import devpki
 from clipbuild.signing.signer import sign_bytes
-from clipbuild.update import repository
-from tests.e2e.support import resign, sparse_copy
+from tests.e2e.support import reindex, resign, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -59,14 +57,6 @@ def test_n_to_n_plus_1_boots_the_other_slot_and_rolls_back(releases, image):
     assert again["slot"] == "a" and 'release="CLIP-RM 4.5.0"' in again["marker"]
 
 
-def _reindex(conf_dir: Path) -> None:
-    """Packages.gz rewritten for the pool as it now is: what someone holding the mirror can do."""
-    stanzas = [repository.stanza(repository.read_package(deb), f"pool/{deb.name}")
-               for deb in sorted((conf_dir / "pool").glob("*.deb"))]
-    index = next(conf_dir.glob("dists/*/main/binary-*/Packages.gz"))
-    index.write_bytes(gzip.compress("\n".join(stanzas).encode(), mtime=0))
-
-
 def _bad_repo(releases, tmp_path: Path, how: str) -> Path:
     repo = tmp_path / f"repo-{how}"
     shutil.copytree(_repo(releases, "n1"), repo)
@@ -82,7 +72,7 @@ def _bad_repo(releases, tmp_path: Path, how: str) -> Path:
         victim.write_bytes(unsigned)
     elif how == "developer-only":
         victim.write_bytes(sign_bytes(unsigned, "developer", devpki.ensure().developer, 0))
-    _reindex(conf)
+    reindex(conf)
     resign(repo)  # as if the controller's metadata key were stolen: the packages' own signatures still stop it
     return repo
 
@@ -239,7 +229,7 @@ def _unmet_apps_repo(apps_repo: Path, tmp_path: Path) -> Path:
     pki = devpki.ensure()
     out.write_bytes(sign_bytes(sign_bytes(out.read_bytes(), "developer", pki.developer), "controller",
                                pki.controller))
-    _reindex(repo / "clip" / "clip-apps-conf")
+    reindex(repo / "clip" / "clip-apps-conf")
     resign(repo)
     return repo
 
