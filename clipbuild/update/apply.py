@@ -288,9 +288,8 @@ def read_root(found: inspection.Inspection, active: str, scratch: Path) -> RootF
     if info["fs"] == "squashfs":
         run(["unsquashfs", "-no-xattrs", "-d", tree, data, *ROOT_PATHS])
     else:
-        tree.mkdir()
         for path in ROOT_PATHS:
-            (tree / path).parent.mkdir(parents=True, exist_ok=True)
+            beneath.mkdir(scratch, PurePosixPath(tree.name, path).parent)
             run(["debugfs", "-R", f"rdump /{path} {(tree / path).parent}", data], check=False)
     data.unlink()
     hashes.unlink()
