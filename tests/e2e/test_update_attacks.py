@@ -170,3 +170,14 @@ def test_the_accepted_version_is_kept_and_cannot_be_lowered_unseen(releases, ima
     _mounts_record(image, "mounts_b", tmp_path, older)
     os.sync()
     _refused(releases, image, _repo(releases, "n1"), "below the running root's")
+
+
+def test_a_stale_crl_is_refused_with_its_date(releases, image, tmp_path):
+    """The clock moved past the controller CRL's nextUpdate (metadata still valid): revocation cannot be
+    checked, so nothing is accepted."""
+    repo = _copy(releases, tmp_path)
+    resign(repo, "--expires", "90")
+    crl = devpki.ensure().policy().controller.crls[0]
+    later = crl.next_update_utc.replace(tzinfo=None) + dt.timedelta(days=1)
+    _refused(releases, image, repo, f"is stale (next update was {crl.next_update_utc:%Y-%m-%d})",
+             "--at", later.strftime("%Y-%m-%dT%H:%M:%S"))
