@@ -122,11 +122,12 @@ class Outcome:
     version: str
     previous_version: str
     notes: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)  # the release metadata accepted
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": str(self.image), "updated": self.updated, "active_slot": self.slot,
                 "previous_slot": self.previous_slot, "version": self.version,
-                "previous_version": self.previous_version, "notes": self.notes}
+                "previous_version": self.previous_version, "notes": self.notes, "metadata": self.metadata}
 
 
 def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = None,
@@ -145,7 +146,11 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
                      f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
     with imageedit.scratch(image) as tmp:
         accepted = _take_in(found, repo, policy, rules, tmp)
-        return _install(found, accepted, target, tmp, progress, notes)
+        outcome = _install(found, accepted, target, tmp, progress, notes)
+    statement = accepted.signed.statement
+    outcome.metadata = {"release": statement.release, "version": statement.version, "expires": statement.expires,
+                        "recorded": outcome.updated != "nothing"}
+    return outcome
 
 
 @dataclass(frozen=True)
