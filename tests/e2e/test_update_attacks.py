@@ -148,6 +148,7 @@ def _mounts_record(image: Path, label: str, scratch: Path, replacement: bytes | 
     _, entries = gpt.read_table(image)
     entry = next(e for e in entries if e.label == label)
     part = scratch / f"{label}.img"
+    part.unlink(missing_ok=True)
     gpt.copy_out(image, entry.start, entry.size, part)
     record = f"/{releasemeta.RECORD_MOUNTS}"
     if replacement is not None:
