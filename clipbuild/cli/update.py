@@ -13,8 +13,10 @@ from clipbuild.cli.image import build_image, image_path, image_policy, signing_o
 from clipbuild.image import inspection
 from clipbuild.image.slot import CLIP_SETS, RM_SETS
 from clipbuild.signing import trust
+from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.spec.profile import resolve
 from clipbuild.update import apply, repository
+from clipbuild.update.rules import Overrides, refuse_on_release
 
 
 @click.command("release")
@@ -61,17 +63,23 @@ def update_group() -> None:
 @click.argument("repo", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Trust policy [default: the development PKI's, for a development image].")
-@click.option("--max-age", default=90, show_default=True,
-              help="Refuse a conf package released more than this many days ago (0: no limit).")
-@click.option("--allow-high-impact", is_flag=True, help="Accept packages with Impact 2 or more.")
+@click.option("--max-age", type=click.IntRange(min=0, max=99999), default=None,
+              help="Development images only: refuse a conf package released more than this many days ago (0: no "
+                   "limit) [default: the image's maximum_age, /etc/admin/clip_download/clip_download_clip.conf].")
+@click.option("--allow-high-impact", is_flag=True, default=None,
+              help="Development images only: accept packages with Impact 2 or more [default: the image's "
+                   "option_install_high_impact_packages, /etc/admin/clip_install/clip_install_clip_*.conf].")
 @json_option
 @click.pass_obj
-def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_age: int, allow_high_impact: bool,
-              as_json: bool) -> None:
+def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_age: int | None,
+              allow_high_impact: bool | None, as_json: bool) -> None:
     """Apply the update repositories under REPO to IMAGE (a file, or a species' latest image), in place.
 
     Every package is checked first: both signatures, Priority and Distribution of its part, Impact, the
-    conf package's Release-Date age, no downgrade. Then:
+    conf package's Release-Date age, no downgrade; the age and impact rules are the ones the image's root
+    carries (/etc/admin/clip_download, /etc/admin/clip_install), which --max-age and --allow-high-impact
+    override on a development image only. A repository whose core is a release `update rollback` left is not
+    applied again: nothing is done until a newer release. Then:
 
     \b
       core newer: into the inactive slot (new root, dm-verity tree, mounts partition with the local
@@ -83,15 +91,19 @@ def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_ag
     Back to the previous slot: clipbuild update rollback IMAGE
     """
     path = image_path(opts, image)
-    found_policy = image_policy(inspection.read(path).manifest, policy, "updating")
-    rules = apply.Rules(maximum_age_days=max_age, install_high_impact=allow_high_impact)
-    outcome = apply.apply(path, repo, trust.load_policy(found_policy), rules,
-                           progress=lambda message: click.echo(f"update: {message}", err=True))
+    manifest = inspection.read(path).manifest
+    overrides = Overrides(max_age, allow_high_impact)
+    refuse_on_release(overrides, manifest["signing"] == DEVELOPMENT)  # apply() checks the root's say too
+    found_policy = image_policy(manifest, policy, "updating")
+    outcome = apply.apply(path, repo, trust.load_policy(found_policy), overrides,
+                          progress=lambda message: click.echo(f"update: {message}", err=True))
     if as_json:
         emit_json(outcome.to_dict(), sort_keys=False)
         return
     for note in outcome.notes:
         click.echo(f"note: {note}")
+    if outcome.rules:
+        click.echo(f"rules: {outcome.rules.summary()}")
     if outcome.updated == "nothing":
         click.echo(f"{path.name}: nothing to update (slot {outcome.slot}, {outcome.version})")
     elif outcome.updated == "apps":
@@ -107,8 +119,11 @@ def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_ag
 def rollback_cmd(opts: Options, image: str) -> None:
     """Boot the other slot again (after checking its root against its boot entry)."""
     path = image_path(opts, image)
-    old, new = apply.rollback(path)
+    old, new, marked = apply.rollback(path)
     click.echo(f"{path.name}: slot {new} is active again (was {old})")
+    if marked:
+        click.echo(f"{path.name}: release {marked} is marked rolled back: update apply will not apply it again, "
+                   "only a newer release")
 
 
 COMMANDS = (release_cmd, update_group)

@@ -32,21 +32,15 @@ from clipbuild.core.errors import ClipbuildError, ImageError, RepositoryError, U
 from clipbuild.core.run import run
 from clipbuild.image import bootloader, fsimage, inspection, install, slot
 from clipbuild.signing import trust
+from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.spec import cmdline
-from clipbuild.update import apps, imageedit
+from clipbuild.update import apps, imageedit, noupdate
 from clipbuild.update.repository import CONF, Package, pins, pool_file, read_index, read_package
+from clipbuild.update.root import read_root
+from clipbuild.update.rules import Overrides, Rules, from_root, overridden
 
 PRIORITY = {"core": "required", "apps": "important"}
 CONFFILES = "etc/clip_update/conffiles.list"
-
-
-@dataclass(frozen=True)
-class Rules:
-    """CLIP's download checks (clip_download_<jail>.conf, clip_install_<dist>_<part>.conf)."""
-
-    maximum_age_days: int = 90  # reject_too_old_configuration; 0: no limit
-    install_high_impact: bool = False  # option_install_high_impact_packages
-    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
 @dataclass(frozen=True)
@@ -146,8 +140,9 @@ def check_part(part: RepoPart, policy: trust.Policy, installed: dict[str, str], 
         impact = fields.get("Impact", "0").strip()
         if not re.fullmatch(r"[0-9]{1,3}", impact):
             reasons.append(f"{label}: Impact '{impact}' is not a number")
-        elif int(impact) >= 2 and not rules.install_high_impact:
-            reasons.append(f"{label}: Impact {impact} (high) and high-impact packages are not allowed here")
+        elif int(impact) >= 2 and not rules.allows_high_impact(part.name):
+            reasons.append(f"{label}: Impact {impact} (high) and high-impact packages are not allowed here "
+                           f"(option_install_high_impact_packages: {rules.origins.get(part.name, 'default')})")
         old = installed.get(package.name)
         if old is not None and compare_versions(package.version, old) < 0:
             reasons.append(f"{label}: downgrade refused: {package.name} {old} is installed, the repository has "
@@ -172,7 +167,7 @@ def _release_date(part: RepoPart, rules: Rules) -> list[str]:
         return [f"{label}: Release-Date {text} is in the future"]
     if rules.maximum_age_days and age > dt.timedelta(days=rules.maximum_age_days):
         return [f"{label}: released {age.days} days ago, more than the maximum age of {rules.maximum_age_days} "
-                "days (reject_too_old_configuration; --max-age)"]
+                f"days (maximum_age: {rules.origins.get('maximum_age', 'default')})"]
     return []
 
 
@@ -185,16 +180,19 @@ class Outcome:
     version: str
     previous_version: str
     notes: list[str] = field(default_factory=list)
+    rules: Rules | None = None  # the rules the update was checked against
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": str(self.image), "updated": self.updated, "active_slot": self.slot,
                 "previous_slot": self.previous_slot, "version": self.version,
-                "previous_version": self.previous_version, "notes": self.notes}
+                "previous_version": self.previous_version, "notes": self.notes,
+                "rules": self.rules.to_dict() if self.rules else None}
 
 
-def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = None,
-          progress: Callable[[str], None] = lambda message: None) -> Outcome:
-    rules = rules or Rules()
+def apply(image: Path, repo: Path, policy: trust.Policy, overrides: Overrides | None = None,
+          progress: Callable[[str], None] = lambda message: None, now: dt.datetime | None = None) -> Outcome:
+    """`overrides` (update apply --max-age, --allow-high-impact) change the rules the running root carries
+    only on a development image (rules.overridden)."""
     found = inspection.read(image)
     active = found.check_writable()
     notes = [note] if (note := apps.recover(found)) else []
@@ -208,44 +206,52 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
                      f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
     parts = read_repository(repo)
     with imageedit.scratch(image) as tmp:
-        installed = installed_versions(found, policy, tmp)
+        facts = read_root(found, active, tmp)
+        installed = installed_versions(found, policy, tmp, facts.version)
+        rules, rule_notes = from_root(facts.tree, image.name, now)
+        development = manifest["signing"] == DEVELOPMENT and facts.variant == "dev"  # both say so
+        rules = overridden(rules, overrides or Overrides(), development)
+        marked, marker_notes = noupdate.read(found, tmp)
+    notes += rule_notes + marker_notes
     reasons = [r for part in parts.values() for r in check_part(part, policy, installed.get(part.name, {}), rules)]
     if reasons:
         raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}",
                             detail=[f"  {reason}" for reason in reasons])
     core, new_apps = parts.get("clip-core"), parts.get("clip-apps")
     old_version = manifest["slots"][active]["version"]
+    if core is not None and (held := noupdate.holding(marked, core.conf.version, facts.version, compare_versions)):
+        return Outcome(image, "nothing", active, target, old_version, old_version, [*notes, held], rules)
     if core is None or compare_versions(core.conf.version,
                                         installed.get("clip-core", {}).get(core.conf.name, "0")) == 0:
         if new_apps is None or compare_versions(new_apps.conf.version,
                                                 installed.get("clip-apps", {}).get(new_apps.conf.name, "0")) == 0:
             return Outcome(image, "nothing", active, target, old_version, old_version,
-                           [*notes, "the core and the apps in the repository are the ones installed"])
+                           [*notes, "the core and the apps in the repository are the ones installed"], rules)
         _Kept(installed, policy).agrees(manifest, active, "clip-apps")  # the apps lists follow the manifest
         progress(f"apps {new_apps.conf.name} {new_apps.conf.version} on the running slot {active}")
         with imageedit.scratch(image) as tmp:
             info = apps.apply_apps(found, new_apps.members, tmp, progress, policy.special())
             imageedit.write_manifest(found, {**manifest, "slots": {**manifest["slots"], active: info},
                                              "packages": info["packages"]}, tmp)
-        return Outcome(image, "apps", active, target, old_version, old_version, notes)
+        return Outcome(image, "apps", active, target, old_version, old_version, notes, rules)
     progress(f"core {old_version} -> {core.conf.version} into slot {target}")
     with imageedit.scratch(image) as tmp:
         _apply_core(found, parts, target, tmp, progress, _Kept(installed, policy), policy.special())
-    return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
+    return Outcome(image, "core", target, active, core.conf.version, old_version, notes, rules)
 
 
 CONF_FILE = re.compile(r"(clip|rm)-(core|apps)-conf(-[bh])?_[A-Za-z0-9.+~:%_-]+\.deb")
 
 
-def installed_versions(found: inspection.Inspection, policy: trust.Policy,
-                       scratch: Path) -> dict[str, dict[str, str]]:
+def installed_versions(found: inspection.Inspection, policy: trust.Policy, scratch: Path,
+                       core_version: str) -> dict[str, dict[str, str]]:
     """Per set, package -> version the running slot has installed, from what can be authenticated, never from
     the boot partition's manifest: the core's version is the running root's (etc/os-release IMAGE_VERSION),
     read once the root verifies against the root hash its boot entry hands the kernel; each set's packages are
     the pins of its conf package, signed (both signatures against `policy`), in the slot's local mirror: for
-    the core the one of the root's version, for the others the newest signed one."""
+    the core the one of the root's version (`core_version`: root.read_root), for the others the newest signed
+    one."""
     active = found.active_slot or ""
-    core_version = _root_version(found, active, scratch)
     out: dict[str, dict[str, str]] = {}
     signed, refused = _signed_confs(found, active, policy, scratch)
     for name, confs in signed.items():
@@ -262,29 +268,6 @@ def installed_versions(found: inspection.Inspection, policy: trust.Policy,
                          "write", detail=[f"  {line}" for line in refused],
                          hint="is --policy the policy the image was made with? else restore the image from a copy")
     return out
-
-
-def _root_version(found: inspection.Inspection, active: str, scratch: Path) -> str:
-    """IMAGE_VERSION of the running root, after it verified against its boot entry's root hash."""
-    info = found.manifest["slots"][active]
-    boot_hash = found.boot_hashes.get(active, "")
-    copied = inspection.copy_root(found, active, info, scratch)
-    if copied is None or boot_hash != info["root_hash"] or not fsimage.verity_verify(*copied, boot_hash):
-        raise ImageError(f"{found.image}: slot {active}'s root does not verify against the root hash its boot "
-                         "entry gives the kernel (or the manifest disagrees with that entry); refused before any "
-                         "write", hint="clipbuild inspect IMAGE --verify says more; restore the image from a copy")
-    data, hashes = copied
-    path = "etc/os-release"
-    command = ["unsquashfs", "-cat", data, path] if info["fs"] == "squashfs" else ["debugfs", "-R", f"cat /{path}",
-                                                                                   data]
-    text = run(command).stdout
-    data.unlink()
-    hashes.unlink()
-    match = re.search(r"^IMAGE_VERSION=\"?([^\s\"]+)\"?$", text, re.MULTILINE)
-    if match is None:
-        raise ImageError(f"{found.image}: slot {active}'s root has no IMAGE_VERSION in /{path}; cannot tell what is "
-                         "installed, refused before any write")
-    return match.group(1)
 
 
 def _signed_confs(found: inspection.Inspection, active: str, policy: trust.Policy,
@@ -433,11 +416,14 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
     new_manifest = {**manifest, "slots": slots, "active_slot": target, "version": version, "release": built.release,
                     "packages": info["packages"]}
     imageedit.write_manifest(found, new_manifest, scratch)
+    noupdate.clear(found)  # a newer release than the one rolled back is installed
     journal.done()
 
 
-def rollback(image: Path) -> tuple[str, str]:
-    """Make the other slot active again, once its root verifies against its boot entry: (from, to)."""
+def rollback(image: Path) -> tuple[str, str, str]:
+    """Make the other slot active again, once its root verifies against its boot entry: (from, to, the release
+    marked rolled back or ""). Going back from a newer core marks it (noupdate) before the switch; going
+    forward again removes the mark."""
     found = inspection.read(image)
     active = found.check_writable()
     apps.recover(found)
@@ -452,13 +438,18 @@ def rollback(image: Path) -> tuple[str, str]:
             raise ImageError(f"{image}: slot {other} does not verify, not switching to it ({failed})")
         boot = found.mtools()
         date = found.manifest["source_date_epoch"]
-        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), tmp, date)
         info = found.manifest["slots"][other]
+        marked = noupdate.rolled_back(found.manifest["slots"][active]["version"], info["version"], compare_versions)
+        if marked:
+            noupdate.mark(found, marked, tmp)
+        else:
+            noupdate.clear(found)
+        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), tmp, date)
         manifest = {**found.manifest, "active_slot": other, "version": info["version"],
                     "release": info.get("release", found.manifest["release"]),
                     "packages": info.get("packages", found.manifest["packages"])}
         imageedit.write_manifest(found, manifest, tmp)
-    return active, other
+    return active, other, marked
 
 
 # -- helpers -------------------------------------------------------------------------------------------
