@@ -100,7 +100,8 @@ def parse(text: str, where: str, keys: Mapping[str, tuple[Callable[[str], Any], 
             continue
         match = _LINE.fullmatch(line)
         if match is None:
-            raise _error(where, number, "", f"'{line[:60]}' is not key=value",
+            named = line.partition("=")[0].strip() if "=" in line else ""
+            raise _error(where, number, named[:40], f"'{line[:60]}' is not key=value",
                          "one key=value per line, no spaces in the value, comments on lines of their own")
         key, value = match.groups()
         if key not in keys:
