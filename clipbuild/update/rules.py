@@ -176,10 +176,10 @@ def overridden(rules: Rules, overrides: Overrides, development: bool) -> Rules:
     origins = dict(rules.origins)
     age, high = rules.maximum_age_days, rules.high_impact
     if overrides.max_age is not None:
-        age, origins["maximum_age"] = overrides.max_age, "--max-age (development image)"
+        age, origins["maximum_age"] = overrides.max_age, "--max-age on a development image"
     if overrides.allow_high_impact:
         high = frozenset(PARTS)
-        origins.update({part: "--allow-high-impact (development image)" for part in PARTS})
+        origins.update({part: "--allow-high-impact on a development image" for part in PARTS})
     return Rules(age, high, rules.now, origins)
 
 

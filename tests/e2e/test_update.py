@@ -110,7 +110,7 @@ def test_the_image_s_rules_apply_and_a_development_image_s_can_be_overridden(rel
     assert lifted.returncode == 0, lifted.stderr[-2000:]
     outcome = json.loads(lifted.stdout)
     assert outcome["updated"] == "nothing"
-    assert outcome["rules"]["maximum_age_days"] == {"value": 0, "from": "--max-age (development image)"}
+    assert outcome["rules"]["maximum_age_days"] == {"value": 0, "from": "--max-age on a development image"}
     assert outcome["rules"]["install_high_impact_packages"]["clip-core"] == {
         "allowed": False, "from": "/etc/admin/clip_install/clip_install_clip_core.conf:4"}
     assert sha256_file(image) == before

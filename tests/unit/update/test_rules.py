@@ -146,7 +146,7 @@ def test_overrides_apply_to_a_development_image_only():
     assert overridden(image_rules, Overrides(), development=False) == image_rules
     dev = overridden(image_rules, Overrides(max_age=0, allow_high_impact=True), development=True)
     assert (dev.maximum_age_days, dev.high_impact) == (0, frozenset(PARTS))
-    assert dev.origins["maximum_age"] == "--max-age (development image)"
+    assert dev.origins["maximum_age"] == "--max-age on a development image"
     with pytest.raises(InputError) as exc:
         overridden(image_rules, Overrides(max_age=30), development=False)
     assert str(exc.value) == f"the rules of a release image are its own: /{DOWNLOAD}; --max-age is for development " \
