@@ -18,6 +18,7 @@ from clipbuild.signing import devpki, trust
 from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.spec.profile import resolve
 from clipbuild.update import apply, releasemeta, repository
+from clipbuild.update.rules import Overrides, refuse_on_release
 
 
 @click.command("release")
@@ -71,22 +72,28 @@ def update_group() -> None:
 @click.argument("repo", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Trust policy [default: the development PKI's, for a development image].")
-@click.option("--max-age", default=90, show_default=True,
-              help="Refuse a conf package released more than this many days ago (0: no limit).")
-@click.option("--allow-high-impact", is_flag=True, help="Accept packages with Impact 2 or more.")
+@click.option("--max-age", type=click.IntRange(min=0, max=99999), default=None,
+              help="Development images only: refuse a conf package released more than this many days ago (0: no "
+                   "limit) [default: the image's maximum_age, /etc/admin/clip_download/clip_download_clip.conf].")
+@click.option("--allow-high-impact", is_flag=True, default=None,
+              help="Development images only: accept packages with Impact 2 or more [default: the image's "
+                   "option_install_high_impact_packages, /etc/admin/clip_install/clip_install_clip_*.conf].")
 @click.option("--at", "at", type=click.DateTime(),
-              help="Development images: check as of this time (UTC) instead of now (expiry, ages, certificates).")
+              help="Development images only: check as of this time (UTC) instead of now (expiry, ages, certificates).")
 @json_option
 @click.pass_obj
-def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_age: int, allow_high_impact: bool,
-              at: dt.datetime | None, as_json: bool) -> None:
+def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_age: int | None,
+              allow_high_impact: bool | None, at: dt.datetime | None, as_json: bool) -> None:
     """Apply the update repositories under REPO to IMAGE (a file, or a species' latest image), in place.
 
     REPO's signed release metadata (REPO/release.json) is checked before anything else: signed by a
     controller the image trusts, not expired, not older than what the image has accepted, of its species;
-    then every file is checked against it (size, digest), and every package: both signatures, Priority
+    then every file against it (size, digest). Every package is checked next: both signatures, Priority
     and Distribution of its part, Impact, the conf package's Release-Date age, no downgrade, no dependency
-    outside the release. Then:
+    outside the release; the age and impact rules are the ones the image's root carries
+    (/etc/admin/clip_download, /etc/admin/clip_install), which --max-age and --allow-high-impact override
+    on a development image only. A repository whose core is a release `update rollback` left is not
+    applied again: nothing is done until a newer release. Then:
 
     \b
       core newer: into the inactive slot (new root, dm-verity tree, mounts partition with the local
@@ -99,18 +106,22 @@ def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_ag
     """
     path = image_path(opts, image)
     manifest = inspection.read(path).manifest
-    found_policy = image_policy(manifest, policy, "updating")
-    if at is not None and manifest["signing"] != DEVELOPMENT:
+    overrides = Overrides(max_age, allow_high_impact)
+    development = manifest["signing"] == DEVELOPMENT
+    refuse_on_release(overrides, development)  # apply() checks the root's say too
+    if at is not None and not development:
         raise InputError(f"{path}: --at is for development images: a release image checks dates against the clock")
-    rules = apply.Rules(maximum_age_days=max_age, install_high_impact=allow_high_impact,
-                        now=at.replace(tzinfo=dt.UTC) if at else dt.datetime.now(dt.UTC))
-    outcome = apply.apply(path, repo, trust.load_policy(found_policy), rules,
-                           progress=lambda message: click.echo(f"update: {message}", err=True))
+    found_policy = image_policy(manifest, policy, "updating")
+    outcome = apply.apply(path, repo, trust.load_policy(found_policy), overrides,
+                          progress=lambda message: click.echo(f"update: {message}", err=True),
+                          now=at.replace(tzinfo=dt.UTC) if at else None)
     if as_json:
         emit_json(outcome.to_dict(), sort_keys=False)
         return
     for note in outcome.notes:
         click.echo(f"note: {note}")
+    if outcome.rules:
+        click.echo(f"rules: {outcome.rules.summary()}")
     if outcome.updated == "nothing":
         click.echo(f"{path.name}: nothing to update (slot {outcome.slot}, {outcome.version})")
     elif outcome.updated == "apps":
@@ -126,8 +137,11 @@ def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_ag
 def rollback_cmd(opts: Options, image: str) -> None:
     """Boot the other slot again (after checking its root against its boot entry)."""
     path = image_path(opts, image)
-    old, new = apply.rollback(path)
+    old, new, marked = apply.rollback(path)
     click.echo(f"{path.name}: slot {new} is active again (was {old})")
+    if marked:
+        click.echo(f"{path.name}: release {marked} is marked rolled back: update apply will not apply it again, "
+                   "only a newer release")
 
 
 COMMANDS = (release_cmd, update_group)

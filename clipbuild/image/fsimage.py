@@ -120,6 +120,18 @@ def vfat_read(image: str, target: str, out: Path) -> None:
     run(["mcopy", "-n", "-i", image, f"::/{target}", out], env={"MTOOLS_SKIP_CHECK": "1"})
 
 
+def vfat_exists(image: str, target: str) -> bool:
+    """Whether the FAT image holds `target` (a file or folder)."""
+    return run(["mdir", "-b", "-i", image, f"::/{target}"], env={"MTOOLS_SKIP_CHECK": "1"},
+               check=False).returncode == 0
+
+
+def vfat_delete(image: str, target: str) -> None:
+    """Remove one file of a FAT image, if it is there."""
+    if vfat_exists(image, target):
+        run(["mdel", "-i", image, f"::/{target}"], env={"MTOOLS_SKIP_CHECK": "1"})
+
+
 @dataclass(frozen=True)
 class Verity:
     root_hash: str

@@ -31,21 +31,15 @@ from clipbuild.core.errors import ClipbuildError, ImageError, UpdateRefused
 from clipbuild.core.run import run
 from clipbuild.image import bootloader, fsimage, inspection, install, slot
 from clipbuild.signing import trust
+from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.spec import cmdline
-from clipbuild.update import apps, imageedit, intake, releasemeta
+from clipbuild.update import apps, imageedit, intake, noupdate, releasemeta
 from clipbuild.update.repository import CONF, Package, pins, read_package
+from clipbuild.update.root import read_root
+from clipbuild.update.rules import Overrides, Rules, from_root, overridden
 
 PRIORITY = {"core": "required", "apps": "important"}
 CONFFILES = "etc/clip_update/conffiles.list"
-
-
-@dataclass(frozen=True)
-class Rules:
-    """CLIP's download checks (clip_download_<jail>.conf, clip_install_<dist>_<part>.conf)."""
-
-    maximum_age_days: int = 90  # reject_too_old_configuration; 0: no limit
-    install_high_impact: bool = False  # option_install_high_impact_packages
-    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
 @dataclass(frozen=True)
@@ -83,8 +77,9 @@ def check_part(part: RepoPart, policy: trust.Policy, installed: dict[str, str], 
         impact = fields.get("Impact", "0").strip()
         if not re.fullmatch(r"[0-9]{1,3}", impact):
             reasons.append(f"{label}: Impact '{impact}' is not a number")
-        elif int(impact) >= 2 and not rules.install_high_impact:
-            reasons.append(f"{label}: Impact {impact} (high) and high-impact packages are not allowed here")
+        elif int(impact) >= 2 and not rules.allows_high_impact(part.name):
+            reasons.append(f"{label}: Impact {impact} (high) and high-impact packages are not allowed here "
+                           f"(option_install_high_impact_packages: {rules.origins.get(part.name, 'default')})")
         old = installed.get(package.name)
         if old is not None and compare_versions(package.version, old) < 0:
             reasons.append(f"{label}: downgrade refused: {package.name} {old} is installed, the repository has "
@@ -109,7 +104,7 @@ def _release_date(part: RepoPart, rules: Rules) -> list[str]:
         return [f"{label}: Release-Date {text} is in the future"]
     if rules.maximum_age_days and age > dt.timedelta(days=rules.maximum_age_days):
         return [f"{label}: released {age.days} days ago, more than the maximum age of {rules.maximum_age_days} "
-                "days (reject_too_old_configuration; --max-age)"]
+                f"days (maximum_age: {rules.origins.get('maximum_age', 'default')})"]
     return []
 
 
@@ -122,17 +117,20 @@ class Outcome:
     version: str
     previous_version: str
     notes: list[str] = field(default_factory=list)
+    rules: Rules | None = None  # the rules the update was checked against
     metadata: dict[str, Any] = field(default_factory=dict)  # the release metadata accepted
 
     def to_dict(self) -> dict[str, Any]:
         return {"image": str(self.image), "updated": self.updated, "active_slot": self.slot,
                 "previous_slot": self.previous_slot, "version": self.version,
-                "previous_version": self.previous_version, "notes": self.notes, "metadata": self.metadata}
+                "previous_version": self.previous_version, "notes": self.notes,
+                "rules": self.rules.to_dict() if self.rules else None, "metadata": self.metadata}
 
 
-def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = None,
-          progress: Callable[[str], None] = lambda message: None) -> Outcome:
-    rules = rules or Rules()
+def apply(image: Path, repo: Path, policy: trust.Policy, overrides: Overrides | None = None,
+          progress: Callable[[str], None] = lambda message: None, now: dt.datetime | None = None) -> Outcome:
+    """`overrides` (update apply --max-age, --allow-high-impact) change the rules the running root carries
+    only on a development image (rules.overridden); `now` (update apply --at) likewise."""
     found = inspection.read(image)
     active = found.check_writable()
     notes = [note] if (note := apps.recover(found)) else []
@@ -145,7 +143,8 @@ def apply(image: Path, repo: Path, policy: trust.Policy, rules: Rules | None = N
         notes.append(f"an update to slot {previous['target']} ({previous['version']}) was interrupted "
                      f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
     with imageedit.scratch(image) as tmp:
-        accepted = _take_in(found, repo, policy, rules, tmp)
+        accepted = _take_in(found, repo, policy, overrides or Overrides(), now, tmp)
+        notes += accepted.notes
         outcome = _install(found, accepted, target, tmp, progress, notes)
     statement = accepted.signed.statement
     outcome.metadata = {"release": statement.release, "version": statement.version, "expires": statement.expires,
@@ -161,19 +160,30 @@ class _Accepted:
     parts: dict[str, RepoPart]
     installed: dict[str, dict[str, str]]
     policy: trust.Policy  # the device's, with the newest CRLs
+    rules: Rules
+    root_version: str
+    marked: str  # the release `update rollback` left, or ""
+    notes: list[str]
 
 
-def _take_in(found: inspection.Inspection, repo: Path, policy: trust.Policy, rules: Rules,
-             tmp: Path) -> _Accepted:
+def _take_in(found: inspection.Inspection, repo: Path, policy: trust.Policy, overrides: Overrides,
+             now: dt.datetime | None, tmp: Path) -> _Accepted:
     """The device's state (from what can be authenticated), then the signed release metadata, checked before
     any other file of the repository is read, then the repository against it, then every package."""
-    image = found.image
-    root = read_root(found, found.active_slot or "", tmp)
-    installed = installed_versions(found, policy, tmp, root.version)
-    seen = newest_seen(found, policy, tmp, root.tree)
+    image, manifest = found.image, found.manifest
+    facts = read_root(found, found.active_slot or "", tmp)
+    installed = installed_versions(found, policy, tmp, facts.version)
+    rules, notes = from_root(facts.tree, image.name, now)
+    development = manifest["signing"] == DEVELOPMENT and facts.variant == "dev"  # both say so
+    rules = overridden(rules, overrides, development)
+    if now is not None and not development:
+        raise ImageError(f"{image}: another clock (--at) is for development images: a release image checks dates "
+                         "against the clock")
+    marked, marker_notes = noupdate.read(found, tmp)
+    seen = newest_seen(found, policy, tmp, facts.tree)
     signed = releasemeta.read(repo / releasemeta.METADATA)
     policy = releasemeta.fresh_policy(policy, signed.statement)
-    if problems := releasemeta.check(signed, policy, species=found.manifest["species"], seen=seen, now=rules.now):
+    if problems := releasemeta.check(signed, policy, species=manifest["species"], seen=seen, now=rules.now):
         raise UpdateRefused(f"{repo}: update refused: its release metadata is not accepted; nothing was written to "
                             f"{image.name}", detail=[f"  {p}" for p in problems])
     found_parts = intake.read_repository(repo, signed.statement, tmp / "repository")
@@ -184,32 +194,35 @@ def _take_in(found: inspection.Inspection, repo: Path, policy: trust.Policy, rul
     if reasons:
         raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}",
                             detail=[f"  {reason}" for reason in reasons])
-    return _Accepted(signed, parts, installed, policy)
+    return _Accepted(signed, parts, installed, policy, rules, facts.version, marked, notes + marker_notes)
 
 
 def _install(found: inspection.Inspection, accepted: _Accepted, target: str, tmp: Path,
              progress: Callable[[str], None], notes: list[str]) -> Outcome:
     image, manifest, parts, installed = found.image, found.manifest, accepted.parts, accepted.installed
-    active = found.active_slot or ""
+    active, rules = found.active_slot or "", accepted.rules
     core, new_apps = parts.get("clip-core"), parts.get("clip-apps")
     old_version = manifest["slots"][active]["version"]
+    if core is not None and (held := noupdate.holding(accepted.marked, core.conf.version, accepted.root_version,
+                                                      compare_versions)):
+        return Outcome(image, "nothing", active, target, old_version, old_version, [*notes, held], rules)
     kept = _Kept(installed, accepted.policy)
     if core is None or compare_versions(core.conf.version,
                                         installed.get("clip-core", {}).get(core.conf.name, "0")) == 0:
         if new_apps is None or compare_versions(new_apps.conf.version,
                                                 installed.get("clip-apps", {}).get(new_apps.conf.name, "0")) == 0:
             return Outcome(image, "nothing", active, target, old_version, old_version,
-                           [*notes, "the core and the apps in the repository are the ones installed"])
+                           [*notes, "the core and the apps in the repository are the ones installed"], rules)
         kept.agrees(manifest, active, "clip-apps")  # the apps lists follow the manifest
         progress(f"apps {new_apps.conf.name} {new_apps.conf.version} on the running slot {active}")
         info = apps.apply_apps(found, new_apps.members, tmp, progress, accepted.policy.special(),
                                record=accepted.signed.raw)
         imageedit.write_manifest(found, {**manifest, "slots": {**manifest["slots"], active: info},
                                          "packages": info["packages"]}, tmp)
-        return Outcome(image, "apps", active, target, old_version, old_version, notes)
+        return Outcome(image, "apps", active, target, old_version, old_version, notes, rules)
     progress(f"core {old_version} -> {core.conf.version} into slot {target}")
     _apply_core(found, parts, target, tmp, progress, kept, accepted)
-    return Outcome(image, "core", target, active, core.conf.version, old_version, notes)
+    return Outcome(image, "core", target, active, core.conf.version, old_version, notes, rules)
 
 
 def newest_seen(found: inspection.Inspection, policy: trust.Policy, scratch: Path,
@@ -247,7 +260,8 @@ def installed_versions(found: inspection.Inspection, policy: trust.Policy, scrat
     the boot partition's manifest: the core's version is the running root's (etc/os-release IMAGE_VERSION),
     read once the root verifies against the root hash its boot entry hands the kernel; each set's packages are
     the pins of its conf package, signed (both signatures against `policy`), in the slot's local mirror: for
-    the core the one of the root's version, for the others the newest signed one."""
+    the core the one of the root's version (`core_version`: root.read_root), for the others the newest signed
+    one."""
     active = found.active_slot or ""
     out: dict[str, dict[str, str]] = {}
     signed, refused = _signed_confs(found, active, policy, scratch)
@@ -265,45 +279,6 @@ def installed_versions(found: inspection.Inspection, policy: trust.Policy, scrat
                          "write", detail=[f"  {line}" for line in refused],
                          hint="is --policy the policy the image was made with? else restore the image from a copy")
     return out
-
-
-@dataclass(frozen=True)
-class RootFacts:
-    """What the running root says, once it verified against its boot entry's root hash."""
-
-    version: str  # IMAGE_VERSION of etc/os-release
-    tree: Path  # ROOT_PATHS extracted (links stay links: read them with clipbuild.core.beneath)
-
-
-ROOT_PATHS = ("etc/os-release", "etc/clip_update", "etc/admin")
-
-
-def read_root(found: inspection.Inspection, active: str, scratch: Path) -> RootFacts:
-    """The running root verified against the root hash its boot entry hands the kernel, then ROOT_PATHS taken
-    out of it into `scratch`."""
-    info = found.manifest["slots"][active]
-    boot_hash = found.boot_hashes.get(active, "")
-    copied = inspection.copy_root(found, active, info, scratch)
-    if copied is None or boot_hash != info["root_hash"] or not fsimage.verity_verify(*copied, boot_hash):
-        raise ImageError(f"{found.image}: slot {active}'s root does not verify against the root hash its boot "
-                         "entry gives the kernel (or the manifest disagrees with that entry); refused before any "
-                         "write", hint="clipbuild inspect IMAGE --verify says more; restore the image from a copy")
-    data, hashes = copied
-    tree = scratch / f"root-{active}"
-    if info["fs"] == "squashfs":
-        run(["unsquashfs", "-no-xattrs", "-d", tree, data, *ROOT_PATHS])
-    else:
-        for path in ROOT_PATHS:
-            beneath.mkdir(scratch, PurePosixPath(tree.name, path).parent)
-            run(["debugfs", "-R", f"rdump /{path} {(tree / path).parent}", data], check=False)
-    data.unlink()
-    hashes.unlink()
-    text = beneath.read_text(tree, "etc/os-release") if beneath.exists(tree, "etc/os-release") else ""
-    match = re.search(r"^IMAGE_VERSION=\"?([^\s\"]+)\"?$", text, re.MULTILINE)
-    if match is None:
-        raise ImageError(f"{found.image}: slot {active}'s root has no IMAGE_VERSION in /etc/os-release; cannot tell "
-                         "what is installed, refused before any write")
-    return RootFacts(match.group(1), tree)
 
 
 def _signed_confs(found: inspection.Inspection, active: str, policy: trust.Policy,
@@ -457,11 +432,14 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
     new_manifest = {**manifest, "slots": slots, "active_slot": target, "version": version, "release": built.release,
                     "packages": info["packages"]}
     imageedit.write_manifest(found, new_manifest, scratch)
+    noupdate.clear(found)  # a newer release than the one rolled back is installed
     journal.done()
 
 
-def rollback(image: Path) -> tuple[str, str]:
-    """Make the other slot active again, once its root verifies against its boot entry: (from, to)."""
+def rollback(image: Path) -> tuple[str, str, str]:
+    """Make the other slot active again, once its root verifies against its boot entry: (from, to, the release
+    marked rolled back or ""). Going back from a newer core marks it (noupdate) before the switch; going
+    forward again removes the mark."""
     found = inspection.read(image)
     active = found.check_writable()
     apps.recover(found)
@@ -476,13 +454,18 @@ def rollback(image: Path) -> tuple[str, str]:
             raise ImageError(f"{image}: slot {other} does not verify, not switching to it ({failed})")
         boot = found.mtools()
         date = found.manifest["source_date_epoch"]
-        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), tmp, date)
         info = found.manifest["slots"][other]
+        marked = noupdate.rolled_back(found.manifest["slots"][active]["version"], info["version"], compare_versions)
+        if marked:
+            noupdate.mark(found, marked, tmp)
+        else:
+            noupdate.clear(found)
+        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), tmp, date)
         manifest = {**found.manifest, "active_slot": other, "version": info["version"],
                     "release": info.get("release", found.manifest["release"]),
                     "packages": info.get("packages", found.manifest["packages"])}
         imageedit.write_manifest(found, manifest, tmp)
-    return active, other
+    return active, other, marked
 
 
 # -- helpers -------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """End to end: version N's client image updated to N+1 offline, booted in QEMU on the other slot, rolled back;
 repositories with a tampered, unsigned, developer-only or downgraded package refused; an update killed
-half-way leaves N booting; apps updated in place, rolled back when dpkg fails, recovered when killed.
+half-way leaves N booting; apps updated in place, rolled back when dpkg fails, recovered when killed; the age
+rule read from the image and overridden on a development image; a rolled-back release not applied again.
 
 N and N+1 are the session's `releases` (tests/e2e/conftest.py): the e2e project's own release and a copy with
 baselayout-clip 4.5.1 (core) and clip-apps-conf 4.5.1 (apps), sharing the package store."""
@@ -55,6 +56,40 @@ def test_n_to_n_plus_1_boots_the_other_slot_and_rolls_back(releases, image):
     assert _run(releases, "update", "rollback", str(image)).returncode == 0
     again = _check(releases, image)
     assert again["slot"] == "a" and 'release="CLIP-RM 4.5.0"' in again["marker"]
+
+
+AGE_RULE = "maximum_age: /etc/admin/clip_download/clip_download_clip.conf:5"
+
+
+def test_the_image_s_rules_apply_and_a_development_image_s_can_be_overridden(releases, image):
+    """N's repository is years old (SOURCE_DATE_EPOCH of the e2e project): the image's maximum_age=90 refuses
+    it; --max-age 0 lifts the limit on this development image, and the outcome says where each rule came from."""
+    before = sha256_file(image)
+    refused = _run(releases, "update", "apply", str(image), str(_repo(releases, "n")))
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert f"more than the maximum age of 90 days ({AGE_RULE})" in refused.stderr, refused.stderr[-2000:]
+    lifted = _run(releases, "update", "apply", str(image), str(_repo(releases, "n")), "--max-age", "0", "--json")
+    assert lifted.returncode == 0, lifted.stderr[-2000:]
+    outcome = json.loads(lifted.stdout)
+    assert outcome["updated"] == "nothing"
+    assert outcome["rules"]["maximum_age_days"] == {"value": 0, "from": "--max-age on a development image"}
+    assert outcome["rules"]["install_high_impact_packages"]["clip-core"] == {
+        "allowed": False, "from": "/etc/admin/clip_install/clip_install_clip_core.conf:4"}
+    assert sha256_file(image) == before
+
+
+def test_a_rolled_back_release_is_not_applied_again(releases, image):
+    assert _run(releases, "update", "apply", str(image), str(_repo(releases, "n1"))).returncode == 0
+    back = _run(releases, "update", "rollback", str(image))
+    assert back.returncode == 0 and "release 4.5.1 is marked rolled back" in back.stdout, back.stdout + back.stderr
+    before = sha256_file(image)
+    again = _run(releases, "update", "apply", str(image), str(_repo(releases, "n1")), "--json")
+    assert again.returncode == 0, again.stderr[-2000:]
+    outcome = json.loads(again.stdout)
+    assert (outcome["updated"], outcome["active_slot"], outcome["version"]) == ("nothing", "a", "4.5.0")
+    assert any("release 4.5.1 was rolled back on this image; waiting for a newer release" in note
+               for note in outcome["notes"]), outcome["notes"]
+    assert sha256_file(image) == before
 
 
 def _bad_repo(releases, tmp_path: Path, how: str) -> Path:

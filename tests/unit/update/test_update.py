@@ -16,6 +16,7 @@ from clipbuild.signing import devpki
 from clipbuild.signing.signer import sign_bytes
 from clipbuild.signing.trust import load_policy
 from clipbuild.update import apply, intake, releasemeta, repository
+from clipbuild.update.rules import PARTS, Rules
 
 NOW = dt.datetime(2026, 11, 27, tzinfo=dt.UTC)
 
@@ -48,7 +49,7 @@ def _part(tmp_path: Path, pki, **fields: str) -> apply.RepoPart:
     return apply.RepoPart("clip", "core", conf, (conf, member))
 
 
-RULES = apply.Rules(now=NOW)
+RULES = Rules(now=NOW)
 
 
 def as_signed(repo: Path) -> releasemeta.Statement:
@@ -99,7 +100,7 @@ def test_each_field_rule_names_package_and_rule(tmp_path, pki, fields, expected)
 
 
 def test_rules_can_be_relaxed_as_clip_s_configuration_allowed(tmp_path, pki):
-    relaxed = apply.Rules(maximum_age_days=0, install_high_impact=True, now=NOW)
+    relaxed = Rules(maximum_age_days=0, high_impact=frozenset(PARTS), now=NOW)
     assert _reasons(tmp_path, pki, rules=relaxed, Impact="3", **{"Release-Date": "Mon, 01 Jan 2024 10:00:00 +0000"}) \
         == []
 
@@ -114,7 +115,7 @@ def test_downgrades_are_refused_per_package(tmp_path, pki):
 def test_an_unsigned_package_is_refused(tmp_path, pki):
     conf = repository.read_package(_deb(tmp_path, pki, "clip-core-conf", "4.5.1", signed=False))
     reasons = apply.check_part(apply.RepoPart("clip", "core", conf, (conf,)), load_policy(pki.policy_path), {},
-                                apply.Rules(now=NOW))
+                                Rules(now=NOW))
     assert reasons == ["clip-core: clip-core-conf_4.5.1_amd64.deb: no dev_sign: the package is not signed"]
 
 

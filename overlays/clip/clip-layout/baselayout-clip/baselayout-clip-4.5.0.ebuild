@@ -1,5 +1,6 @@
 # The CLIP directory tree: the core's mount points, CLIP's /mounts layout (clipos4.md §4), jail roots, the boot
-# scripts (busybox init: inittab and rcS), os-release and clip-release. /etc/fstab is written by the image
+# scripts (busybox init: inittab and rcS), os-release and clip-release, and the update rules in the read-only
+# root (/etc/admin/clip_download, /etc/admin/clip_install: clipos4.md §3). /etc/fstab is written by the image
 # stage from the profile's partitions.
 EAPI=8
 
@@ -38,6 +39,10 @@ src_install() {
 	doexe "${FILESDIR}"/rcS
 	insinto /etc/clip_update
 	doins "${FILESDIR}"/conffiles.list
+	insinto /etc/admin/clip_download
+	doins "${FILESDIR}"/clip_download_clip.conf
+	insinto /etc/admin/clip_install
+	doins "${FILESDIR}"/clip_install_clip_{core,apps}.conf
 	local name=$(clip_release_name)
 	cat > "${T}/os-release" <<-EOT || die
 		NAME="${name}"
