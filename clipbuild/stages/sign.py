@@ -30,7 +30,8 @@ from clipbuild.signing.signer import sign_bytes
 from clipbuild.spec.model import Profile
 
 RELEASE_HINT = ("  a release takes only the packages this build made, as a controller countersigned them "
-                "(clipbuild countersign); pass every batch with --batch")
+                "(clipbuild countersign); pass every batch with --batch. Packages for a release are built with "
+                "its trust store (clip-update-keys): clipbuild package SPECIES --release --policy FILE")
 
 
 @dataclass(frozen=True)

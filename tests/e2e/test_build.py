@@ -47,6 +47,7 @@ def test_client_builds_every_package_from_source(client):
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
         "build/clip-core clip-layout/clip-jails-4.5.0": "built",
+        "build/clip-core clip-conf/clip-update-keys-4.5.0": "built",
         f"build/clip-core sys-kernel/clip-kernel-{KERNEL}": "built",
         "build/clip-core clip-conf/clip-core-conf-4.5.0": "built",
         "build/clip-apps clip-conf/clip-apps-conf-4.5.0": "built",
@@ -116,7 +117,7 @@ def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
     row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.0.0")
     assert row["reason"] == "ebuild or its files changed"
     explained = project.clipbuild("build", "client", "--explain")
-    assert "build/clip-core: cached, 6 packages unchanged" in explained.stdout
+    assert "build/clip-core: cached, 7 packages unchanged" in explained.stdout
 
 
 def test_editing_a_jail_rebuilds_the_jails_package_only(project, client):
@@ -167,7 +168,8 @@ def test_packages_are_reproducible(project, client, tmp_path):
     first = _package(project, project.workdir)
     assert sorted(first["package/clip-core"]) == ["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb",
                                                   "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
-                                                  f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
+                                                  f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
+                                                  "clip-update-keys_4.5.0_amd64.deb"]
     _package(project, tmp_path / "again")
     for step in first:
         for name in first[step]:
@@ -200,7 +202,8 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     core = repo / "clip" / "clip-core-conf"
     assert sorted(p.name for p in (core / "pool").iterdir()) == [
         "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
-        "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
+        "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
+        "clip-update-keys_4.5.0_amd64.deb"]
     # Debian's own indexer reads the same packages and agrees on every field it writes.
     from debian.deb822 import Packages
 

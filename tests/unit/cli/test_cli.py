@@ -86,11 +86,11 @@ def test_plan_json_and_explain(clipbuild, tmp_path):
     plan = json.loads(clipbuild("plan", "client", "--json").out)
     assert plan["species"] == "client" and plan["steps"][0]["kind"] == "resolve-profile"
     before = json.loads(clipbuild("--workdir", workdir, "plan", "client", "--explain", "--json").out)
-    assert [s["reason"] for s in before["status"]] == ["never built"] * 15
+    assert [s["reason"] for s in before["status"]] == ["never built"] * 16
     assert clipbuild("--workdir", workdir, "run", "client", "--step", "profile").code == 0
     after = json.loads(clipbuild("--workdir", workdir, "plan", "client", "--explain", "--json").out)
     assert after["status"][0]["reason"] == "cached"
-    assert [s["reason"] for s in after["status"][1:]] == ["never built"] * 14
+    assert [s["reason"] for s in after["status"][1:]] == ["never built"] * 15
 
 
 def test_run_reports_progress_as_json_lines(clipbuild, tmp_path):
