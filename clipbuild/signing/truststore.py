@@ -119,7 +119,10 @@ def _tree_files(root: Path) -> set[str]:
     parts = PurePosixPath(KEYS_DIR).parts
     for depth in range(1, len(parts) + 1):
         parent, name = "/".join(parts[:depth - 1]) or ".", parts[depth - 1]
-        modes = dict(beneath.entries(root, parent))
+        try:
+            modes = dict(beneath.entries(root, parent))
+        except FileNotFoundError:
+            raise InputError(f"{root}: no such root: no trust store to read") from None
         if name not in modes:
             raise InputError(f"{_where(root, '')}: no trust store in this root (no {'/'.join(parts[:depth])})",
                              hint="the root must have clip-conf/clip-update-keys installed")
