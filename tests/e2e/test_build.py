@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from clipbuild.core.run import run
+from clipbuild.signing import trust, truststore
 from tests.e2e.support import Project, kernel_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -129,6 +130,28 @@ def test_editing_a_jail_rebuilds_the_jails_package_only(project, client):
     root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
     assert (root / "etc" / "jails" / "user" / "hostname").read_text() == "user-edited\n"
     assert (root / "etc" / "jails" / "admin" / "context").read_text() == "504\n"
+
+
+def test_a_revoked_controller_rebuilds_the_trust_store_package_only(project, client, tmp_path):
+    """Key rotation, build side: a release built for a policy, then a controller certificate revoked (a new CRL):
+    only clip-update-keys is rebuilt, and the core set's root holds the new store."""
+    project.env["CLIPBUILD_PASSPHRASE"] = "e2e only"
+    pki_dir = tmp_path / "pki"
+    assert project.clipbuild("pki", "init", str(pki_dir)).returncode == 0
+    policy = pki_dir / "policy.yaml"
+    release = ("--release", "--policy", str(policy))
+    first = project.clipbuild("build", "client", "--json", *release)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert project.clipbuild("pki", "issue", str(pki_dir), "--role", "controller", "--name", "controller-2",
+                             ).returncode == 0
+    assert project.clipbuild("pki", "revoke", str(pki_dir), str(pki_dir / "controller-2.pem")).returncode == 0
+    second = project.clipbuild("build", "client", "--json", *release)
+    assert second.returncode == 0, second.stderr[-3000:]
+    built = {k for k, v in statuses(json.loads(second.stdout)).items() if v == "built"}
+    assert built == {"build/clip-core clip-conf/clip-update-keys-4.5.0"}
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    assert truststore.canonical(truststore.load(root)) == truststore.canonical(trust.load_policy(policy))
+    project.build("client")  # the session's development build back in steps/ for the tests after this one
 
 
 def test_a_broken_ebuild_fails_with_its_name_and_log_tail(project, client):
