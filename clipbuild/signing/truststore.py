@@ -29,6 +29,7 @@ from clipbuild.signing import trust
 from clipbuild.signing.trust import Policy, RolePolicy
 
 KEYS_DIR = "etc/clip_update/keys"
+PACKAGE = "clip-update-keys"  # the core package that installs the store (clip-conf/clip-update-keys)
 POLICY_FILE = "policy.yaml"
 FOLDERS = {"developer": ("certs_dev", "crl_dev"), "controller": ("certs_ctrl", "crl_ctrl")}
 HEADER = b"# The device's trust store, rendered by clipbuild (clipbuild.signing.truststore): do not edit.\n"

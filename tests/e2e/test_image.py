@@ -203,7 +203,9 @@ def test_a_release_takes_countersigned_batches_only(project, client, tmp_path):
     refused = project.clipbuild("image", "client", "--release", "--policy", policy, "--out", str(out),
                                 *dev_core, *batches[2:])
     assert refused.returncode == 1
-    assert "clip-update-keys_4.5.0_amd64.deb: " in refused.stderr and "--release" in refused.stderr
+    line = next(line for line in refused.stderr.splitlines() if "clip-update-keys_4.5.0_amd64.deb: " in line)
+    assert "not the package this build made" in line and "built for another trust policy" in line
+    assert "clipbuild package SPECIES --release --policy FILE" in refused.stderr
     # A package changed after the controller countersigned it is refused, by name and rule.
     _flip(tmp_path / "batches" / "clip-core" / "busybox_1.35.0_amd64.deb", 2000)
     refused = project.clipbuild("image", "client", "--release", "--policy", policy, "--out", str(out), *batches)
