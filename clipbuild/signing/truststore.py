@@ -176,6 +176,13 @@ def load(root: Path) -> Policy:
     """The trust policy installed in the root `root` (an installed tree or a mounted slot), from
     root/etc/clip_update/keys/policy.yaml: refused with InputError, naming the file, when anything in the
     keys folder is a link, or the policy names a file outside the folder or missing from it."""
+    try:
+        return _load(root)
+    except beneath.TreeError as exc:  # a path the tree resolves out of itself, or not what it should be
+        raise InputError(f"{_where(root, '')}: {exc}") from None
+
+
+def _load(root: Path) -> Policy:
     present = _tree_files(root)
     if POLICY_FILE not in present:
         raise InputError(f"{_where(root, POLICY_FILE)}: missing: the trust store has no policy",

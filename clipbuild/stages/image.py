@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipbuild.core.beneath import TreeError
 from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import InputError, StepError
 from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
@@ -230,7 +229,7 @@ def check_trust_store(step_id: str, root: Path, policy: Path, species: str) -> N
     rebuild = f"rebuild with clipbuild build {species} --release --policy FILE"
     try:
         found = truststore.load(root)
-    except (InputError, TreeError) as exc:
+    except InputError as exc:
         raise StepError(step_id, f"the trust store clip-update-keys installs cannot be read: {exc}",
                         hint=rebuild) from None
     differences = truststore.differences(found, trust.load_policy(policy))
