@@ -35,10 +35,10 @@ FOLDERS = {"developer": ("certs_dev", "crl_dev"), "controller": ("certs_ctrl", "
 HEADER = b"# The device's trust store, rendered by clipbuild (clipbuild.signing.truststore): do not edit.\n"
 
 
-def _pems(folder: str, stem: str, ders: list[bytes], pem: dict[bytes, bytes]) -> dict[str, bytes]:
-    """`folder/stem-N.pem` for each distinct DER, numbered in the order of their SHA-256: the same set of
-    certificates gives the same names whatever order the policy listed them in."""
-    ordered = sorted(set(ders), key=lambda der: hashlib.sha256(der).digest())
+def _pems(folder: str, stem: str, pem: dict[bytes, bytes]) -> dict[str, bytes]:
+    """`folder/stem-N.pem` for each distinct DER (`pem`: DER -> PEM), numbered in the order of their SHA-256:
+    the same set of certificates gives the same names whatever order the policy listed them in."""
+    ordered = sorted(pem, key=lambda der: hashlib.sha256(der).digest())
     return {f"{folder}/{stem}-{n}.pem": pem[der] for n, der in enumerate(ordered, 1)}
 
 
@@ -48,8 +48,8 @@ def _role_files(role: RolePolicy) -> tuple[dict[str, Any], dict[str, bytes]]:
     der, pem = serialization.Encoding.DER, serialization.Encoding.PEM
     ca_pem = {ca.public_bytes(der): ca.public_bytes(pem) for ca in role.cas}
     crl_pem = {crl.public_bytes(der): crl.public_bytes(pem) for crl in role.crls}
-    ca_files = _pems(certs, "ca", list(ca_pem), ca_pem)
-    crl_files = _pems(crls, "crl", list(crl_pem), crl_pem)
+    ca_files = _pems(certs, "ca", ca_pem)
+    crl_files = _pems(crls, "crl", crl_pem)
     entry = {"ca": sorted(ca_files), "crl": sorted(crl_files), "allow_no_crl": role.allow_no_crl,
              "subject": role.subject, "subject_ere": role.subject_ere, "min_validity_days": role.min_validity_days}
     return entry, {**ca_files, **crl_files}
