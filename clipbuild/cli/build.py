@@ -6,10 +6,19 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import click
 
-from clipbuild.cli.context import Options, debug_shell_option, emit_json, json_option
+from clipbuild.cli.context import (
+    Options,
+    debug_shell_option,
+    emit_json,
+    json_option,
+    release_choices,
+    signing_options,
+    trust_options,
+)
 from clipbuild.cli.show import format_build_summary, format_plan
 from clipbuild.core.errors import EXIT_FAILED
 from clipbuild.core.executor import Executor
@@ -20,15 +29,18 @@ from clipbuild.stages.pipeline import STEP_KINDS
 @click.command("plan")
 @click.argument("species")
 @click.option("--explain", is_flag=True, help="Say for each step whether it is cached, and why it would run.")
+@signing_options
 @json_option
 @click.pass_obj
-def plan_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None:
+def plan_cmd(opts: Options, species: str, explain: bool, release: bool, batches: tuple[Path, ...],
+             policy: Path | None, as_json: bool) -> None:
     """Print the frozen build plan of SPECIES: its steps, their options, inputs and outputs.
 
     With --explain, compare each step's cache key with the work directory and say what changed since the
-    step last ran (an option, an input, a source file, the step's code).
+    step last ran (an option, an input, a source file, the step's code). --release [--policy FILE]
+    [--batch DIR...]: the plan of a release (see clipbuild image).
     """
-    plan = opts.plan(species)
+    plan = opts.plan(species, **release_choices(release, policy, batches))
     statuses = Executor(opts.workdir, STEP_KINDS, project_root=opts.project.root).status(plan) if explain else None
     if as_json:
         data = plan.to_dict()
@@ -43,16 +55,19 @@ def plan_cmd(opts: Options, species: str, explain: bool, as_json: bool) -> None:
 @click.argument("species")
 @click.option("--step", "steps", multiple=True, metavar="ID",
               help="Run only this step and what it reads (repeatable); see clipbuild plan SPECIES.")
+@signing_options
 @debug_shell_option
 @json_option
 @click.pass_obj
-def run_cmd(opts: Options, species: str, steps: tuple[str, ...], debug_shell: bool, as_json: bool) -> None:
+def run_cmd(opts: Options, species: str, steps: tuple[str, ...], release: bool, batches: tuple[Path, ...],
+            policy: Path | None, debug_shell: bool, as_json: bool) -> None:
     """Run the plan of SPECIES: every step whose cache key changed, each with the reason it re-ran.
 
     Steps whose inputs did not change are reused from the work directory (--workdir). Progress goes to
-    stderr, one line per step (--json: one JSON object per line).
+    stderr, one line per step (--json: one JSON object per line). --release [--policy FILE] [--batch DIR...]:
+    the plan of a release (see clipbuild image).
     """
-    plan = opts.plan(species)
+    plan = opts.plan(species, **release_choices(release, policy, batches))
     unknown = [s for s in steps if s not in {step.id for step in plan.steps}]
     if unknown:
         raise click.BadParameter(f"no step {', '.join(unknown)} in the plan of {species}", param_hint="--step")
@@ -105,17 +120,26 @@ def fetch_cmd(opts: Options, species: str) -> None:
 @click.argument("species")
 @click.option("--explain", is_flag=True, help="List every package with why it was built or that it was reused.")
 @click.option("--offline", is_flag=True, help="Do not fetch missing distfiles first; fail instead.")
+@trust_options
 @debug_shell_option
 @json_option
 @click.pass_obj
-def build_cmd(opts: Options, species: str, explain: bool, offline: bool, debug_shell: bool, as_json: bool) -> None:
+def build_cmd(opts: Options, species: str, explain: bool, offline: bool, release: bool, policy: Path | None,
+              debug_shell: bool, as_json: bool) -> None:
     """Build every package set of SPECIES from source with emerge, each into its own ROOT.
 
     First, missing distfiles are fetched (as clipbuild fetch does; --offline skips it); then the builds run
     with no network at all. Unchanged sets are cached; inside a set, a package whose inputs did not change is
     installed from the package store instead of being rebuilt.
+
+    \b
+    The core set packages the device's trust store (clip-conf/clip-update-keys: etc/clip_update/keys/), the
+    trust policy the image verifies packages with: the development PKI's by default; with --release, the
+    release policy (--policy FILE, else the profile's signing.policy). Build the packages a controller will
+    countersign for a release with --release:
+      clipbuild build client --release --policy release/policy.yaml
     """
-    plan = opts.plan(species)
+    plan = opts.plan(species, **release_choices(release, policy))
     if not offline:
         opts.fetch(species)
     build_ids = [s.id for s in plan.steps if s.kind == "emerge-set"]
@@ -133,15 +157,17 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, debug_s
 
 @click.command("package")
 @click.argument("species")
+@trust_options
 @json_option
 @click.pass_obj
-def package_cmd(opts: Options, species: str, as_json: bool) -> None:
+def package_cmd(opts: Options, species: str, release: bool, policy: Path | None, as_json: bool) -> None:
     """Build SPECIES (as clipbuild build does) and wrap every binpkg as a CLIP .deb, unsigned.
 
     Prints each package set's folder of .debs. Sign them with clipbuild sign --role developer, then hand a
-    batch to a controller (clipbuild countersign).
+    batch to a controller (clipbuild countersign). For a release, build them with --release [--policy FILE]
+    (the trust store packaged is the release policy's).
     """
-    plan = opts.plan(species)
+    plan = opts.plan(species, **release_choices(release, policy))
     opts.fetch(species)
     ids = [s.id for s in plan.steps if s.kind == "deb-set"]
     executor, _ = opts.execute(plan.subset(ids), as_json)

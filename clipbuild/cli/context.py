@@ -21,6 +21,33 @@ from clipbuild.spec.profile import resolve
 from clipbuild.stages.pipeline import STEP_KINDS, compile_plan
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+release_option = click.option("--release", is_flag=True,
+                              help="Build for a release: the trust store packaged (clip-update-keys) is the release "
+                                   "policy's (--policy), not the development PKI's; an image takes only packages "
+                                   "countersigned in controller batches (--batch).")
+policy_option = click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                             help="Release trust policy [default: the profile's signing.policy].")
+batch_option = click.option("--batch", "batches", multiple=True,
+                            type=click.Path(path_type=Path, file_okay=False, exists=True),
+                            help="A countersigned controller batch folder (repeatable; with --release).")
+
+
+def trust_options(func: Any) -> Any:
+    """--release and --policy: the commands that build packages (the trust store is the plan's policy's)."""
+    return release_option(policy_option(func))
+
+
+def signing_options(func: Any) -> Any:
+    """--release, --batch and --policy, shared by the commands that make images."""
+    return release_option(batch_option(policy_option(func)))
+
+
+def release_choices(release: bool, policy: Path | None, batches: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The PlanSettings the trust options choose."""
+    if policy is not None and not release:
+        raise click.UsageError("--policy goes with --release (a development build embeds the development PKI's "
+                               "policy)")
+    return {"release": release, "policy": str(policy) if policy else "", "batches": tuple(str(b) for b in batches)}
 
 
 def emit_json(data: Any, *, sort_keys: bool = True) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from clipbuild.cli.context import Options, emit_json, json_option
+from clipbuild.cli.context import Options, emit_json, json_option, signing_options
 from clipbuild.core.errors import ClipbuildError, InputError, VmCheckError
 from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
@@ -21,23 +21,6 @@ from clipbuild.signing import devpki, trust
 from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
 from clipbuild.spec.profile import resolve, species_path
 from clipbuild.stages.image import STEP
-
-
-def signing_options(func: Any) -> Any:
-    """--release, --batch and --policy, shared by the commands that make images."""
-    options = [
-        click.option("--release", is_flag=True,
-                     help="Take only packages countersigned in controller batches (--batch), checked against the "
-                          "release trust policy, instead of signing with the development PKI."),
-        click.option("--batch", "batches", multiple=True,
-                     type=click.Path(path_type=Path, file_okay=False, exists=True),
-                     help="A countersigned controller batch folder (repeatable; with --release)."),
-        click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-                     help="Release trust policy [default: the profile's signing.policy]."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
 
 
 @click.command("image")

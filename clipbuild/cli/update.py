@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from clipbuild.cli.context import Options, emit_json, json_option
-from clipbuild.cli.image import build_image, image_path, image_policy, signing_options
+from clipbuild.cli.context import Options, emit_json, json_option, signing_options
+from clipbuild.cli.image import build_image, image_path, image_policy
 from clipbuild.core.errors import InputError
 from clipbuild.image import inspection
 from clipbuild.image.slot import CLIP_SETS, RM_SETS

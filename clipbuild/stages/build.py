@@ -37,6 +37,11 @@ from clipbuild.spec.model import Profile
 
 JAILS = "jails"  # the render-jails step, read by the clip/core set
 JAILS_MOUNT = "/build/jails"
+KEYS = "keys"  # the render-keys step (the trust store), read by the clip/core set
+KEYS_MOUNT = "/build/keys"
+# Rendered trees the clip/core set reads: step id -> (mount point, environment variable). A package inheriting
+# clip-<step id>.eclass installs the tree and is keyed on its digest.
+RENDERED_TREES = {JAILS: (JAILS_MOUNT, "CLIP_JAILS_TREE"), KEYS: (KEYS_MOUNT, "CLIP_KEYS_TREE")}
 KERNEL_DIR = "kernel-patches"  # the project's patch series and configuration fragments, read by clip/core
 KERNEL_MOUNT = "/build/kernel-patches"
 KCONFIG_MOUNT = "/build/clipbuild/kconfig.py"
@@ -89,11 +94,12 @@ class EmergeSet(StepKind):
                   Mount(ctx.scratch / "tmp", "/var/tmp", writable=True)]
         env = {"ROOT": "/build/roots/set", "PORTAGE_REPOSITORIES": opts.config["repos.conf/clip.conf"]}
         extra: dict[str, str] = {}
-        if JAILS in ctx.inputs:  # the rendered jails, for clip-layout/clip-jails (inherits clip-jails.eclass)
-            tree = ctx.inputs[JAILS] / "tree"
-            mounts.append(Mount(tree, JAILS_MOUNT))
-            env["CLIP_JAILS_TREE"] = JAILS_MOUNT
-            extra[JAILS] = tree_digest(list(tree.rglob("*")), tree)
+        for step_id, (mount, variable) in RENDERED_TREES.items():  # jails, trust store: clip-jails, clip-keys
+            if step_id in ctx.inputs:
+                tree = ctx.inputs[step_id] / "tree"
+                mounts.append(Mount(tree, mount))
+                env[variable] = mount
+                extra[step_id] = tree_digest(list(tree.rglob("*")), tree)
         if opts.kernel_fragments:  # the kernel's patches, fragments and checker, for clip-kernel.eclass
             patches = ctx.source(KERNEL_DIR)
             compiler_cache = cache_dir() / "ccache"  # ccache: how fast, never what (not keyed)
@@ -139,8 +145,9 @@ def _write_config(target: Path, opts: EmergeOptions) -> Path:
 
 def _key_packages(emerge: Emerge, opts: EmergeOptions, overlay: Path, sdk: BuildRoot,
                   extra: dict[str, str]) -> list[binpkgs.PackageKey]:
-    """Each package's key; `extra` digests (the rendered jails) count only for packages inheriting the eclass
-    of the same name, so a jail change rebuilds clip-jails and nothing else."""
+    """Each package's key; `extra` digests (the rendered jails, the trust store) count only for packages
+    inheriting the eclass clip-<name>, so a jail change rebuilds clip-jails and a CRL change clip-update-keys,
+    nothing else."""
     items = emerge.merge_list(opts.atoms)
     meta = emerge.metadata([i.cpv for i in items])
     shared = {
@@ -258,7 +265,7 @@ def plan_build(profile: Profile, project: Project, settings: PlanSettings) -> li
         options = EmergeOptions(profile.species, dist, part, pset.atoms, files, config.profile_link,
                                 OVERLAY, recipe)
         core = (dist, part) == ("clip", "core")
-        reads = (JAILS,) if profile.jails and core else ()
+        reads = (((JAILS,) if profile.jails else ()) + (KEYS,)) if core else ()
         if core:
             options = replace(options, kernel_fragments=profile.kernel.fragments)
         step_sources = sources + kernel_sources(project) if core else sources

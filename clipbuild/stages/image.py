@@ -29,9 +29,10 @@ from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
 from clipbuild.core.project import Project
 from clipbuild.image import bootloader, fsimage, gpt, install, slot
 from clipbuild.image.manifest import EMBEDDED_MANIFEST, MANIFEST, describe, image_name
-from clipbuild.signing import devpki, trust
+from clipbuild.signing import trust, truststore
 from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
 from clipbuild.spec.model import Profile
+from clipbuild.stages.keys import trust_policy
 
 STEP = "image"
 
@@ -59,7 +60,7 @@ class ImageOptions:
 
 class AssembleImage(StepKind):
     name = "assemble-image"
-    version = 3
+    version = 4
     Options = ImageOptions
     outputs = (MANIFEST,)
     tools = ("dpkg", "dpkg-deb", "mksquashfs", "veritysetup", "mkfs.ext4", "debugfs", "mkfs.vfat", "mcopy",
@@ -126,6 +127,8 @@ class Assembly:
         allow = trust.load_policy(Path(self.opts.policy)).special()
         trees = slot.core_trees([d for s in slot.CLIP_SETS for d in debs.get(s, [])], self.scratch, self.ctx.progress,
                                 allow)
+        check_trust_store(self.ctx.step.id, trees["root"], Path(self.opts.policy), self.opts.species)
+        self.ctx.progress(f"trust store {truststore.KEYS_DIR}: the plan's policy")
         rm = [d for s in slot.RM_SETS for d in debs.get(s, [])]
         for name in self.opts.rm_partitions:
             trees[name] = self.scratch / name
@@ -220,6 +223,23 @@ class Assembly:
                         description=opts.description, signing=opts.mode, date=opts.date, disk_size=opts.disk_size)
 
 
+def check_trust_store(step_id: str, root: Path, policy: Path, species: str) -> None:
+    """The trust store clip-update-keys installed in `root` is `policy`, the one this image is verified with
+    (same CAs, CRLs, rules, special files): the device's core updates will be verified with it."""
+    rebuild = f"rebuild with clipbuild build {species} --release --policy FILE"
+    try:
+        found = truststore.load(root)
+    except InputError as exc:
+        raise StepError(step_id, f"the trust store clip-update-keys installs cannot be read: {exc}",
+                        hint=rebuild) from None
+    differences = truststore.differences(found, trust.load_policy(policy))
+    if differences:
+        raise StepError(step_id, "the trust store clip-update-keys installs is not the policy this image is "
+                        f"verified with: {rebuild}",
+                        detail=[f"  image policy: {policy}", *(f"  {line}" for line in differences)],
+                        hint=f"for a development image: clipbuild build {species} (the development PKI's store)")
+
+
 def policy_digest(policy_path: Path) -> str:
     """A digest of the policy file and of every CA and CRL file it names."""
     import yaml
@@ -236,22 +256,11 @@ def policy_digest(policy_path: Path) -> str:
     return digest.hexdigest()
 
 
-def _policy(profile: Profile, project: Project, settings: PlanSettings) -> Path:
-    if not settings.release:
-        return devpki.ensure().policy_path
-    if settings.policy:
-        return Path(settings.policy).resolve()
-    if profile.signing.policy:
-        return project.root / profile.signing.policy
-    raise InputError("a release image needs a trust policy: give --policy FILE or set signing.policy in the "
-                     "profile")
-
-
 def plan_image(profile: Profile, project: Project, settings: PlanSettings) -> list[Step]:
     disk_size, slices = gpt.plan(profile.disk, profile.species)
     sets = tuple(f"{dist}-{part}" for dist, part, _ in profile.packages.sets())
     rm_partitions = tuple(s.name for s in slices if (s.mount or "").startswith("/vservers/"))
-    policy = _policy(profile, project, settings)
+    policy = trust_policy(profile, project, settings)
     options = ImageOptions(
         species=profile.species, version=profile.version, date=settings.source_date_epoch,
         mode=RELEASE if settings.release else DEVELOPMENT, policy=str(policy),

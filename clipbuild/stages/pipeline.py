@@ -16,6 +16,7 @@ from clipbuild.spec.model import Profile
 from clipbuild.stages.build import EmergeSet, plan_build
 from clipbuild.stages.image import AssembleImage, plan_image
 from clipbuild.stages.jails import RenderJails, plan_jails
+from clipbuild.stages.keys import RenderKeys, plan_keys
 from clipbuild.stages.package import DebSet, plan_packages
 from clipbuild.stages.profile import ResolveProfile, plan_profile
 from clipbuild.stages.sign import SignSet, plan_signing
@@ -25,6 +26,7 @@ Planner = Callable[[Profile, Project, PlanSettings], list[Step]]
 PLANNERS: tuple[Planner, ...] = (
     plan_profile,  # the resolved profile
     plan_jails,  # before build: clip/core reads the jails
+    plan_keys,  # before build: clip/core reads the trust store
     plan_build,
     plan_packages,
     plan_signing,  # signs (or gathers) packaging's packages
@@ -39,7 +41,7 @@ def _by_name(*kinds: type[StepKind]) -> dict[str, type[StepKind]]:
     return {kind.name: kind for kind in kinds}
 
 
-STEP_KINDS: Mapping[str, type[StepKind]] = _by_name(ResolveProfile, RenderJails, EmergeSet, DebSet, SignSet,
+STEP_KINDS: Mapping[str, type[StepKind]] = _by_name(ResolveProfile, RenderJails, RenderKeys, EmergeSet, DebSet, SignSet,
                                                     AssembleImage)
 
 

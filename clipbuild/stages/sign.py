@@ -23,14 +23,15 @@ from clipbuild.core.errors import InputError, StepError
 from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
 from clipbuild.core.project import Project
 from clipbuild.formats import clipsig
-from clipbuild.signing import devpki
+from clipbuild.signing import devpki, truststore
 from clipbuild.signing.batch import REPORT
 from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
 from clipbuild.signing.signer import sign_bytes
 from clipbuild.spec.model import Profile
 
 RELEASE_HINT = ("  a release takes only the packages this build made, as a controller countersigned them "
-                "(clipbuild countersign); pass every batch with --batch")
+                "(clipbuild countersign); pass every batch with --batch. Packages for a release are built with "
+                "its trust store (clip-update-keys): clipbuild package SPECIES --release --policy FILE")
 
 
 @dataclass(frozen=True)
@@ -123,11 +124,19 @@ def _pick(row: dict, found: list[tuple[Path, str, dict | None]]) -> tuple[Path |
             reasons.append(f"{path}: changed after the controller countersigned it (sha256 {digest[:16]}..., "
                            f"the batch report says {listed['sha256_after'][:16]}...)")
         elif _developer_signed_digest(path) != row["sha256"]:
-            reasons.append(f"{path}: not the package this build made (the bytes the developer signed differ)")
+            reasons.append(f"{path}: not the package this build made (the bytes the developer signed differ)"
+                           + _trust_store_hint(row["file"]))
         else:
             return path, ""
     reasons.sort(key=lambda reason: "not the package this build made" in reason)
     return None, reasons[0]
+
+
+def _trust_store_hint(file: str) -> str:
+    if not file.startswith(f"{truststore.PACKAGE}_"):
+        return ""
+    return ("; the trust store package differs when the packages were built for another trust policy "
+            "(development, or another release) than this plan's")
 
 
 def batch_digests(folders: tuple[str, ...]) -> dict[str, dict[str, str]]:

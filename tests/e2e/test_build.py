@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from clipbuild.core.run import run
+from clipbuild.signing import trust, truststore
 from tests.e2e.support import Project, kernel_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -47,6 +48,7 @@ def test_client_builds_every_package_from_source(client):
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
         "build/clip-core clip-layout/clip-jails-4.5.0": "built",
+        "build/clip-core clip-conf/clip-update-keys-4.5.0": "built",
         f"build/clip-core sys-kernel/clip-kernel-{KERNEL}": "built",
         "build/clip-core clip-conf/clip-core-conf-4.5.0": "built",
         "build/clip-apps clip-conf/clip-apps-conf-4.5.0": "built",
@@ -116,7 +118,7 @@ def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
     row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.0.0")
     assert row["reason"] == "ebuild or its files changed"
     explained = project.clipbuild("build", "client", "--explain")
-    assert "build/clip-core: cached, 6 packages unchanged" in explained.stdout
+    assert "build/clip-core: cached, 7 packages unchanged" in explained.stdout
 
 
 def test_editing_a_jail_rebuilds_the_jails_package_only(project, client):
@@ -128,6 +130,28 @@ def test_editing_a_jail_rebuilds_the_jails_package_only(project, client):
     root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
     assert (root / "etc" / "jails" / "user" / "hostname").read_text() == "user-edited\n"
     assert (root / "etc" / "jails" / "admin" / "context").read_text() == "504\n"
+
+
+def test_a_revoked_controller_rebuilds_the_trust_store_package_only(project, client, tmp_path):
+    """Key rotation, build side: a release built for a policy, then a controller certificate revoked (a new CRL):
+    only clip-update-keys is rebuilt, and the core set's root holds the new store."""
+    project.env["CLIPBUILD_PASSPHRASE"] = "e2e only"
+    pki_dir = tmp_path / "pki"
+    assert project.clipbuild("pki", "init", str(pki_dir)).returncode == 0
+    policy = pki_dir / "policy.yaml"
+    release = ("--release", "--policy", str(policy))
+    first = project.clipbuild("build", "client", "--json", *release)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert project.clipbuild("pki", "issue", str(pki_dir), "--role", "controller", "--name", "controller-2",
+                             ).returncode == 0
+    assert project.clipbuild("pki", "revoke", str(pki_dir), str(pki_dir / "controller-2.pem")).returncode == 0
+    second = project.clipbuild("build", "client", "--json", *release)
+    assert second.returncode == 0, second.stderr[-3000:]
+    built = {k for k, v in statuses(json.loads(second.stdout)).items() if v == "built"}
+    assert built == {"build/clip-core clip-conf/clip-update-keys-4.5.0"}
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    assert truststore.canonical(truststore.load(root)) == truststore.canonical(trust.load_policy(policy))
+    project.build("client")  # the session's development build back in steps/ for the tests after this one
 
 
 def test_a_broken_ebuild_fails_with_its_name_and_log_tail(project, client):
@@ -167,7 +191,8 @@ def test_packages_are_reproducible(project, client, tmp_path):
     first = _package(project, project.workdir)
     assert sorted(first["package/clip-core"]) == ["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb",
                                                   "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
-                                                  f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
+                                                  f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
+                                                  "clip-update-keys_4.5.0_amd64.deb"]
     _package(project, tmp_path / "again")
     for step in first:
         for name in first[step]:
@@ -200,7 +225,8 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     core = repo / "clip" / "clip-core-conf"
     assert sorted(p.name for p in (core / "pool").iterdir()) == [
         "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
-        "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb"]
+        "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
+        "clip-update-keys_4.5.0_amd64.deb"]
     # Debian's own indexer reads the same packages and agrees on every field it writes.
     from debian.deb822 import Packages
 

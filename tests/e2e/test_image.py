@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from clipbuild.core.digest import sha256_file
+from clipbuild.core.run import run
+from clipbuild.image import inspection
+from clipbuild.signing import devpki, trust, truststore
 from tests.e2e.support import Project, kernel_version, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -161,21 +164,32 @@ def test_a_tampered_package_in_the_signed_pool_stops_the_build(project, client):
     assert project.image("client")["sha256"] == client["sha256"]  # and back to the good image
 
 
+def _countersigned(project: Project, pki: Path, source: Path, batch: Path) -> list[str]:
+    """A controller batch of the .debs in `source`, signed and countersigned with the PKI in `pki`."""
+    policy = str(pki / "policy.yaml")
+    shutil.copytree(source, batch)
+    debs = sorted(str(p) for p in batch.glob("*.deb"))
+    assert project.clipbuild("sign", "--role", "developer", "--key", str(pki / "developer-1.key"),
+                             "--cert", str(pki / "developer-1.pem"), "--policy", policy, *debs).returncode == 0
+    assert project.clipbuild("countersign", str(batch), "--key", str(pki / "controller-1.key"),
+                             "--cert", str(pki / "controller-1.pem"), "--policy", policy).returncode == 0
+    return ["--batch", str(batch)]
+
+
 def test_a_release_takes_countersigned_batches_only(project, client, tmp_path):
     project.env["CLIPBUILD_PASSPHRASE"] = "e2e only"
     pki = tmp_path / "pki"
     assert project.clipbuild("pki", "init", str(pki)).returncode == 0
     policy = str(pki / "policy.yaml")
+    debs = project.workdir / "steps" / "client" / "package"
+    # The development build's clip-core packages: their trust store is the development PKI's.
+    dev_core = _countersigned(project, pki, debs / "clip-core" / "out" / "debs", tmp_path / "dev-batches" / "core")
+    # A release is built for its policy: only the trust store package (clip-update-keys) differs.
+    packaged = project.clipbuild("package", "client", "--release", "--policy", policy, "--json")
+    assert packaged.returncode == 0, packaged.stderr[-3000:]
     batches = []
     for name in ("clip-core", "clip-apps", "rm-core", "rm-apps"):
-        batch = tmp_path / "batches" / name
-        shutil.copytree(project.workdir / "steps" / "client" / "package" / name / "out" / "debs", batch)
-        debs = sorted(str(p) for p in batch.glob("*.deb"))
-        assert project.clipbuild("sign", "--role", "developer", "--key", str(pki / "developer-1.key"),
-                                 "--cert", str(pki / "developer-1.pem"), "--policy", policy, *debs).returncode == 0
-        assert project.clipbuild("countersign", str(batch), "--key", str(pki / "controller-1.key"),
-                                 "--cert", str(pki / "controller-1.pem"), "--policy", policy).returncode == 0
-        batches += ["--batch", str(batch)]
+        batches += _countersigned(project, pki, debs / name / "out" / "debs", tmp_path / "batches" / name)
     out = tmp_path / "release"
     released = project.image("client", "--release", "--policy", policy, "--out", str(out), *batches)
     m = manifest(released)
@@ -183,6 +197,15 @@ def test_a_release_takes_countersigned_batches_only(project, client, tmp_path):
     assert m["signing"] == "release" and all("clipbuild test PKI" in s["subject"] for s in m["signers"])
     verified = project.clipbuild("inspect", released["image"], "--verify", "--policy", policy)
     assert verified.returncode == 0, verified.stdout[-2000:]
+    assert _trust_store(Path(released["image"]), tmp_path / "root") == truststore.canonical(
+        trust.load_policy(Path(policy)))
+    # Packages built for another trust store (the development one) are refused for this release.
+    refused = project.clipbuild("image", "client", "--release", "--policy", policy, "--out", str(out),
+                                *dev_core, *batches[2:])
+    assert refused.returncode == 1
+    line = next(line for line in refused.stderr.splitlines() if "clip-update-keys_4.5.0_amd64.deb: " in line)
+    assert "not the package this build made" in line and "built for another trust policy" in line
+    assert "clipbuild package SPECIES --release --policy FILE" in refused.stderr
     # A package changed after the controller countersigned it is refused, by name and rule.
     _flip(tmp_path / "batches" / "clip-core" / "busybox_1.35.0_amd64.deb", 2000)
     refused = project.clipbuild("image", "client", "--release", "--policy", policy, "--out", str(out), *batches)
@@ -190,6 +213,20 @@ def test_a_release_takes_countersigned_batches_only(project, client, tmp_path):
     assert "busybox_1.35.0_amd64.deb: changed after the controller countersigned it" in refused.stderr
     # Without batches there is no release.
     assert project.clipbuild("image", "client", "--release").returncode == 2
+
+
+def _trust_store(image: Path, scratch: Path) -> dict:
+    """The canonical form of the trust store in slot A's root, read back from the image's squashfs."""
+    found = inspection.read(image)
+    scratch.mkdir()
+    copied = inspection.copy_root(found, "a", found.manifest["slots"]["a"], scratch)
+    assert copied is not None
+    run(["unsquashfs", "-no-xattrs", "-d", str(scratch / "root"), str(copied[0]), truststore.KEYS_DIR])
+    return truststore.canonical(truststore.load(scratch / "root"))
+
+
+def test_the_image_carries_the_development_trust_store(client, tmp_path):
+    assert _trust_store(Path(client["image"]), tmp_path / "root") == truststore.canonical(devpki.ensure().policy())
 
 
 def test_the_gateway_image_boots_too(project):

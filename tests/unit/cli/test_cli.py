@@ -86,11 +86,11 @@ def test_plan_json_and_explain(clipbuild, tmp_path):
     plan = json.loads(clipbuild("plan", "client", "--json").out)
     assert plan["species"] == "client" and plan["steps"][0]["kind"] == "resolve-profile"
     before = json.loads(clipbuild("--workdir", workdir, "plan", "client", "--explain", "--json").out)
-    assert [s["reason"] for s in before["status"]] == ["never built"] * 15
+    assert [s["reason"] for s in before["status"]] == ["never built"] * 16
     assert clipbuild("--workdir", workdir, "run", "client", "--step", "profile").code == 0
     after = json.loads(clipbuild("--workdir", workdir, "plan", "client", "--explain", "--json").out)
     assert after["status"][0]["reason"] == "cached"
-    assert [s["reason"] for s in after["status"][1:]] == ["never built"] * 14
+    assert [s["reason"] for s in after["status"][1:]] == ["never built"] * 15
 
 
 def test_run_reports_progress_as_json_lines(clipbuild, tmp_path):
@@ -148,3 +148,22 @@ def test_debug_shell_opens_in_the_failed_command_s_sandbox(tmp_path, capsys):
     assert "--debug-shell: a shell where it ran" in capsys.readouterr().err
     open_debug_shell(step, StepError(step.id, "it did not produce root"))
     assert "failed outside the build root: no shell to open" in capsys.readouterr().err
+
+
+def test_a_release_plan_embeds_the_release_trust_store(clipbuild, tmp_path):
+    from clipbuild.signing import pki
+
+    pki.init(tmp_path / "pki", b"cli test only")
+    policy = str(tmp_path / "pki" / "policy.yaml")
+    plan = json.loads(clipbuild("plan", "client", "--release", "--policy", policy, "--json").out)
+    keys = next(s for s in plan["steps"] if s["id"] == "keys")
+    assert keys["options"]["mode"] == "release" and keys["options"]["policy"] == policy
+    assert next(s for s in plan["steps"] if s["id"] == "build/clip-core")["inputs"] == ["jails", "keys"]
+    image = next(s for s in plan["steps"] if s["id"] == "image")
+    assert image["options"]["policy"] == policy
+    dev = json.loads(clipbuild("plan", "client", "--json").out)
+    assert next(s for s in dev["steps"] if s["id"] == "keys")["options"]["mode"] == "development"
+    # No release policy, and a policy without --release, are refused before anything runs.
+    missing = clipbuild("build", "client", "--release", "--offline")
+    assert missing.code == 2 and "a release needs a trust policy: give --policy FILE" in missing.err
+    assert clipbuild("build", "client", "--policy", policy).code == 2

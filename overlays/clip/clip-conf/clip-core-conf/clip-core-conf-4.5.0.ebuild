@@ -16,6 +16,7 @@ RDEPEND="
 	=sys-apps/busybox-1.35.0
 	=app-clip/clip-sysinfo-1.0.0
 	=clip-layout/clip-jails-4.5.0
+	=clip-conf/clip-update-keys-4.5.0
 	=sys-kernel/clip-kernel-6.1.192
 	core-rm? ( =clip-layout/baselayout-clip-4.5.0[core-rm] )
 	clip-gtw? ( =clip-layout/baselayout-clip-4.5.0[clip-gtw] )
