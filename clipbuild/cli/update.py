@@ -71,7 +71,7 @@ def update_group() -> None:
 @click.argument("image")
 @click.argument("repo", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
-              help="Trust policy [default: the development PKI's, for a development image].")
+              help="Development images only: trust this policy instead of the store the image's root carries.")
 @click.option("--max-age", type=click.IntRange(min=0, max=99999), default=None,
               help="Development images only: refuse a conf package released more than this many days ago (0: no "
                    "limit) [default: the image's maximum_age, /etc/admin/clip_download/clip_download_clip.conf].")
@@ -111,8 +111,7 @@ def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_ag
     refuse_on_release(overrides, development)  # apply() checks the root's say too
     if at is not None and not development:
         raise InputError(f"{path}: --at is for development images: a release image checks dates against the clock")
-    found_policy = image_policy(manifest, policy, "updating")
-    outcome = apply.apply(path, repo, trust.load_policy(found_policy), overrides,
+    outcome = apply.apply(path, repo, trust.load_policy(policy) if policy else None, overrides,
                           progress=lambda message: click.echo(f"update: {message}", err=True),
                           now=at.replace(tzinfo=dt.UTC) if at else None)
     if as_json:

@@ -27,10 +27,10 @@ from typing import Any
 
 from clipbuild.core import beneath, safefile
 from clipbuild.core.digest import sha256_file
-from clipbuild.core.errors import ClipbuildError, ImageError, UpdateRefused
+from clipbuild.core.errors import ClipbuildError, ImageError, InputError, UpdateRefused
 from clipbuild.core.run import run
 from clipbuild.image import bootloader, fsimage, inspection, install, slot
-from clipbuild.signing import trust
+from clipbuild.signing import trust, truststore
 from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.spec import cmdline
 from clipbuild.update import apps, imageedit, intake, noupdate, releasemeta
@@ -127,10 +127,11 @@ class Outcome:
                 "rules": self.rules.to_dict() if self.rules else None, "metadata": self.metadata}
 
 
-def apply(image: Path, repo: Path, policy: trust.Policy, overrides: Overrides | None = None,
+def apply(image: Path, repo: Path, policy: trust.Policy | None = None, overrides: Overrides | None = None,
           progress: Callable[[str], None] = lambda message: None, now: dt.datetime | None = None) -> Outcome:
     """`overrides` (update apply --max-age, --allow-high-impact) change the rules the running root carries
-    only on a development image (rules.overridden); `now` (update apply --at) likewise."""
+    only on a development image (rules.overridden); `now` (update apply --at) and `policy` (--policy, instead
+    of the trust store of the running root) likewise."""
     found = inspection.read(image)
     active = found.check_writable()
     notes = [note] if (note := apps.recover(found)) else []
@@ -166,23 +167,25 @@ class _Accepted:
     notes: list[str]
 
 
-def _take_in(found: inspection.Inspection, repo: Path, policy: trust.Policy, overrides: Overrides,
+def _take_in(found: inspection.Inspection, repo: Path, given: trust.Policy | None, overrides: Overrides,
              now: dt.datetime | None, tmp: Path) -> _Accepted:
-    """The device's state (from what can be authenticated), then the signed release metadata, checked before
-    any other file of the repository is read, then the repository against it, then every package."""
+    """The device's state (from what can be authenticated: its verified root's trust store and rules, its
+    signed records), then the signed release metadata, checked before any other file of the repository is
+    read, then the repository against it, then every package."""
     image, manifest = found.image, found.manifest
     facts = read_root(found, found.active_slot or "", tmp)
-    installed = installed_versions(found, policy, tmp, facts.version)
     rules, notes = from_root(facts.tree, image.name, now)
     development = manifest["signing"] == DEVELOPMENT and facts.variant == "dev"  # both say so
     rules = overridden(rules, overrides, development)
     if now is not None and not development:
         raise ImageError(f"{image}: another clock (--at) is for development images: a release image checks dates "
                          "against the clock")
+    device = _device_policy(found, facts.tree, given, development)
+    signed = releasemeta.read(repo / releasemeta.METADATA)
+    policy = releasemeta.fresh_policy(device, signed.statement)  # CRLs sign themselves: taken before the rest
+    installed = installed_versions(found, policy, tmp, facts.version)
     marked, marker_notes = noupdate.read(found, tmp)
     seen = newest_seen(found, policy, tmp, facts.tree)
-    signed = releasemeta.read(repo / releasemeta.METADATA)
-    policy = releasemeta.fresh_policy(policy, signed.statement)
     if problems := releasemeta.check(signed, policy, species=manifest["species"], seen=seen, now=rules.now):
         raise UpdateRefused(f"{repo}: update refused: its release metadata is not accepted; nothing was written to "
                             f"{image.name}", detail=[f"  {p}" for p in problems])
@@ -195,6 +198,24 @@ def _take_in(found: inspection.Inspection, repo: Path, policy: trust.Policy, ove
         raise UpdateRefused(f"{repo}: update refused; nothing was written to {image.name}",
                             detail=[f"  {reason}" for reason in reasons])
     return _Accepted(signed, parts, installed, policy, rules, facts.version, marked, notes + marker_notes)
+
+
+def _device_policy(found: inspection.Inspection, root: Path, given: trust.Policy | None,
+                   development: bool) -> trust.Policy:
+    """What the device trusts: the store its verified root carries (clip-update-keys, etc/clip_update/keys),
+    which a signed core update replaces; a policy given on the command line only on a development image."""
+    if given is not None:
+        if not development:
+            raise ImageError(f"{found.image}: a release image trusts the store in its root "
+                             f"(/{truststore.KEYS_DIR}), never a policy given on the command line",
+                             hint="rotate keys with a core update that ships a new clip-update-keys")
+        return given
+    try:
+        return truststore.load(root)
+    except InputError as exc:
+        raise ImageError(f"{found.image}: slot {found.active_slot}'s root has no usable trust store: "
+                         f"{exc.lines()[0]}", hint="an image made before clip-update-keys existed: rebuild it, or "
+                         "give --policy (development images)") from exc
 
 
 def _install(found: inspection.Inspection, accepted: _Accepted, target: str, tmp: Path,
