@@ -15,6 +15,7 @@ again starts over from the beginning.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email.utils
 import functools
@@ -302,6 +303,15 @@ def installed_versions(found: inspection.Inspection, policy: trust.Policy, scrat
     return out
 
 
+def _as_installed(policy: trust.Policy) -> trust.Policy:
+    """What authenticates what is already installed: signed under the device's CAs, revocation aside. A key
+    revoked since it signed the running system does not make the running system unknown (the rotation drill:
+    N's packages were countersigned by the controller N+1 revokes); what gets installed is checked in full."""
+    def role(current: trust.RolePolicy) -> trust.RolePolicy:
+        return dataclasses.replace(current, crls=(), allow_no_crl=True)
+    return dataclasses.replace(policy, developer=role(policy.developer), controller=role(policy.controller))
+
+
 def _signed_confs(found: inspection.Inspection, active: str, policy: trust.Policy,
                   scratch: Path) -> tuple[dict[str, list[Package]], list[str]]:
     """The conf packages of the slot's local mirror whose signatures verify, by package name; and why the
@@ -314,7 +324,8 @@ def _signed_confs(found: inspection.Inspection, active: str, policy: trust.Polic
             if not CONF_FILE.fullmatch(name):
                 continue
             deb = mounts.copy(f"/var/pkg/mirrors/{dist}/{name}")
-            verdict = None if deb.is_symlink() or not deb.is_file() else trust.verify_file(deb, policy)
+            verdict = None if deb.is_symlink() or not deb.is_file() else trust.verify_bytes(
+                safefile.read_regular(deb, trust.MAX_PACKAGE_BYTES), _as_installed(policy), path=str(deb))
             if verdict is None or not verdict.ok:
                 refused.append(f"{dist}/{name}: {'; '.join(verdict.reasons) if verdict else 'not a file'}")
                 continue
@@ -388,10 +399,11 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     by_label = {s.label: s for s in slices}
     old_mounts = imageedit.Ext4(found, f"mounts_{active}", scratch)
     old_mirror = old_mounts.copy("/var/pkg/mirrors")
-    pool = {name: [p.path for p in part.members] for name, part in parts.items() if part.dist == "clip"}
-    # Apps not in the repository, and the RM levels (updated in their own jails): the packages the running
-    # slot has installed, by name from the manifest, each signed and together exactly what the running slot's
-    # signed conf packages pin; the mirror also keeps older ones for rollback.
+    pool = {name: [p.path for p in part.members] for name, part in parts.items()}
+    # Sets not in the repository (apps, the RM levels, which update in their own jails): the packages the
+    # running slot has installed, by name from the manifest, each signed (revocation checked: a key revoked
+    # since stops them) and together exactly what the running slot's signed conf packages pin; the mirror
+    # also keeps older ones for rollback.
     for name, files in _installed_files(manifest, active, ("clip-apps", *slot.RM_SETS)).items():
         if name not in pool:
             pool[name] = kept.check(name, [old_mirror / name.split("-")[0] / file for file in files])

@@ -246,7 +246,7 @@ def test_apps_are_updated_in_place_on_the_running_slot(releases, apps_repo, imag
 
 
 def _unmet_apps_repo(apps_repo: Path, tmp_path: Path) -> Path:
-    """clip-apps-conf 4.5.2, signed and countersigned, depending on a package nobody ships: dpkg fails."""
+    """clip-apps-conf 4.5.2, signed and countersigned, in conflict with a package of the core: dpkg fails."""
     from clipbuild.core.run import run
 
     repo = tmp_path / "repo-unmet"
@@ -257,7 +257,7 @@ def _unmet_apps_repo(apps_repo: Path, tmp_path: Path) -> Path:
     run(["dpkg-deb", "-R", deb, tree])
     control = tree / "DEBIAN" / "control"
     text = control.read_text().replace("Version: 4.5.1", "Version: 4.5.2")
-    control.write_text(text.rstrip("\n") + "\nDepends: clip-missing (= 1.0)\n")
+    control.write_text(text.rstrip("\n") + "\nConflicts: busybox\n")  # dpkg refuses it: busybox is installed
     deb.unlink()
     out = pool / "clip-apps-conf_4.5.2_amd64.deb"
     run(["dpkg-deb", "--root-owner-group", "--build", tree, out])
