@@ -58,12 +58,14 @@ def _open_problem(path: Path) -> str | None:
     return None if stat.S_ISREG(mode) else f"it is {kind(mode)}"
 
 
-def create_exclusive(directory: Path, prefix: str, mode: int = 0o644) -> tuple[int, Path]:
-    """A new file in `directory`, created by us (O_EXCL|O_NOFOLLOW): never a planted file or link."""
+def create_exclusive(directory: Path, prefix: str, mode: int = 0o644, *, readable: bool = False) -> tuple[int, Path]:
+    """A new file in `directory`, created by us (O_EXCL|O_NOFOLLOW): never a planted file or link. `readable`
+    opens it read-write (to map what was written), else write-only."""
+    access = os.O_RDWR if readable else os.O_WRONLY
     for _ in range(16):
         path = directory / f".{prefix}.{secrets.token_hex(6)}.tmp"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+            fd = os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         except FileExistsError:
             continue
         os.fchmod(fd, mode)  # the umask does not narrow a mode we were asked to keep
@@ -83,6 +85,15 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sync_directory(directory: Path) -> None:
+    """Make the renames done in `directory` durable (its entries reach the disk)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_regular(path: Path, max_size: int = 1 << 20) -> bytes:

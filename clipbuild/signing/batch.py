@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -15,7 +16,7 @@ from clipbuild.core import safefile
 from clipbuild.core.errors import BatchRefused, InputError
 from clipbuild.core.run import run
 from clipbuild.signing.signer import SigningKey, Staged, check_fit, commit, mapped, sign_staged, stage
-from clipbuild.signing.trust import Policy, Verdict, verify_developer
+from clipbuild.signing.trust import Policy, Verdict, hash_of, verify_developer
 
 REPORT = "batch-report"
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def packages(batch: Path) -> list[Path]:
 
 def _check(staged: Staged, policy: Policy) -> Verdict:
     with mapped(staged) as view:
-        verdict = verify_developer(view, policy, path=str(staged.path))
+        verdict = verify_developer(view, policy, path=str(staged.path), digests=staged.digests(view))
     for warning in verdict.warnings:
         log.warning("%s: %s", staged.path, warning)
     return verdict
@@ -59,12 +60,14 @@ def _check(staged: Staged, policy: Policy) -> Verdict:
 
 def countersign(batch: Path, signer: SigningKey, policy: Policy) -> list[Row]:
     """Check then sign the same bytes: each package is copied privately first (links, FIFOs and directories
-    refused), its developer signature checked on that copy, and that copy countersigned and renamed in."""
+    refused; the copy hashed as it is written), its developer signature checked on that copy, and that copy
+    countersigned, fsynced and renamed in; the renames are synced to disk before the report is written."""
     check_fit(signer, "controller", policy.controller)
     staged: list[Staged] = []
     try:
+        algorithms = _digests_needed(signer, policy)
         for deb in packages(batch):
-            staged.append(stage(deb))
+            staged.append(stage(deb, algorithms))
         verdicts = [_check(s, policy) for s in staged]
         failures = [v for v in verdicts if not v.ok]
         if failures:
@@ -76,8 +79,19 @@ def countersign(batch: Path, signer: SigningKey, policy: Policy) -> list[Row]:
     finally:
         for item in staged:
             item.discard()
+    safefile.sync_directory(batch)
     write_report(batch, rows)
     return rows
+
+
+def _digests_needed(signer: SigningKey, policy: Policy) -> set[str]:
+    """What copying should hash: the controller's digest, and the developers', guessed from their CAs' own (a
+    CA signs with the digest it was signed with, as `pki init` does); a wrong guess costs one more read."""
+    names = {hash_of(signer.cert)}
+    for ca in policy.developer.cas:
+        with suppress(ValueError):
+            names.add(hash_of(ca))
+    return names
 
 
 def _countersign_one(staged: Staged, verdict: Verdict, signer: SigningKey) -> Row:

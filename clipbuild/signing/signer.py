@@ -14,22 +14,23 @@ import datetime as dt
 import hashlib
 import mmap
 import os
-import shutil
 import stat
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from clipbuild.core import safefile
+from clipbuild.core import hashcopy, safefile
 from clipbuild.core.errors import ArError, InputError, LayoutError, SigningError
-from clipbuild.formats import clipsig
+from clipbuild.formats import ar, clipsig
 from clipbuild.signing import trust
 from clipbuild.signing.trust import DEFAULT_MIN_VALIDITY_DAYS, HASHES, RolePolicy, check_certificate, hash_of, now
 
@@ -96,8 +97,10 @@ def check_fit(signer: SigningKey, role: str, policy: RolePolicy | None, at: dt.d
                            + "; ".join(problems))
 
 
-def signature_for(data: bytes | memoryview, role: str, signer: SigningKey, date: int | None = None) -> bytes:
-    """The role's signature member over `data`, after checking its layout allows it."""
+def signature_for(data: bytes | memoryview, role: str, signer: SigningKey, date: int | None = None,
+                  digests: trust.PrefixDigests | None = None) -> bytes:
+    """The role's signature member over `data`, after checking its layout allows it. `digests`, over the same
+    bytes, may hold prefixes already hashed (signing hashes while it copies)."""
     try:
         layout = clipsig.read_layout(data)
     except (ArError, LayoutError) as exc:
@@ -110,7 +113,7 @@ def signature_for(data: bytes | memoryview, role: str, signer: SigningKey, date:
         if layout.ctrl is not None:
             raise SigningError("already countersigned")
     name = hash_of(signer.cert)
-    digest = hashlib.new(name, data).digest()
+    digest = digests.digest(name, len(data)) if digests else hashlib.new(name, data).digest()
     signature = signer.key.sign(digest, ec.ECDSA(Prehashed(HASHES[name]()), deterministic_signing=True))
     date = clipsig.signature_date() if date is None else date
     return clipsig.signature_member(role, signer.cert_der, signature, date)
@@ -128,74 +131,134 @@ class Signed:
     sha256_after: str
 
 
-@dataclass(frozen=True)
+# The last bytes of a copy are hashed when a digest is asked for, not while copying: a signature covers the
+# bytes before its member's header, and that header lies within them (a signature member is at most 64 KiB).
+TAIL = ar.HEADER + clipsig.MAX_SIGNATURE_MEMBER + 1
+# Tests only: "BYTES" stops (until killed) once a copy has BYTES bytes written; "commit" stops before a signed
+# copy is renamed over its package. The tests SIGKILL the stopped process and check that nothing changed.
+PAUSE_ENV = "CLIPBUILD_SIGN_PAUSE"
+
+
+@dataclass(eq=False)
 class Staged:
     """A private copy of a package beside it (created O_EXCL, mode 0600 while we work): what is checked and
-    signed is this copy, so a package swapped or rewritten meanwhile changes nothing we sign."""
+    signed is this copy, so a package swapped or rewritten meanwhile changes nothing we sign. It is reopened by
+    name for each step (a batch holds no descriptor per package) and must still be the file we created."""
 
     path: Path
     tmp: Path
     mode: int  # the package's own mode, given back to the signed file
+    ident: tuple[int, int] = (0, 0)  # the copy's device and inode
+    hashed: dict[str, Any] = field(default_factory=dict)  # running hashers over the copy's bytes [0, hashed_upto)
+    hashed_upto: int = 0
+    committed: bool = False
+
+    def digests(self, view: memoryview) -> trust.PrefixDigests:
+        """Digests of the copy's prefixes (`view` maps the copy), starting from what was hashed while copying."""
+        return trust.PrefixDigests(view, {name: (h.copy(), self.hashed_upto) for name, h in self.hashed.items()})
+
+    @contextmanager
+    def opened(self) -> Iterator[int]:
+        """The copy, open read-write; SigningError if what has its name is no longer the file we created."""
+        fd = os.open(self.tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != self.ident:
+                raise SigningError(f"{self.path}: the private copy {self.tmp.name} was replaced while signing")
+            yield fd
+        finally:
+            os.close(fd)
 
     def discard(self) -> None:
-        self.tmp.unlink(missing_ok=True)
+        """Remove the copy, unless it was committed."""
+        if not self.committed:
+            self.tmp.unlink(missing_ok=True)
 
 
-def stage(path: Path) -> Staged:
-    """Copy the package at `path` (a regular file, not a link: `sign` refuses links) into a private file."""
-    fd = safefile.open_regular(path, follow=False, max_size=trust.MAX_PACKAGE_BYTES)
-    with os.fdopen(fd, "rb") as source:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        out, tmp = safefile.create_exclusive(path.parent, path.name, 0o600)
+def stage(path: Path, algorithms: Iterable[str] = ()) -> Staged:
+    """Copy the package at `path` (a regular file, not a link: `sign` refuses links) into a private file, in one
+    pass that also hashes the copy with SHA-256 and `algorithms` (the digests the signatures will need)."""
+    with os.fdopen(safefile.open_regular(path, follow=False, max_size=trust.MAX_PACKAGE_BYTES), "rb") as source:
+        info = os.fstat(source.fileno())
+        if info.st_size == 0:
+            raise SigningError(f"{path}: empty file: not a package")
+        out, tmp = safefile.create_exclusive(path.parent, path.name, 0o600, readable=True)
+        staged = Staged(path, tmp, stat.S_IMODE(info.st_mode), hashed_upto=max(0, info.st_size - TAIL))
         try:
-            with os.fdopen(out, "wb") as copy:
-                shutil.copyfileobj(source, copy, 1 << 20)
+            created = os.fstat(out)
+            staged.ident = (created.st_dev, created.st_ino)
+            staged.hashed = hashcopy.copy_hashed(source.fileno(), out, info.st_size, {"sha256", *algorithms},
+                                                 staged.hashed_upto, _pause_after(path))
+        except OSError as exc:
+            staged.discard()
+            raise SigningError(f"{path}: cannot copy it to sign it: {exc.strerror or exc}") from None
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            staged.discard()
             raise
-    return Staged(path, tmp, mode)
+        finally:
+            os.close(out)
+    return staged
+
+
+def _pause_after(path: Path) -> Callable[[int], None] | None:
+    """The test hook of PAUSE_ENV=BYTES: stop once the copy has that many bytes."""
+    value = os.environ.get(PAUSE_ENV, "")
+    if not value.isdigit():
+        return None
+    return lambda done: _pause(f"{path}: copied {done} bytes") if done >= int(value) else None
+
+
+def _pause(where: str) -> None:
+    print(f"{PAUSE_ENV}: stopped: {where}", file=sys.stderr, flush=True)
+    time.sleep(300)
+    os._exit(9)  # never killed: give up, as a crash would
 
 
 @contextmanager
-def mapped(staged: Staged) -> Iterator[memoryview]:
-    """The staged copy's bytes."""
-    with staged.tmp.open("rb") as stream:
-        if os.fstat(stream.fileno()).st_size == 0:
-            raise SigningError(f"{staged.path}: empty file: not a package")
-        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
+def mapped(staged: Staged, fd: int | None = None) -> Iterator[memoryview]:
+    """The staged copy's bytes (through `fd` when the copy is already open)."""
+    with ExitStack() as stack:
+        fd = stack.enter_context(staged.opened()) if fd is None else fd
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
             yield view
 
 
 def sign_staged(staged: Staged, role: str, signer: SigningKey) -> Signed:
-    """Append the signature to the staged copy (the package is untouched until `commit`)."""
-    with mapped(staged) as view:
-        try:
-            member = signature_for(view, role, signer)
-        except SigningError as exc:
-            raise SigningError(f"{staged.path}: {exc}") from None
-        before = hashlib.sha256(view)
-        after = before.copy()
-        after.update(member)
-    with staged.tmp.open("ab") as stream:
-        stream.write(member)
-        stream.flush()
-        os.fsync(stream.fileno())
+    """Append the signature to the staged copy and fsync it (the package is untouched until `commit`)."""
+    with staged.opened() as fd:
+        with mapped(staged, fd) as view:
+            digests = staged.digests(view)
+            try:
+                member = signature_for(view, role, signer, digests=digests)
+            except SigningError as exc:
+                raise SigningError(f"{staged.path}: {exc}") from None
+            before = digests.hasher("sha256", len(view))
+            size = len(view)
+        hashcopy.write_all(fd, member, size)
+        os.fsync(fd)
+    after = before.copy()
+    after.update(member)
     return Signed(str(staged.path), before.hexdigest(), after.hexdigest())
 
 
 def commit(staged: Staged) -> None:
-    """The signed copy replaces the package, with the package's mode."""
-    os.chmod(staged.tmp, staged.mode)
-    os.replace(staged.tmp, staged.path)
+    """The signed copy replaces the package, with the package's mode (the caller syncs the directory)."""
+    if os.environ.get(PAUSE_ENV) == "commit":
+        _pause(f"{staged.path}: signed, not renamed")
+    with staged.opened() as fd:
+        os.fchmod(fd, staged.mode)
+        os.replace(staged.tmp, staged.path)
+    staged.committed = True
 
 
 def sign_file(path: Path, role: str, signer: SigningKey) -> Signed:
-    """Sign in place, atomically: a failure leaves the package as it was; its mode is kept; a link is refused."""
-    staged = stage(path)
+    """Sign in place, atomically: a failure leaves the package as it was; its mode is kept; a link is refused.
+    The signed copy is on disk before it replaces the package, and the replacement is on disk on return."""
+    staged = stage(path, (hash_of(signer.cert),))
     try:
         signed = sign_staged(staged, role, signer)
         commit(staged)
-    except BaseException:
+    finally:
         staged.discard()
-        raise
+    safefile.sync_directory(path.parent)
     return signed

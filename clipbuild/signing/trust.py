@@ -351,19 +351,24 @@ def _revocation(cert: x509.Certificate, ca: x509.Certificate, policy: RolePolicy
 
 class PrefixDigests:
     """Digests of the package's prefixes, asked for in increasing length (dev_sign's, ctrl_sign's, the whole
-    file's SHA-256): each algorithm reads each byte once, instead of once per signature and once more."""
+    file's SHA-256): each algorithm reads each byte once, instead of once per signature and once more.
+    `running` may give hashers already fed with a prefix of `view` (signing hashes while it copies)."""
 
-    def __init__(self, view: memoryview):
+    def __init__(self, view: memoryview, running: dict[str, tuple[Any, int]] | None = None):
         self.view = view
-        self.running: dict[str, tuple[Any, int]] = {}
+        self.running = dict(running or {})
 
-    def digest(self, name: str, length: int) -> bytes:
+    def hasher(self, name: str, length: int) -> Any:
+        """A hasher fed with bytes [0, length) of the view (a copy: the caller may feed it more)."""
         hasher, done = self.running.get(name, (hashlib.new(name), 0))
         if length < done:
             hasher, done = hashlib.new(name), 0
         hasher.update(self.view[done:length])
         self.running[name] = (hasher, length)
-        return hasher.copy().digest()
+        return hasher.copy()
+
+    def digest(self, name: str, length: int) -> bytes:
+        return self.hasher(name, length).digest()
 
 
 def _check_signature(sig: clipsig.Signature, policy: RolePolicy, view: PrefixDigests,
@@ -428,8 +433,9 @@ def verify_bytes(data: bytes | memoryview | mmap.mmap, policy: Policy, *, path: 
 
 
 def verify_developer(data: bytes | memoryview | mmap.mmap, policy: Policy, *, path: str = "",
-                     at: dt.datetime | None = None) -> Verdict:
-    """What a controller checks before countersigning: layout, and the developer signature, last."""
+                     at: dt.datetime | None = None, digests: PrefixDigests | None = None) -> Verdict:
+    """What a controller checks before countersigning: layout, and the developer signature, last. `digests`,
+    over the same bytes, may hold prefixes already hashed."""
     at = at or now()
     with memoryview(data) as view:
         try:
@@ -440,7 +446,7 @@ def verify_developer(data: bytes | memoryview | mmap.mmap, policy: Policy, *, pa
             return Verdict(path, False, ("no dev_sign: a developer must sign it first",))
         if layout.ctrl is not None:
             return Verdict(path, False, ("already countersigned",))
-        check = _check_signature(layout.dev, policy.developer, PrefixDigests(view), at)
+        check = _check_signature(layout.dev, policy.developer, digests or PrefixDigests(view), at)
         return Verdict(path, check.ok, check.reasons, (check,), warnings=no_crl_warnings(policy, ("developer",)))
 
 
