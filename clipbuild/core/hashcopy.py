@@ -50,7 +50,8 @@ def write_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     with memoryview(data) as view:
         done = 0
         while done < len(view):
-            written = os.pwrite(fd, view[done:], offset + done)
+            with view[done:] as rest:  # released even on an error, or a mapping under it could not be closed
+                written = os.pwrite(fd, rest, offset + done)
             if written == 0:
                 raise OSError(0, f"no progress writing at byte {offset + done}")
             done += written
@@ -104,7 +105,8 @@ def _copy_chunks(source: memoryview, target: int, upto: int, hash_chunk: Callabl
     done = flushed = 0
     while done < len(source):
         end = min(done + CHUNK, len(source))
-        write_all(target, source[done:end], done)
+        with source[done:end] as chunk:
+            write_all(target, chunk, done)
         if done < upto:
             pending += hash_chunk(done, min(end, upto))
         done = end

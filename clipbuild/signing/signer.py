@@ -234,8 +234,11 @@ def sign_staged(staged: Staged, role: str, signer: SigningKey) -> Signed:
                 raise SigningError(f"{staged.path}: {exc}") from None
             before = digests.hasher("sha256", len(view))
             size = len(view)
-        hashcopy.write_all(fd, member, size)
-        os.fsync(fd)
+        try:
+            hashcopy.write_all(fd, member, size)
+            os.fsync(fd)
+        except OSError as exc:
+            raise SigningError(f"{staged.path}: cannot write its signature: {exc.strerror or exc}") from None
     after = before.copy()
     after.update(member)
     return Signed(str(staged.path), before.hexdigest(), after.hexdigest())
