@@ -11,6 +11,7 @@ less than about three months left).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import mmap
 import os
@@ -192,7 +193,8 @@ def stage(path: Path, algorithms: Iterable[str] = ()) -> Staged:
                                                  staged.hashed_upto, _pause_after(path))
         except OSError as exc:
             staged.discard()
-            raise SigningError(f"{path}: cannot copy it to sign it: {exc.strerror or exc}") from None
+            why = "it was cut short while being copied" if exc.errno == errno.EFAULT else exc.strerror or str(exc)
+            raise SigningError(f"{path}: cannot copy it to sign it: {why}") from None
         except BaseException:
             staged.discard()
             raise

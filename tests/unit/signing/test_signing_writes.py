@@ -143,6 +143,16 @@ def test_a_failing_fsync_leaves_the_package_and_no_temporary(our_pki, tmp_path, 
     assert deb.read_bytes() == UNSIGNED.read_bytes() and _temporaries(tmp_path) == []
 
 
+def test_a_package_cut_short_while_copied_is_refused_cleanly(our_pki, tmp_path, monkeypatch):
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(_package(6 << 20))
+    # the package is truncated once the copy has begun: the copy reads a mapping of it, and never gets a SIGBUS
+    monkeypatch.setattr(signer, "_pause_after", lambda path: lambda done: os.truncate(path, 4096))
+    with pytest.raises(SigningError, match=r"p\.deb: cannot copy it to sign it: it was cut short while being copied"):
+        signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    assert deb.stat().st_size == 4096 and _temporaries(tmp_path) == []
+
+
 def _dev_batch(tmp_path: Path, our_pki: Path, big: bytes) -> Path:
     """A batch of a small and a large developer-signed package."""
     box = tmp_path / "batch"
