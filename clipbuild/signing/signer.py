@@ -254,7 +254,12 @@ def commit(staged: Staged) -> None:
     with staged.opened() as fd:
         os.fchmod(fd, staged.mode)
         replaced = _hold(staged.path)
-        os.replace(staged.tmp, staged.path)
+        try:
+            os.replace(staged.tmp, staged.path)
+        except BaseException:
+            if replaced is not None:
+                os.close(replaced)
+            raise
     staged.committed = True
     if replaced is not None:
         _release_later(replaced)
