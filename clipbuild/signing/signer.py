@@ -106,7 +106,11 @@ def signature_for(data: bytes | memoryview, role: str, signer: SigningKey, date:
     try:
         layout = clipsig.read_layout(data)
     except (ArError, LayoutError) as exc:
-        raise SigningError(f"not a package clipbuild can sign: {exc}") from None
+        problem = str(exc)  # raised below, not here: the reader's frames, holding views of `data`, must go, or a
+    else:                   # mapping under `data` could not be closed
+        problem = ""
+    if problem:
+        raise SigningError(f"not a package clipbuild can sign: {problem}")
     if role == "developer" and layout.dev is not None:
         raise SigningError("already signed by a developer")
     if role == "controller":

@@ -104,6 +104,16 @@ def test_a_digest_not_hashed_while_copying_is_computed_from_the_copy(our_pki, tm
     assert layout.dev is not None and layout.dev.signed_length == (1 << 20) + 8 + 3 * 60 + 4 + 352
 
 
+@pytest.mark.parametrize("size", [800, 5 << 20])
+def test_a_file_that_is_not_a_package_is_refused_cleanly(our_pki, tmp_path, size):
+    deb = tmp_path / "p.deb"
+    junk = b"!<arch>\n" + os.urandom(size)
+    deb.write_bytes(junk)
+    with pytest.raises(SigningError, match=r"p\.deb: not a package clipbuild can sign: package: member header"):
+        signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    assert deb.read_bytes() == junk and _temporaries(tmp_path) == []
+
+
 def _failing_pwrite(monkeypatch, after: int, error: int = errno.ENOSPC) -> None:
     """os.pwrite fails once `after` bytes were written by it, as a full disk would."""
     real = os.pwrite
