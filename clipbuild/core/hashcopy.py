@@ -116,3 +116,18 @@ def _copy_chunks(source: memoryview, target: int, upto: int, hash_chunk: Callabl
         if progress is not None:
             progress(done)
     return pending
+
+
+def hash_view(view: memoryview, algorithms: Iterable[str], upto: int) -> dict[str, Any]:
+    """For each algorithm, a hasher over bytes [0, upto) of `view`: one thread per algorithm when there are
+    several and the bytes are many (hashlib releases the GIL), else in this thread."""
+    hashers = {name: hashlib.new(name) for name in sorted(set(algorithms))}
+    upto = max(0, min(upto, len(view)))
+    if len(hashers) == 1 or upto <= INLINE:
+        for hasher in hashers.values():
+            _update(hasher, view, 0, upto)
+        return hashers
+    with ThreadPoolExecutor(len(hashers), thread_name_prefix="hash") as pool:
+        for future in [pool.submit(_update, hasher, view, 0, upto) for hasher in hashers.values()]:
+            future.result()
+    return hashers

@@ -22,12 +22,14 @@ def _refuse(path: Path, reason: str) -> NotAFile:
     return NotAFile(f"{path}: {reason}: a regular file is expected")
 
 
-def open_regular(path: Path, *, follow: bool = True, max_size: int | None = None) -> int:
-    """A read-only descriptor on the regular file at `path`, or NotAFile saying what is there instead.
+def open_regular(path: Path, *, follow: bool = True, max_size: int | None = None, writable: bool = False) -> int:
+    """A read-only (`writable`: read-write) descriptor on the regular file at `path`, or NotAFile saying what is
+    there instead.
 
     A FIFO is never opened blocking (O_NONBLOCK), so a planted FIFO cannot hang the reader; `follow=False`
     refuses a symbolic link. `max_size` refuses larger files before anything is read."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    access = os.O_RDWR if writable else os.O_RDONLY
+    flags = access | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
     except OSError as exc:

@@ -17,7 +17,6 @@ import mmap
 import os
 import stat
 import sys
-import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -32,8 +31,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from clipbuild.core import hashcopy, safefile
 from clipbuild.core.errors import ArError, InputError, LayoutError, SigningError
-from clipbuild.formats import ar, clipsig
-from clipbuild.signing import trust
+from clipbuild.formats import clipsig
+from clipbuild.signing import inplace, trust
+from clipbuild.signing.inplace import PAUSE_ENV, TAIL, pause
 from clipbuild.signing.trust import DEFAULT_MIN_VALIDITY_DAYS, HASHES, RolePolicy, check_certificate, hash_of, now
 
 PASSPHRASE_ENV = "CLIPBUILD_PASSPHRASE"
@@ -137,14 +137,6 @@ class Signed:
     sha256_after: str
 
 
-# The last bytes of a copy are hashed when a digest is asked for, not while copying: a signature covers the
-# bytes before its member's header, and that header lies within them (a signature member is at most 64 KiB).
-TAIL = ar.HEADER + clipsig.MAX_SIGNATURE_MEMBER + 1
-# Tests only: "BYTES" stops (until killed) once a copy has BYTES bytes written; "commit" stops before a signed
-# copy is renamed over its package. The tests SIGKILL the stopped process and check that nothing changed.
-PAUSE_ENV = "CLIPBUILD_SIGN_PAUSE"
-
-
 @dataclass(eq=False)
 class Staged:
     """A private copy of a package beside it (created O_EXCL, mode 0600 while we work): what is checked and
@@ -212,13 +204,7 @@ def _pause_after(path: Path) -> Callable[[int], None] | None:
     value = os.environ.get(PAUSE_ENV, "")
     if not value.isdigit():
         return None
-    return lambda done: _pause(f"{path}: copied {done} bytes") if done >= int(value) else None
-
-
-def _pause(where: str) -> None:
-    print(f"{PAUSE_ENV}: stopped: {where}", file=sys.stderr, flush=True)
-    time.sleep(300)
-    os._exit(9)  # never killed: give up, as a crash would
+    return lambda done: pause(f"{path}: copied {done} bytes") if done >= int(value) else None
 
 
 @contextmanager
@@ -254,7 +240,7 @@ def sign_staged(staged: Staged, role: str, signer: SigningKey) -> Signed:
 def commit(staged: Staged) -> None:
     """The signed copy replaces the package, with the package's mode (the caller syncs the directory)."""
     if os.environ.get(PAUSE_ENV) == "commit":
-        _pause(f"{staged.path}: signed, not renamed")
+        pause(f"{staged.path}: signed, not renamed")
     with staged.opened() as fd:
         os.fchmod(fd, staged.mode)
         replaced = _hold(staged.path)
@@ -296,8 +282,26 @@ def settle() -> None:
 
 
 def sign_file(path: Path, role: str, signer: SigningKey) -> Signed:
-    """Sign in place, atomically: a failure leaves the package as it was; its mode is kept; a link is refused.
-    The signed copy is on disk before it replaces the package, and the replacement is on disk on return."""
+    """Sign in place, all or nothing: a failure or a kill leaves the package as it was (a kill: once recovered,
+    see core.appendlog); its mode is kept; a link is refused. The signature is on disk on return. A package with
+    hard links, or one we may not write, is signed on a private copy renamed over it (`sign_copy`)."""
+    item = inplace.open_locked(path)
+    if item is None:
+        return sign_copy(path, role, signer)
+    try:
+        inplace.read(item, (hash_of(signer.cert),), lambda view, digests: signature_for(view, role, signer,
+                                                                                        digests=digests))
+        inplace.append([item])
+    except BaseException:
+        inplace.undo([item])
+        raise
+    inplace.finish([item])
+    return Signed(str(path), item.before.hexdigest(), item.sha256_after())
+
+
+def sign_copy(path: Path, role: str, signer: SigningKey) -> Signed:
+    """Sign a private copy and rename it over the package: a failure leaves the package as it was. The signed
+    copy is on disk before it replaces the package, and the replacement is on disk on return."""
     staged = stage(path, (hash_of(signer.cert),))
     try:
         signed = sign_staged(staged, role, signer)

@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from clipbuild.core import safefile
-from clipbuild.core.errors import ArError, InputError, LayoutError, NotAFile
+from clipbuild.core import appendlog, safefile
+from clipbuild.core.errors import AppendRecordRefused, ArError, InputError, LayoutError, NotAFile
 from clipbuild.formats import clipsig
 from clipbuild.signing import subjects
 
@@ -454,9 +454,12 @@ MAX_PACKAGE_BYTES = 2 << 30  # 2 GiB: no CLIP package comes near; a bigger file 
 
 
 def verify_file(path: Path, policy: Policy, *, at: dt.datetime | None = None) -> Verdict:
+    """The verdict on the package at `path`, once a signature interrupted by a kill is undone (the package cut
+    back to its length before it, core.appendlog); a record of one that does not match refuses the package."""
     try:
+        appendlog.recover(path)
         fd = safefile.open_regular(path, max_size=MAX_PACKAGE_BYTES)
-    except NotAFile as exc:
+    except (NotAFile, AppendRecordRefused) as exc:
         return Verdict(str(path), False, (str(exc).removeprefix(f"{path}: "),))
     with os.fdopen(fd, "rb") as stream:
         if os.fstat(fd).st_size == 0:

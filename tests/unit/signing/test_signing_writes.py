@@ -1,6 +1,8 @@
-"""How signing writes (P11 item 4): one pass that copies and hashes, all or nothing. A failing write or fsync
-leaves the package as it was and no temporary; a real `clipbuild sign` or `countersign` killed (SIGKILL) while
-it writes leaves every package byte for byte as it was, and signing again works."""
+"""How signing writes (P11 item 4): in place, all or nothing (an intent record beside the package, core.appendlog),
+or, for a package with hard links, on a copy made and hashed in one pass. A failing write or fsync leaves the
+package as it was, no record and no temporary; a real `clipbuild sign` or `countersign` killed (SIGKILL) while it
+writes leaves every package as it was once the next `sign`, `countersign` or `verify` has recovered it, and
+signing again works; a record that does not match is refused and changes nothing."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from clipbuild.core import hashcopy
-from clipbuild.core.errors import SigningError
+from clipbuild.core import appendlog, hashcopy
+from clipbuild.core.errors import AppendRecordRefused, SigningError
 from clipbuild.formats import ar, clipsig
 from clipbuild.signing import batch, pki, signer, trust
 from tests.conftest import ROOT
@@ -46,6 +48,10 @@ def big() -> bytes:
 
 def _temporaries(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if p.name.endswith(".tmp"))
+
+
+def _records(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(appendlog.SUFFIX))
 
 
 @pytest.mark.parametrize("size", [1, 4095, 4096, 4097, 40_000, 100_003])
@@ -136,7 +142,7 @@ def test_a_failing_write_leaves_the_package_and_no_temporary(our_pki, tmp_path, 
     deb.write_bytes(data)
     _failing_pwrite(monkeypatch, len(data) if after < 0 else after)  # -1: the copy is whole, its signature fails
     with pytest.raises(SigningError, match=rf"p\.deb: {words}: No space left on device"):
-        signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+        signer.sign_copy(deb, "developer", _key(our_pki, "developer-1"))
     assert deb.read_bytes() == data and _temporaries(tmp_path) == []
 
 
@@ -149,7 +155,7 @@ def test_a_failing_fsync_leaves_the_package_and_no_temporary(our_pki, tmp_path, 
 
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(SigningError, match=r"p\.deb: cannot write its signature: Input/output error"):
-        signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+        signer.sign_copy(deb, "developer", _key(our_pki, "developer-1"))
     assert deb.read_bytes() == UNSIGNED.read_bytes() and _temporaries(tmp_path) == []
 
 
@@ -159,23 +165,26 @@ def test_a_package_cut_short_while_copied_is_refused_cleanly(our_pki, tmp_path, 
     # the package is truncated once the copy has begun: the copy reads a mapping of it, and never gets a SIGBUS
     monkeypatch.setattr(signer, "_pause_after", lambda path: lambda done: os.truncate(path, 4096))
     with pytest.raises(SigningError, match=r"p\.deb: cannot copy it to sign it: it was cut short while being copied"):
-        signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+        signer.sign_copy(deb, "developer", _key(our_pki, "developer-1"))
     assert deb.stat().st_size == 4096 and _temporaries(tmp_path) == []
 
 
-def _dev_batch(tmp_path: Path, our_pki: Path, big: bytes) -> Path:
-    """A batch of a small and a large developer-signed package."""
+def _dev_batch(tmp_path: Path, our_pki: Path, big: bytes, linked: bool = False) -> Path:
+    """A batch of a small and a large developer-signed package (`linked`: each with a second name outside the
+    batch, so that countersigning takes the copy path)."""
     box = tmp_path / "batch"
     box.mkdir()
     (box / "a.deb").write_bytes(UNSIGNED.read_bytes())
     (box / "b.deb").write_bytes(big)
     for deb in sorted(box.iterdir()):
         signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+        if linked:
+            os.link(deb, tmp_path / f"{deb.name}.other")
     return box
 
 
 def test_a_batch_whose_second_copy_fails_changes_nothing(our_pki, tmp_path, monkeypatch):
-    box = _dev_batch(tmp_path, our_pki, _package(5 << 20))
+    box = _dev_batch(tmp_path, our_pki, _package(5 << 20), linked=True)
     before = {p.name: p.read_bytes() for p in box.iterdir()}
     _failing_pwrite(monkeypatch, 3 << 20)  # a.deb is copied, b.deb is not
     with pytest.raises(SigningError, match=r"b\.deb: cannot copy it to sign it: No space left on device"):
@@ -217,14 +226,15 @@ def _sign_args(our_pki: Path, role: str, deb: Path) -> list[str]:
 
 @pytest.mark.parametrize("pause", [str(16 << 20), "commit"])
 @pytest.mark.parametrize("role", ["developer", "controller"])
-def test_sign_killed_while_writing_changes_nothing(our_pki, tmp_path, big, pause, role):
+def test_sign_of_a_linked_package_killed_while_writing_changes_nothing(our_pki, tmp_path, big, pause, role):
     deb = tmp_path / "p.deb"
     deb.write_bytes(big)
     if role == "controller":
         signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    os.link(deb, tmp_path / "other")  # a second name: the copy path
     before = deb.read_bytes()
     _run_until_stopped(_sign_args(our_pki, role, deb), pause, tmp_path)
-    assert deb.read_bytes() == before
+    assert deb.read_bytes() == before and _records(tmp_path) == []
     assert len(_temporaries(tmp_path)) == 1  # a killed process cannot remove its copy: it stays, never used
     signer.sign_file(deb, role, _key(our_pki, f"{role}-1"))
     assert deb.read_bytes().startswith(before)
@@ -233,8 +243,8 @@ def test_sign_killed_while_writing_changes_nothing(our_pki, tmp_path, big, pause
 
 
 @pytest.mark.parametrize("pause", [str(16 << 20), "commit"])
-def test_countersign_killed_while_writing_changes_no_package(our_pki, tmp_path, big, pause):
-    box = _dev_batch(tmp_path, our_pki, big)
+def test_countersign_of_linked_packages_killed_while_writing_changes_no_package(our_pki, tmp_path, big, pause):
+    box = _dev_batch(tmp_path, our_pki, big, linked=True)
     before = {p.name: p.read_bytes() for p in box.iterdir()}
     args = ["countersign", str(box), "--key", str(our_pki / "controller-1.key"), "--cert",
             str(our_pki / "controller-1.pem"), "--policy", str(our_pki / "policy.yaml")]
@@ -244,3 +254,176 @@ def test_countersign_killed_while_writing_changes_no_package(our_pki, tmp_path, 
     rows = batch.countersign(box, _key(our_pki, "controller-1"), policy)
     assert [r.file for r in rows] == ["a.deb", "b.deb"]
     assert all(trust.verify_file(box / r.file, policy).ok for r in rows)
+
+
+# -- in place: the intent record ---------------------------------------------------------------------------------
+
+
+def test_signing_in_place_appends_to_the_same_file(our_pki, tmp_path, big):
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(big)
+    inode = deb.stat().st_ino
+    signed = signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    data = deb.read_bytes()
+    assert deb.stat().st_ino == inode and data.startswith(big) and clipsig.read_layout(data).dev is not None
+    assert (signed.sha256_before, signed.sha256_after) == (hashlib.sha256(big).hexdigest(),
+                                                           hashlib.sha256(data).hexdigest())
+    assert _records(tmp_path) == [] and _temporaries(tmp_path) == []
+
+
+def test_a_package_with_hard_links_is_signed_on_a_copy(our_pki, tmp_path):
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(UNSIGNED.read_bytes())
+    os.link(deb, tmp_path / "cached.deb")  # as the build cache would hold it
+    signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    assert (tmp_path / "cached.deb").read_bytes() == UNSIGNED.read_bytes()
+    assert deb.stat().st_ino != (tmp_path / "cached.deb").stat().st_ino
+    assert clipsig.read_layout(deb.read_bytes()).dev is not None and _records(tmp_path) == []
+
+
+def _partial_then_failing_pwrite(monkeypatch, keep: int, error: BaseException) -> None:
+    """os.pwrite writes `keep` bytes of the first signature it is given, then raises `error`."""
+    real = os.pwrite
+    calls = [0]
+
+    def pwrite(fd, data, offset):
+        calls[0] += 1
+        if calls[0] == 1 and keep:
+            return real(fd, bytes(data)[:keep], offset)
+        raise error
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+
+
+@pytest.mark.parametrize("keep", [0, 100])
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), KeyboardInterrupt()])
+def test_a_failing_append_leaves_the_package_and_no_record(our_pki, tmp_path, monkeypatch, keep, error):
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(UNSIGNED.read_bytes())
+    _partial_then_failing_pwrite(monkeypatch, keep, error)
+    expected = (SigningError, r"p\.deb: cannot write its signature: No space left on device") \
+        if isinstance(error, OSError) else (KeyboardInterrupt, None)
+    with pytest.raises(expected[0], match=expected[1]):
+        signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    assert deb.read_bytes() == UNSIGNED.read_bytes()
+    assert _records(tmp_path) == [] and _temporaries(tmp_path) == []
+
+
+def test_a_batch_whose_second_append_fails_cuts_the_first_back(our_pki, tmp_path, monkeypatch):
+    box = _dev_batch(tmp_path, our_pki, _package(1 << 20))
+    before = {p.name: p.read_bytes() for p in box.iterdir()}
+    real = os.pwrite
+    calls: list[int] = []
+
+    def pwrite(fd, data, offset):  # a.deb's signature is appended and fsynced, b.deb's fails
+        calls.append(offset)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with pytest.raises(SigningError, match=r"b\.deb: cannot write its signature: No space left on device"):
+        batch.countersign(box, _key(our_pki, "controller-1"), trust.load_policy(our_pki / "policy.yaml"))
+    assert calls[0] == len(before["a.deb"])
+    assert {p.name: p.read_bytes() for p in box.iterdir()} == before
+
+
+def _record(deb: Path, **changes) -> Path:
+    """A record beside `deb` as clipbuild would write it for its current bytes, with `changes`."""
+    data = deb.read_bytes()
+    info = deb.stat()
+    fields = {"length": len(data), "device": info.st_dev, "inode": info.st_ino,
+              "sha256": hashlib.sha256(data).hexdigest(), **changes}
+    path = appendlog.record_path(deb)
+    path.write_bytes(appendlog.Record(**fields).text())
+    return path
+
+
+def test_a_record_left_by_a_kill_is_recovered_by_verify(our_pki, tmp_path, capsys):
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(UNSIGNED.read_bytes())
+    _record(deb)
+    with deb.open("ab") as stream:
+        stream.write(b"half a signature")
+    verdict = trust.verify_file(deb, trust.load_policy(our_pki / "policy.yaml"))
+    assert verdict.reasons == ("no dev_sign: the package is not signed",)
+    assert deb.read_bytes() == UNSIGNED.read_bytes() and _records(tmp_path) == []
+    assert f"recovered an interrupted signature: {deb} back to {len(UNSIGNED.read_bytes())} bytes" \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    ({"sha256": "0" * 64}, "its first 800 bytes are not those recorded"),
+    ({"inode": 1}, "names another file"),
+    ({"length": 900}, "the package has 816 bytes, fewer than the 900 recorded"),
+    ("garbage", "is not a record clipbuild wrote"),
+    ("link", "it is a symbolic link"),
+])
+def test_a_record_that_does_not_match_is_refused_and_changes_nothing(our_pki, tmp_path, change, words):
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(UNSIGNED.read_bytes()[:800])
+    record = _record(deb, **change) if isinstance(change, dict) else appendlog.record_path(deb)
+    with deb.open("ab") as stream:
+        stream.write(b"16 more bytes..!")
+    if change == "garbage":
+        record.write_bytes(b"length 0\n")
+    elif change == "link":
+        record.symlink_to(deb)
+    data, text = deb.read_bytes(), record.read_bytes()
+    with pytest.raises(AppendRecordRefused, match=words):
+        signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    verdict = trust.verify_file(deb, trust.load_policy(our_pki / "policy.yaml"))
+    assert not verdict.ok and "a record of an interrupted signature is refused" in verdict.reasons[0]
+    assert deb.read_bytes() == data and record.read_bytes() == text
+
+
+def _verify_args(our_pki: Path, *debs: Path) -> list[str]:
+    return ["verify", "--policy", str(our_pki / "policy.yaml"), *map(str, debs)]
+
+
+def _clipbuild(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), signer.PASSPHRASE_ENV: SECRET.decode()}
+    env.pop(signer.PAUSE_ENV, None)
+    return subprocess.run([sys.executable, "-m", "clipbuild", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("pause", ["append", "commit"])
+@pytest.mark.parametrize("role", ["developer", "controller"])
+@pytest.mark.parametrize("recovery", ["sign", "verify"])
+def test_sign_in_place_killed_while_writing_is_recovered(our_pki, tmp_path, big, pause, role, recovery):
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(big)
+    if role == "controller":
+        signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    before = deb.read_bytes()
+    _run_until_stopped(_sign_args(our_pki, role, deb), pause, tmp_path)
+    assert _records(tmp_path) == [f".p.deb{appendlog.SUFFIX}"] and _temporaries(tmp_path) == []
+    assert deb.read_bytes() != before and deb.read_bytes().startswith(before)  # appended to, in part or whole
+    done = _clipbuild(_sign_args(our_pki, role, deb) if recovery == "sign" else _verify_args(our_pki, deb), tmp_path)
+    assert f"recovered an interrupted signature: {deb} back to {len(before)} bytes" in done.stderr
+    if recovery == "verify":
+        assert deb.read_bytes() == before and done.returncode == 1
+        done = _clipbuild(_sign_args(our_pki, role, deb), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert deb.read_bytes().startswith(before) and _records(tmp_path) == []
+    layout = clipsig.read_layout(deb.read_bytes())
+    assert (layout.ctrl if role == "controller" else layout.dev) is not None
+
+
+@pytest.mark.parametrize("pause", ["append", "commit"])
+def test_countersign_in_place_killed_while_writing_is_recovered(our_pki, tmp_path, big, pause):
+    box = _dev_batch(tmp_path, our_pki, big)
+    before = {p.name: p.read_bytes() for p in box.iterdir()}
+    args = ["countersign", str(box), "--key", str(our_pki / "controller-1.key"), "--cert",
+            str(our_pki / "controller-1.pem"), "--policy", str(our_pki / "policy.yaml")]
+    _run_until_stopped(args, pause, tmp_path)
+    assert _records(box) == [f".a.deb{appendlog.SUFFIX}", f".b.deb{appendlog.SUFFIX}"]
+    done = _clipbuild(_verify_args(our_pki, box / "a.deb"), tmp_path)  # one package recovered by verify
+    assert "recovered an interrupted signature" in done.stderr and (box / "a.deb").read_bytes() == before["a.deb"]
+    done = _clipbuild(args, tmp_path)  # the other by countersign, which then countersigns the whole batch
+    assert done.returncode == 0, done.stderr
+    assert f"recovered an interrupted signature: {box / 'b.deb'} back to {len(before['b.deb'])} bytes" in done.stderr
+    policy = trust.load_policy(our_pki / "policy.yaml")
+    assert all(trust.verify_file(box / name, policy).ok for name in before) and _records(box) == []
+    assert all((box / name).read_bytes().startswith(data) for name, data in before.items())
