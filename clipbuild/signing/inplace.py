@@ -125,10 +125,14 @@ def read(item: Appending, algorithms: Iterable[str], work: Work) -> None:
 def append(items: list[Appending]) -> None:
     """Every record written and fsynced (one directory fsync per directory), then every member appended and
     fsynced. The caller calls `finish`, or `undo` on any exception."""
-    for item in items:
-        appendlog.write_record(item.path, item.record())
-        item.recorded = True
-    _sync_directories(items)
+    try:
+        for item in items:
+            appendlog.write_record(item.path, item.record())
+            item.recorded = True
+        _sync_directories(items)
+    except OSError as exc:
+        raise SigningError(f"{item.path}: cannot write the record of its signature: {exc.strerror or exc}") \
+            from None
     for index, item in enumerate(items):
         try:
             if os.environ.get(PAUSE_ENV) == "append" and index == 0:
@@ -152,8 +156,9 @@ def finish(items: list[Appending]) -> None:
 
 def undo(items: list[Appending]) -> None:
     """Every package given back its original length and fsynced, the records removed, the packages closed: what
-    a failure anywhere does. Errors here are raised only once every package was tried."""
-    failed: list[BaseException] = []
+    a failure anywhere does. A package that cannot be cut back keeps its record (the next `sign`, `countersign`
+    or `verify` cuts it back): SigningError says so, once every package was tried."""
+    stuck: list[str] = []
     for item in items:
         if not item.recorded:
             continue
@@ -161,14 +166,18 @@ def undo(items: list[Appending]) -> None:
             os.ftruncate(item.fd, item.size)
             os.fsync(item.fd)
             appendlog.remove_record(item.path)
-        except OSError as exc:  # the record stays: the next sign, countersign or verify cuts the package back
-            failed.append(exc)
+        except OSError as exc:
+            stuck.append(f"{item.path} ({exc.strerror or exc})")
     try:
         _sync_directories([i for i in items if i.recorded])
+    except OSError as exc:
+        stuck.append(f"its directory ({exc.strerror or exc})")
     finally:
         close(items)
-    if failed:
-        raise failed[0]
+    if stuck:
+        raise SigningError(f"after that failure, cutting back did not complete: {'; '.join(stuck)}; a record "
+                           f"(.NAME{appendlog.SUFFIX}) left beside a package is undone by the next `clipbuild "
+                           "verify`, `sign` or `countersign` of it")
 
 
 def close(items: list[Appending]) -> None:

@@ -427,3 +427,44 @@ def test_countersign_in_place_killed_while_writing_is_recovered(our_pki, tmp_pat
     policy = trust.load_policy(our_pki / "policy.yaml")
     assert all(trust.verify_file(box / name, policy).ok for name in before) and _records(box) == []
     assert all((box / name).read_bytes().startswith(data) for name, data in before.items())
+
+
+def _failing_fsync(monkeypatch, calls: range) -> None:
+    """os.fsync fails with EIO on the calls numbered in `calls` (1: the record, 2: its directory, 3: the package
+    once appended)."""
+    real = os.fsync
+    count = [0]
+
+    def fsync(fd):
+        count[0] += 1
+        if count[0] in calls:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize("calls", [range(1, 2), range(2, 3), range(3, 4)])
+def test_a_failing_fsync_in_place_leaves_the_package_and_no_record(our_pki, tmp_path, monkeypatch, calls):
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(UNSIGNED.read_bytes())
+    _failing_fsync(monkeypatch, calls)
+    words = "cannot write its signature" if calls.start == 3 else "cannot write the record of its signature"
+    with pytest.raises(SigningError, match=rf"p\.deb: {words}: Input/output error"):
+        signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    assert deb.read_bytes() == UNSIGNED.read_bytes()
+    assert _records(tmp_path) == [] and _temporaries(tmp_path) == []
+
+
+def test_a_package_that_cannot_be_cut_back_keeps_its_record_until_recovered(our_pki, tmp_path, monkeypatch):
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(UNSIGNED.read_bytes())
+    _failing_fsync(monkeypatch, range(3, 100))  # the package's fsync fails, and every one after it
+    stuck = r"cutting back did not complete: .*p\.deb \(Input/output error\); its directory"
+    with pytest.raises(SigningError, match=stuck):
+        signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    assert _records(tmp_path) == [f".p.deb{appendlog.SUFFIX}"]
+    monkeypatch.undo()
+    verdict = trust.verify_file(deb, trust.load_policy(our_pki / "policy.yaml"))
+    assert verdict.reasons == ("no dev_sign: the package is not signed",)
+    assert deb.read_bytes() == UNSIGNED.read_bytes() and _records(tmp_path) == []
