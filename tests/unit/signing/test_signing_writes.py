@@ -468,3 +468,25 @@ def test_a_package_that_cannot_be_cut_back_keeps_its_record_until_recovered(our_
     verdict = trust.verify_file(deb, trust.load_policy(our_pki / "policy.yaml"))
     assert verdict.reasons == ("no dev_sign: the package is not signed",)
     assert deb.read_bytes() == UNSIGNED.read_bytes() and _records(tmp_path) == []
+
+
+def test_a_package_rewritten_while_signed_fails_verification(our_pki, tmp_path, monkeypatch):
+    """flock is advisory: a writer outside clipbuild that changes the package once it was read makes the new
+    signature fail to verify (fail closed), never pass over bytes nobody checked."""
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(_package(1 << 20))
+    real = hashcopy.hash_view
+
+    def hash_then_rewrite(view, algorithms, upto):
+        hashers = real(view, algorithms, upto)
+        with deb.open("r+b") as other:  # another writer, after the bytes were read
+            other.seek(upto // 2)
+            other.write(b"X")
+        return hashers
+
+    monkeypatch.setattr(hashcopy, "hash_view", hash_then_rewrite)
+    signer.sign_file(deb, "developer", _key(our_pki, "developer-1"))
+    monkeypatch.undo()
+    signer.sign_file(deb, "controller", _key(our_pki, "controller-1"))
+    verdict = trust.verify_file(deb, trust.load_policy(our_pki / "policy.yaml"))
+    assert not verdict.ok and any("dev_sign: the signature does not match" in r for r in verdict.reasons)
