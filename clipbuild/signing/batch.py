@@ -1,7 +1,8 @@
 """Controller batches: a plain directory of developer-signed packages that travels to the controller's
 (possibly offline) machine and back. Countersigning is all or nothing: every developer signature is verified
 first, and one failure refuses the whole batch, listing each failure; otherwise every package is
-countersigned and the batch gets a report (batch-report.json and batch-report.txt)."""
+countersigned and the batch gets a report (batch-report.json and batch-report.txt). A failure while signing
+cuts every package back; a kill leaves records that the next `countersign` or `verify` undoes."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ class _Batch:
 def countersign(batch: Path, signer: SigningKey, policy: Policy) -> list[Row]:
     """Check then sign the same bytes, all or nothing: each package is opened (links, FIFOs and directories
     refused) and locked, read once for its digests, its developer signature checked on those bytes; when every
-    one passes, each is countersigned in place (signer's core.appendlog records: a kill is recovered by the
+    one passes, each is countersigned in place (under core.appendlog's intent records: a kill is undone by the
     next command), or on a private copy renamed in for a package with hard links. Any failure cuts back every
     package appended so far. Everything is on disk before the report is written."""
     check_fit(signer, "controller", policy.controller)
