@@ -85,6 +85,10 @@ def sign_cmd(debs: tuple[Path, ...], role: str, key: Path, cert: Path, policy: P
 
     Controllers usually sign a whole batch with clipbuild countersign, which checks the developer
     signatures first.
+
+    The signature is appended all or nothing: a failure cuts the package back; a signature interrupted by a
+    kill or a power cut is undone by the next sign, countersign or verify of the package, which prints
+    "recovered an interrupted signature: FILE back to N bytes" (docs/signing.md).
     """
     key_pair = signer.load_signing_key(key, cert, signer.passphrase(passphrase_file))
     role_policy = trust.load_policy(policy).role(role) if policy else None
@@ -108,6 +112,8 @@ def countersign_cmd(batch_dir: Path, key: Path, cert: Path, policy: Path, passph
     Every developer signature is verified first against the policy; if one fails, the whole batch is
     refused and each failure listed (exit 1). Otherwise each package is countersigned in place and
     BATCH/batch-report.json and .txt record package, version, sha256 before and after, and both signers.
+    A failure cuts every package back; a countersigning interrupted by a kill is undone by the next
+    countersign (or verify) of the batch, which prints "recovered an interrupted signature: ...".
     """
     key_pair = signer.load_signing_key(key, cert, signer.passphrase(passphrase_file))
     rows = batch.countersign(batch_dir, key_pair, trust.load_policy(policy))

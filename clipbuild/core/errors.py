@@ -199,6 +199,11 @@ class SigningError(ClipbuildError):
     """A package cannot be signed as asked; the message says why."""
 
 
+class AppendRecordRefused(ClipbuildError):
+    """A record of an interrupted append beside a file is not clipbuild's or does not match the file: nothing
+    was changed; the message says what does not match."""
+
+
 class BatchRefused(ClipbuildError):
     """A controller batch fails the developer check: nothing was countersigned; each package says why."""
 

@@ -22,12 +22,14 @@ def _refuse(path: Path, reason: str) -> NotAFile:
     return NotAFile(f"{path}: {reason}: a regular file is expected")
 
 
-def open_regular(path: Path, *, follow: bool = True, max_size: int | None = None) -> int:
-    """A read-only descriptor on the regular file at `path`, or NotAFile saying what is there instead.
+def open_regular(path: Path, *, follow: bool = True, max_size: int | None = None, writable: bool = False) -> int:
+    """A read-only (`writable`: read-write) descriptor on the regular file at `path`, or NotAFile saying what is
+    there instead.
 
     A FIFO is never opened blocking (O_NONBLOCK), so a planted FIFO cannot hang the reader; `follow=False`
     refuses a symbolic link. `max_size` refuses larger files before anything is read."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    access = os.O_RDWR if writable else os.O_RDONLY
+    flags = access | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
     except OSError as exc:
@@ -58,12 +60,14 @@ def _open_problem(path: Path) -> str | None:
     return None if stat.S_ISREG(mode) else f"it is {kind(mode)}"
 
 
-def create_exclusive(directory: Path, prefix: str, mode: int = 0o644) -> tuple[int, Path]:
-    """A new file in `directory`, created by us (O_EXCL|O_NOFOLLOW): never a planted file or link."""
+def create_exclusive(directory: Path, prefix: str, mode: int = 0o644, *, readable: bool = False) -> tuple[int, Path]:
+    """A new file in `directory`, created by us (O_EXCL|O_NOFOLLOW): never a planted file or link. `readable`
+    opens it read-write (to map what was written), else write-only."""
+    access = os.O_RDWR if readable else os.O_WRONLY
     for _ in range(16):
         path = directory / f".{prefix}.{secrets.token_hex(6)}.tmp"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+            fd = os.open(path, access | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         except FileExistsError:
             continue
         os.fchmod(fd, mode)  # the umask does not narrow a mode we were asked to keep
@@ -83,6 +87,15 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sync_directory(directory: Path) -> None:
+    """Make the renames done in `directory` durable (its entries reach the disk)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_regular(path: Path, max_size: int = 1 << 20) -> bytes:

@@ -11,26 +11,29 @@ less than about three months left).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import mmap
 import os
-import shutil
 import stat
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from clipbuild.core import safefile
+from clipbuild.core import hashcopy, safefile
 from clipbuild.core.errors import ArError, InputError, LayoutError, SigningError
 from clipbuild.formats import clipsig
-from clipbuild.signing import trust
+from clipbuild.signing import inplace, trust
+from clipbuild.signing.inplace import PAUSE_ENV, TAIL, pause
 from clipbuild.signing.trust import DEFAULT_MIN_VALIDITY_DAYS, HASHES, RolePolicy, check_certificate, hash_of, now
 
 PASSPHRASE_ENV = "CLIPBUILD_PASSPHRASE"
@@ -96,12 +99,18 @@ def check_fit(signer: SigningKey, role: str, policy: RolePolicy | None, at: dt.d
                            + "; ".join(problems))
 
 
-def signature_for(data: bytes | memoryview, role: str, signer: SigningKey, date: int | None = None) -> bytes:
-    """The role's signature member over `data`, after checking its layout allows it."""
+def signature_for(data: bytes | memoryview, role: str, signer: SigningKey, date: int | None = None,
+                  digests: trust.PrefixDigests | None = None) -> bytes:
+    """The role's signature member over `data`, after checking its layout allows it. `digests`, over the same
+    bytes, may hold prefixes already hashed (signing hashes while it copies)."""
     try:
         layout = clipsig.read_layout(data)
     except (ArError, LayoutError) as exc:
-        raise SigningError(f"not a package clipbuild can sign: {exc}") from None
+        problem = str(exc)  # raised below, not here: the reader's frames, holding views of `data`, must go, or a
+    else:                   # mapping under `data` could not be closed
+        problem = ""
+    if problem:
+        raise SigningError(f"not a package clipbuild can sign: {problem}")
     if role == "developer" and layout.dev is not None:
         raise SigningError("already signed by a developer")
     if role == "controller":
@@ -110,7 +119,7 @@ def signature_for(data: bytes | memoryview, role: str, signer: SigningKey, date:
         if layout.ctrl is not None:
             raise SigningError("already countersigned")
     name = hash_of(signer.cert)
-    digest = hashlib.new(name, data).digest()
+    digest = digests.digest(name, len(data)) if digests else hashlib.new(name, data).digest()
     signature = signer.key.sign(digest, ec.ECDSA(Prehashed(HASHES[name]()), deterministic_signing=True))
     date = clipsig.signature_date() if date is None else date
     return clipsig.signature_member(role, signer.cert_der, signature, date)
@@ -128,74 +137,176 @@ class Signed:
     sha256_after: str
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Staged:
     """A private copy of a package beside it (created O_EXCL, mode 0600 while we work): what is checked and
-    signed is this copy, so a package swapped or rewritten meanwhile changes nothing we sign."""
+    signed is this copy, so a package swapped or rewritten meanwhile changes nothing we sign. It is reopened by
+    name for each step (a batch holds no descriptor per package) and must still be the file we created."""
 
     path: Path
     tmp: Path
     mode: int  # the package's own mode, given back to the signed file
+    ident: tuple[int, int] = (0, 0)  # the copy's device and inode
+    hashed: dict[str, Any] = field(default_factory=dict)  # running hashers over the copy's bytes [0, hashed_upto)
+    hashed_upto: int = 0
+    committed: bool = False
+
+    def digests(self, view: memoryview) -> trust.PrefixDigests:
+        """Digests of the copy's prefixes (`view` maps the copy), starting from what was hashed while copying."""
+        return trust.PrefixDigests(view, {name: (h.copy(), self.hashed_upto) for name, h in self.hashed.items()})
+
+    @contextmanager
+    def opened(self) -> Iterator[int]:
+        """The copy, open read-write; SigningError if what has its name is no longer the file we created."""
+        fd = os.open(self.tmp, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) != self.ident:
+                raise SigningError(f"{self.path}: the private copy {self.tmp.name} was replaced while signing")
+            yield fd
+        finally:
+            os.close(fd)
 
     def discard(self) -> None:
-        self.tmp.unlink(missing_ok=True)
+        """Remove the copy, unless it was committed."""
+        if not self.committed:
+            self.tmp.unlink(missing_ok=True)
 
 
-def stage(path: Path) -> Staged:
-    """Copy the package at `path` (a regular file, not a link: `sign` refuses links) into a private file."""
-    fd = safefile.open_regular(path, follow=False, max_size=trust.MAX_PACKAGE_BYTES)
-    with os.fdopen(fd, "rb") as source:
-        mode = stat.S_IMODE(os.fstat(fd).st_mode)
-        out, tmp = safefile.create_exclusive(path.parent, path.name, 0o600)
+def stage(path: Path, algorithms: Iterable[str] = ()) -> Staged:
+    """Copy the package at `path` (a regular file, not a link: `sign` refuses links) into a private file, in one
+    pass that also hashes the copy with SHA-256 and `algorithms` (the digests the signatures will need)."""
+    with os.fdopen(safefile.open_regular(path, follow=False, max_size=trust.MAX_PACKAGE_BYTES), "rb") as source:
+        info = os.fstat(source.fileno())
+        if info.st_size == 0:
+            raise SigningError(f"{path}: empty file: not a package")
+        out, tmp = safefile.create_exclusive(path.parent, path.name, 0o600, readable=True)
+        staged = Staged(path, tmp, stat.S_IMODE(info.st_mode), hashed_upto=max(0, info.st_size - TAIL))
         try:
-            with os.fdopen(out, "wb") as copy:
-                shutil.copyfileobj(source, copy, 1 << 20)
+            created = os.fstat(out)
+            staged.ident = (created.st_dev, created.st_ino)
+            staged.hashed = hashcopy.copy_hashed(source.fileno(), out, info.st_size, {"sha256", *algorithms},
+                                                 staged.hashed_upto, _pause_after(path))
+        except OSError as exc:
+            staged.discard()
+            why = "it was cut short while being copied" if exc.errno == errno.EFAULT else exc.strerror or str(exc)
+            raise SigningError(f"{path}: cannot copy it to sign it: {why}") from None
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            staged.discard()
             raise
-    return Staged(path, tmp, mode)
+        finally:
+            os.close(out)
+    return staged
+
+
+def _pause_after(path: Path) -> Callable[[int], None] | None:
+    """The test hook of PAUSE_ENV=BYTES: stop once the copy has that many bytes."""
+    value = os.environ.get(PAUSE_ENV, "")
+    if not value.isdigit():
+        return None
+    return lambda done: pause(f"{path}: copied {done} bytes") if done >= int(value) else None
 
 
 @contextmanager
-def mapped(staged: Staged) -> Iterator[memoryview]:
-    """The staged copy's bytes."""
-    with staged.tmp.open("rb") as stream:
-        if os.fstat(stream.fileno()).st_size == 0:
-            raise SigningError(f"{staged.path}: empty file: not a package")
-        with mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
+def mapped(staged: Staged, fd: int | None = None) -> Iterator[memoryview]:
+    """The staged copy's bytes (through `fd` when the copy is already open)."""
+    with ExitStack() as stack:
+        fd = stack.enter_context(staged.opened()) if fd is None else fd
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as data, memoryview(data) as view:
             yield view
 
 
 def sign_staged(staged: Staged, role: str, signer: SigningKey) -> Signed:
-    """Append the signature to the staged copy (the package is untouched until `commit`)."""
-    with mapped(staged) as view:
+    """Append the signature to the staged copy and fsync it (the package is untouched until `commit`)."""
+    with staged.opened() as fd:
+        with mapped(staged, fd) as view:
+            digests = staged.digests(view)
+            try:
+                member = signature_for(view, role, signer, digests=digests)
+            except SigningError as exc:
+                raise SigningError(f"{staged.path}: {exc}") from None
+            before = digests.hasher("sha256", len(view))
+            size = len(view)
         try:
-            member = signature_for(view, role, signer)
-        except SigningError as exc:
-            raise SigningError(f"{staged.path}: {exc}") from None
-        before = hashlib.sha256(view)
-        after = before.copy()
-        after.update(member)
-    with staged.tmp.open("ab") as stream:
-        stream.write(member)
-        stream.flush()
-        os.fsync(stream.fileno())
+            hashcopy.write_all(fd, member, size)
+            os.fsync(fd)
+        except OSError as exc:
+            raise SigningError(f"{staged.path}: cannot write its signature: {exc.strerror or exc}") from None
+    after = before.copy()
+    after.update(member)
     return Signed(str(staged.path), before.hexdigest(), after.hexdigest())
 
 
 def commit(staged: Staged) -> None:
-    """The signed copy replaces the package, with the package's mode."""
-    os.chmod(staged.tmp, staged.mode)
-    os.replace(staged.tmp, staged.path)
+    """The signed copy replaces the package, with the package's mode (the caller syncs the directory)."""
+    if os.environ.get(PAUSE_ENV) == "commit":
+        pause(f"{staged.path}: signed, not renamed")
+    with staged.opened() as fd:
+        os.fchmod(fd, staged.mode)
+        replaced = _hold(staged.path)
+        try:
+            os.replace(staged.tmp, staged.path)
+        except BaseException:
+            if replaced is not None:
+                os.close(replaced)
+            raise
+    staged.committed = True
+    if replaced is not None:
+        _release_later(replaced)
+
+
+def _hold(path: Path) -> int | None:
+    """A reference (O_PATH, no link followed) to what a rename is about to replace at `path`, or None."""
+    try:
+        return os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+_releaser: list[ThreadPoolExecutor] = []
+
+
+def _release_later(fd: int) -> None:
+    """Drop the last reference to a replaced package in a thread of its own: freeing a large file's blocks and
+    cached pages costs the kernel about 20 ms per 100 MiB that signing need not wait for (the next package is
+    copied meanwhile; `settle` waits, and so does the interpreter before it exits)."""
+    if not _releaser:
+        _releaser.append(ThreadPoolExecutor(1, thread_name_prefix="release"))
+    _releaser[0].submit(os.close, fd)
+
+
+def settle() -> None:
+    """Wait until every replaced package is released."""
+    if _releaser:
+        _releaser.pop().shutdown(wait=True)
 
 
 def sign_file(path: Path, role: str, signer: SigningKey) -> Signed:
-    """Sign in place, atomically: a failure leaves the package as it was; its mode is kept; a link is refused."""
-    staged = stage(path)
+    """Sign in place, all or nothing: a failure or a kill leaves the package as it was (a kill: once recovered,
+    see core.appendlog); its mode is kept; a link is refused. The signature is on disk on return. A package with
+    hard links, or one we may not write, is signed on a private copy renamed over it (`sign_copy`)."""
+    item = inplace.open_locked(path)
+    if item is None:
+        return sign_copy(path, role, signer)
+    try:
+        inplace.read(item, (hash_of(signer.cert),), lambda view, digests: signature_for(view, role, signer,
+                                                                                        digests=digests))
+        inplace.append([item])
+    except BaseException:
+        inplace.undo([item])
+        raise
+    inplace.finish([item])
+    return Signed(str(path), item.before.hexdigest(), item.sha256_after())
+
+
+def sign_copy(path: Path, role: str, signer: SigningKey) -> Signed:
+    """Sign a private copy and rename it over the package: a failure leaves the package as it was. The signed
+    copy is on disk before it replaces the package, and the replacement is on disk on return."""
+    staged = stage(path, (hash_of(signer.cert),))
     try:
         signed = sign_staged(staged, role, signer)
         commit(staged)
-    except BaseException:
+    finally:
         staged.discard()
-        raise
+    safefile.sync_directory(path.parent)
     return signed

@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from clipbuild.core import safefile
-from clipbuild.core.errors import ArError, InputError, LayoutError, NotAFile
+from clipbuild.core import appendlog, safefile
+from clipbuild.core.errors import AppendRecordRefused, ArError, InputError, LayoutError, NotAFile
 from clipbuild.formats import clipsig
 from clipbuild.signing import subjects
 
@@ -351,19 +351,24 @@ def _revocation(cert: x509.Certificate, ca: x509.Certificate, policy: RolePolicy
 
 class PrefixDigests:
     """Digests of the package's prefixes, asked for in increasing length (dev_sign's, ctrl_sign's, the whole
-    file's SHA-256): each algorithm reads each byte once, instead of once per signature and once more."""
+    file's SHA-256): each algorithm reads each byte once, instead of once per signature and once more.
+    `running` may give hashers already fed with a prefix of `view` (signing hashes while it copies)."""
 
-    def __init__(self, view: memoryview):
+    def __init__(self, view: memoryview, running: dict[str, tuple[Any, int]] | None = None):
         self.view = view
-        self.running: dict[str, tuple[Any, int]] = {}
+        self.running = dict(running or {})
 
-    def digest(self, name: str, length: int) -> bytes:
+    def hasher(self, name: str, length: int) -> Any:
+        """A hasher fed with bytes [0, length) of the view (a copy: the caller may feed it more)."""
         hasher, done = self.running.get(name, (hashlib.new(name), 0))
         if length < done:
             hasher, done = hashlib.new(name), 0
         hasher.update(self.view[done:length])
         self.running[name] = (hasher, length)
-        return hasher.copy().digest()
+        return hasher.copy()
+
+    def digest(self, name: str, length: int) -> bytes:
+        return self.hasher(name, length).digest()
 
 
 def _check_signature(sig: clipsig.Signature, policy: RolePolicy, view: PrefixDigests,
@@ -428,8 +433,9 @@ def verify_bytes(data: bytes | memoryview | mmap.mmap, policy: Policy, *, path: 
 
 
 def verify_developer(data: bytes | memoryview | mmap.mmap, policy: Policy, *, path: str = "",
-                     at: dt.datetime | None = None) -> Verdict:
-    """What a controller checks before countersigning: layout, and the developer signature, last."""
+                     at: dt.datetime | None = None, digests: PrefixDigests | None = None) -> Verdict:
+    """What a controller checks before countersigning: layout, and the developer signature, last. `digests`,
+    over the same bytes, may hold prefixes already hashed."""
     at = at or now()
     with memoryview(data) as view:
         try:
@@ -440,7 +446,7 @@ def verify_developer(data: bytes | memoryview | mmap.mmap, policy: Policy, *, pa
             return Verdict(path, False, ("no dev_sign: a developer must sign it first",))
         if layout.ctrl is not None:
             return Verdict(path, False, ("already countersigned",))
-        check = _check_signature(layout.dev, policy.developer, PrefixDigests(view), at)
+        check = _check_signature(layout.dev, policy.developer, digests or PrefixDigests(view), at)
         return Verdict(path, check.ok, check.reasons, (check,), warnings=no_crl_warnings(policy, ("developer",)))
 
 
@@ -448,9 +454,12 @@ MAX_PACKAGE_BYTES = 2 << 30  # 2 GiB: no CLIP package comes near; a bigger file 
 
 
 def verify_file(path: Path, policy: Policy, *, at: dt.datetime | None = None) -> Verdict:
+    """The verdict on the package at `path`, once a signature interrupted by a kill is undone (the package cut
+    back to its length before it, core.appendlog); a record of one that does not match refuses the package."""
     try:
+        appendlog.recover(path)
         fd = safefile.open_regular(path, max_size=MAX_PACKAGE_BYTES)
-    except NotAFile as exc:
+    except (NotAFile, AppendRecordRefused) as exc:
         return Verdict(str(path), False, (str(exc).removeprefix(f"{path}: "),))
     with os.fdopen(fd, "rb") as stream:
         if os.fstat(fd).st_size == 0:
