@@ -18,8 +18,9 @@ from clipbuild.update import intake, releasemeta, repository
 
 from .test_update import _deb
 
-NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)  # the scratch PKI is valid from now on
-EXPIRES = (NOW + dt.timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+def _expires(now: dt.datetime) -> str:
+    return (now + dt.timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @pytest.fixture
@@ -28,17 +29,23 @@ def keys(tmp_path):
 
 
 @pytest.fixture
-def repo(tmp_path, keys) -> Path:
+def now(keys) -> dt.datetime:
+    """The test's clock: taken once the scratch PKI exists (its certificates are valid from about now)."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def repo(tmp_path, keys, now) -> Path:
     debs = [_deb(tmp_path, keys, "clip-core-conf", "4.5.1", Depends="busybox (= 1.35.0)"),
             _deb(tmp_path, keys, "busybox", "1.35.0")]
     out = tmp_path / "repo"
     repository.publish(debs, keys.policy(), out)
     releasemeta.write_draft(out, "client")
-    releasemeta.sign_repository(out, keys.controller, keys.policy(), now=NOW)
+    releasemeta.sign_repository(out, keys.controller, keys.policy(), now=now)
     return out
 
 
-def _check(repo: Path, keys, *, policy=None, seen=None, now=NOW, species="client") -> list[str]:
+def _check(repo: Path, keys, now: dt.datetime, *, policy=None, seen=None, species="client") -> list[str]:
     found = releasemeta.read(repo / releasemeta.METADATA)
     policy = releasemeta.fresh_policy(policy or keys.policy(), found.statement)
     return releasemeta.check(found, policy, species=species, seen=seen, now=now)
@@ -51,60 +58,60 @@ def _rewrite(repo: Path, change) -> None:
     path.write_text(json.dumps(data))
 
 
-def test_signed_metadata_describes_the_release_and_is_accepted(repo, keys):
+def test_signed_metadata_describes_the_release_and_is_accepted(repo, keys, now):
     found = releasemeta.read(repo / releasemeta.METADATA)
     statement = found.statement
     assert (statement.species, statement.release) == ("client", "4.5.1")
-    assert statement.version == int(NOW.timestamp()) and statement.expires == EXPIRES
+    assert statement.version == int(now.timestamp()) and statement.expires == _expires(now)
     entries = statement.repositories["clip/clip-core-conf"].packages
     assert [(e.package, e.version) for e in entries] == [("busybox", "1.35.0"), ("clip-core-conf", "4.5.1")]
-    assert _check(repo, keys) == []
+    assert _check(repo, keys, now) == []
 
 
-def test_expired_metadata_is_refused_saying_since_when(repo, keys):
-    reasons = _check(repo, keys, now=NOW + dt.timedelta(days=9))
-    assert len(reasons) == 1 and f"expired on {EXPIRES} (2 days ago)" in reasons[0], reasons
+def test_expired_metadata_is_refused_saying_since_when(repo, keys, now):
+    reasons = _check(repo, keys, now + dt.timedelta(days=9))
+    assert len(reasons) == 1 and f"expired on {_expires(now)} (2 days ago)" in reasons[0], reasons
 
 
-def test_metadata_older_than_what_the_image_accepted_is_refused(repo, keys):
+def test_metadata_older_than_what_the_image_accepted_is_refused(repo, keys, now):
     version = releasemeta.read(repo / releasemeta.METADATA).statement.version
     seen = releasemeta.Seen(version + 1, "x" * 64, "mounts_a")
-    reasons = _check(repo, keys, seen=seen)
+    reasons = _check(repo, keys, now, seen=seen)
     assert len(reasons) == 1 and f"version {version} is older than version {version + 1}" in reasons[0]
     assert "(rollback)" in reasons[0]
     same = releasemeta.Seen(version, "x" * 64, "mounts_a")
-    assert "with another content" in _check(repo, keys, seen=same)[0]
+    assert "with another content" in _check(repo, keys, now, seen=same)[0]
     genuine = releasemeta.Seen(version, releasemeta.read(repo / releasemeta.METADATA).envelope.sha256, "root")
-    assert _check(repo, keys, seen=genuine) == []
+    assert _check(repo, keys, now, seen=genuine) == []
 
 
-def test_a_version_from_the_future_is_refused(repo, keys):
-    releasemeta.sign_repository(repo, keys.controller, keys.policy(), version=2**40, now=NOW)
-    reasons = _check(repo, keys)
+def test_a_version_from_the_future_is_refused(repo, keys, now):
+    releasemeta.sign_repository(repo, keys.controller, keys.policy(), version=2**40, now=now)
+    reasons = _check(repo, keys, now)
     assert len(reasons) == 1 and "(fast-forward)" in reasons[0], reasons
 
 
-def test_another_species_release_is_refused(repo, keys):
-    assert "a release of client, this image is gateway" in _check(repo, keys, species="gateway")[0]
+def test_another_species_release_is_refused(repo, keys, now):
+    assert "a release of client, this image is gateway" in _check(repo, keys, now, species="gateway")[0]
 
 
-def test_metadata_signed_by_a_developer_is_refused(repo, keys):
-    releasemeta.sign_repository(repo, keys.developer, keys.policy(), now=NOW)
-    reasons = _check(repo, keys)
+def test_metadata_signed_by_a_developer_is_refused(repo, keys, now):
+    releasemeta.sign_repository(repo, keys.developer, keys.policy(), now=now)
+    reasons = _check(repo, keys, now)
     assert reasons and "signature refused" in reasons[0] and "is not issued by the controller CA" in reasons[0]
 
 
-def test_an_edited_statement_is_refused(repo, keys):
+def test_an_edited_statement_is_refused(repo, keys, now):
     _rewrite(repo, lambda d: d["signed"].update(expires="2099-01-01T00:00:00Z"))
-    reasons = _check(repo, keys)
+    reasons = _check(repo, keys, now)
     assert len(reasons) == 1 and "the signature does not match the document" in reasons[0], reasons
 
 
-def test_a_revoked_controller_is_refused_with_the_crl_the_metadata_carries(repo, keys, tmp_path):
+def test_a_revoked_controller_is_refused_with_the_crl_the_metadata_carries(repo, keys, tmp_path, now):
     before = keys.policy()  # what the device has: a CRL that does not list controller-1 yet
     pki.revoke(keys.directory, keys.directory / "controller-1.pem", devpki.SECRET)
-    releasemeta.sign_repository(repo, keys.controller, keys.policy(), now=NOW)  # carries the new CRL
-    reasons = _check(repo, keys, policy=before, now=dt.datetime.now(dt.UTC))
+    releasemeta.sign_repository(repo, keys.controller, keys.policy(), now=now)  # carries the new CRL
+    reasons = _check(repo, keys, dt.datetime.now(dt.UTC), policy=before)
     assert reasons and "is revoked since" in reasons[0], reasons
 
 
@@ -117,12 +124,12 @@ def test_a_crl_its_ca_did_not_sign_is_ignored(repo, keys, tmp_path):
     assert policy.controller.crls == keys.policy().controller.crls
 
 
-def test_a_stale_crl_is_refused_with_its_date(repo, keys):
+def test_a_stale_crl_is_refused_with_its_date(repo, keys, now):
     crl = keys.policy().controller.crls[0]
     later = crl.next_update_utc + dt.timedelta(days=1)
     releasemeta.sign_repository(repo, keys.controller, keys.policy(), expires_days=365, now=later
                                 - dt.timedelta(days=2))
-    reasons = _check(repo, keys, now=later)
+    reasons = _check(repo, keys, later)
     assert any(f"is stale (next update was {crl.next_update_utc:%Y-%m-%d})" in r for r in reasons), reasons
 
 
@@ -149,21 +156,21 @@ def test_an_unsigned_draft_is_refused_with_the_command_to_sign_it(tmp_path, keys
     assert "clipbuild repo sign-metadata" in exc.value.hint
 
 
-def test_signing_refuses_a_repository_changed_since_its_draft(repo, keys):
+def test_signing_refuses_a_repository_changed_since_its_draft(repo, keys, now):
     index = next(repo.glob("clip/clip-core-conf/dists/*/main/*/Packages.gz"))
     index.write_bytes(index.read_bytes() + b"")
     pool = repo / "clip" / "clip-core-conf" / "pool" / "busybox_1.35.0_amd64.deb"
     pool.write_bytes(pool.read_bytes() + b"x")
     with pytest.raises(RepositoryError, match="size or SHA-256 is not the one"):
-        releasemeta.sign_repository(repo, keys.controller, keys.policy(), now=NOW)
+        releasemeta.sign_repository(repo, keys.controller, keys.policy(), now=now)
 
 
-def test_versions_only_grow(repo, keys):
+def test_versions_only_grow(repo, keys, now):
     first = releasemeta.read(repo / releasemeta.METADATA).statement.version
-    again = releasemeta.sign_repository(repo, keys.controller, keys.policy(), now=NOW)
+    again = releasemeta.sign_repository(repo, keys.controller, keys.policy(), now=now)
     assert again.version == first + 1
     with pytest.raises(SigningError, match="versions only grow"):
-        releasemeta.sign_repository(repo, keys.controller, keys.policy(), version=5, now=NOW)
+        releasemeta.sign_repository(repo, keys.controller, keys.policy(), version=5, now=now)
 
 
 def test_records_are_genuine_or_refused(repo, keys):
