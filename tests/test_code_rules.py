@@ -51,8 +51,8 @@ def test_modules_stay_small():
 
 # Modules that work on installed trees (after or around dpkg): every file operation on a tree goes through
 # clipbuild.core.beneath, so a package's symbolic link never leads host-side work out of the tree (P10 item 1).
-TREE_MODULES = ("image/slot.py", "image/install.py", "image/fsimage.py", "image/inspection.py", "update/apply.py",
-                "update/apps.py", "stages/image.py")
+TREE_MODULES = ("image/slot.py", "image/install.py", "image/elfcheck.py", "image/fsimage.py", "image/inspection.py",
+                "update/apply.py", "update/apps.py", "stages/image.py")
 TREE_NAMES = {"tree", "trees", "root", "mounts", "stage", "log", "target", "mirror", "target_tree", "source", "folder",
               "listing", "status", "os_release"}
 PATH_OPS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "mkdir", "unlink", "rename", "replace",
