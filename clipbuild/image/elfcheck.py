@@ -229,8 +229,16 @@ def resolution(tree: Path, path: str, found: elf.Elf) -> list[str]:
     for name in found.needed:
         if "/" in name:
             failures.append(f"DT_NEEDED: '{name}' is a path, not a library name")
-        elif not any(not _found_file(tree, f"{d}/{name}") for d in dirs):
-            failures.append(f"DT_NEEDED: {name} is in none of /{', /'.join(dirs)}")
+            continue
+        why = {}
+        for directory in dirs:
+            why[directory] = _found_file(tree, f"{directory}/{name}")
+            if not why[directory]:
+                break
+        else:
+            odd = [f"/{d}/{name} {w}" for d, w in why.items() if w != "missing"]
+            failures.append(f"DT_NEEDED: {name} is in none of /{', /'.join(dirs)}"
+                            + (f" ({'; '.join(odd)})" if odd else ""))
     return failures
 
 
