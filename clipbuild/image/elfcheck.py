@@ -221,7 +221,7 @@ def resolution(tree: Path, path: str, found: elf.Elf) -> list[str]:
     if found.interp is not None:
         why = _found_file(tree, found.interp.lstrip("/")) if found.interp.startswith("/") else "not absolute"
         if why:
-            failures.append(f"PT_INTERP: the interpreter {found.interp} is {why} in the slot")
+            failures.append(f"PT_INTERP: the interpreter {found.interp} is not in the slot: {why}")
     if not found.needed:
         return failures
     dirs, failures_dirs = library_dirs(tree, path, found)

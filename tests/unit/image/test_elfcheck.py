@@ -180,8 +180,8 @@ def test_runpath_origin_resolves_and_a_relative_one_is_refused(tree, build):
 def test_a_missing_interpreter_fails(tree, build):
     (tree / "lib64/ld-linux-x86-64.so.2").unlink()
     install(tree, compile_c(build / "good", BUFFER, *HARDENED), "usr/bin/good")
-    assert failures(tree) == ["/usr/bin/good (app): PT_INTERP: the interpreter /lib64/ld-linux-x86-64.so.2 is "
-                              "missing in the slot"]
+    assert failures(tree) == ["/usr/bin/good (app): PT_INTERP: the interpreter /lib64/ld-linux-x86-64.so.2 is not in "
+                              "the slot: missing"]
 
 
 def test_a_static_pie_passes(tree, build):
@@ -235,3 +235,22 @@ def test_the_reader_on_a_hardened_pie(build):
     assert found.type == elf.ET_DYN and found.interp == "/lib64/ld-linux-x86-64.so.2"
     assert found.needed == ("libc.so.6",) and found.relro and found.bind_now and found.pie_flag
     assert "__stack_chk_fail" in found.stack_symbols and found.canary_reads >= 1
+
+
+def test_a_folder_linked_out_of_the_tree_is_never_walked(tree, build, tmp_path):
+    host = tmp_path / "host-bin"
+    compile_c(host / "nopie", BUFFER, "-fno-pie", "-no-pie")  # would fail every rule if it were read
+    (tree / "usr").mkdir()
+    (tree / "usr/bin").symlink_to(host)
+    (tree / "bin").symlink_to("/usr/bin")
+    report = elfcheck.check_tree(tree, "test")
+    assert report.failures == []
+    assert all(not c.path.startswith(("usr/bin", "bin")) for c in report.files)
+
+
+def test_an_interpreter_reached_through_a_link_out_is_refused(tree, build, tmp_path):
+    (tree / "lib64/ld-linux-x86-64.so.2").unlink()
+    (tree / "lib64/ld-linux-x86-64.so.2").symlink_to("/lib64/ld-linux-x86-64.so.2")  # the builder's own
+    install(tree, compile_c(build / "good", BUFFER, *HARDENED), "usr/bin/good")
+    assert failures(tree) == ["/usr/bin/good (app): PT_INTERP: the interpreter /lib64/ld-linux-x86-64.so.2 is not in "
+                              "the slot: leads out of the tree through a link"]
