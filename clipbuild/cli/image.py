@@ -130,6 +130,9 @@ def inspect_cmd(opts: Options, image: str, verify: bool, policy: Path | None, as
     report = None
     if verify:
         report = inspection.verify(found, trust.load_policy(image_policy(found.manifest, policy, "--verify of")))
+        for tree in data["installed"]:
+            report.add(f"{tree['tree']}: ELF hardening, libraries, file owners", tree["ok"],
+                       tree.get("error") or "; ".join(f"{f['path']}: {f['rule']}" for f in tree["failures"]))
         data["verify"] = report.to_dict()
     if as_json:
         emit_json(data)
@@ -178,6 +181,9 @@ def _format(data: dict[str, Any]) -> str:
 def _installed_lines(trees: list[dict[str, Any]]) -> list[str]:
     lines = ["installed trees (ELF hardening, libraries, file owners):"] if trees else []
     for tree in trees:
+        if "error" in tree:
+            lines.append(f"  {tree['tree']}: could not be read: {tree['error']}")
+            continue
         size = sum(p["installed_size"] for p in tree["packages"])
         verdict = "all pass" if tree["ok"] else f"{len(tree['failures'])} FAILED"
         lines.append(f"  {tree['tree']}: {len(tree['packages'])} packages, {format_size(size)} installed, "

@@ -10,9 +10,11 @@ links as links, and the checks read the trees only through clipbuild.core.beneat
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clipbuild.core.errors import ClipbuildError
 from clipbuild.core.run import run
 from clipbuild.image import elfcheck, gpt, inspection, install
 
@@ -78,17 +80,24 @@ def tree_summary(tree: Path, name: str) -> dict[str, Any]:
 
 
 def installed(found: inspection.Inspection) -> list[dict[str, Any]]:
-    """The summaries of the active slot's tree and of every RM partition."""
+    """The summaries of the active slot's tree and of every RM partition; a tree that cannot be read (a damaged
+    filesystem, no dpkg database) is one entry with `ok` false and the `error`, the others are still read."""
     out = []
     with tempfile.TemporaryDirectory(prefix="clipbuild-contents-") as tmp:
         scratch = Path(tmp)
         slot = found.active_slot if found.active_slot in found.manifest["slots"] else \
             sorted(found.manifest["slots"])[0]
-        tree = slot_tree(found, slot, scratch)
-        if tree is not None:
-            out.append(tree_summary(tree, f"slot {slot} (root and /usr/local)"))
+        trees: list[tuple[str, Callable[[], Path | None]]] = [
+            (f"slot {slot} (root and /usr/local)", lambda: slot_tree(found, slot, scratch))]
         for part in found.manifest["partitions"]:
             if (part.get("mount") or "").startswith("/vservers/") and part.get("fs") == "ext4":
-                tree = _extract_ext4(found, part["label"], scratch, ("",))
-                out.append(tree_summary(tree, f"{part['label']} ({part['mount']})"))
+                trees.append((f"{part['label']} ({part['mount']})",
+                              lambda label=part["label"]: _extract_ext4(found, label, scratch, ("",))))
+        for name, extract in trees:
+            try:
+                tree = extract()
+                out.append(tree_summary(tree, name) if tree is not None else
+                           {"tree": name, "ok": False, "error": "the manifest's root does not fit its partition"})
+            except ClipbuildError as exc:
+                out.append({"tree": name, "ok": False, "error": " ".join(exc.lines())})
     return out

@@ -73,6 +73,13 @@ def test_inspect_verifies_the_image_from_itself(project, client):
     checked = {c["check"] for c in found["verify"]["checks"]}
     assert "slot b: root verifies against its root hash (dm-verity)" in checked
     assert "mounts_a: clip/busybox_1.35.0_amd64.deb (developer and controller signatures)" in checked
+    # the installed trees read back: every package with its size, the ELF files checked, none failing
+    trees = {t["tree"]: t for t in found["installed"]}
+    assert set(trees) == {"slot a (root and /usr/local)", "rm_h (/vservers/rm_h)", "rm_b (/vservers/rm_b)"}
+    packages = {p["package"]: p for p in trees["slot a (root and /usr/local)"]["packages"]}
+    assert packages["busybox"]["elf_files"] == 1 and packages["busybox"]["installed_size"] > 1 << 20
+    assert packages["clip-sysinfo"]["elf_files"] == 1 and packages["clip-apps-conf"]["elf_files"] == 0
+    assert all(t["ok"] and t["failures"] == [] for t in trees.values())
 
 
 def test_a_warm_rebuild_is_a_no_op_and_the_same_inputs_give_the_same_image(project, client, tmp_path):

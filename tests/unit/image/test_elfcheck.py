@@ -12,7 +12,7 @@ import pytest
 from clipbuild.core.errors import ImageError
 from clipbuild.core.run import run
 from clipbuild.formats import elf
-from clipbuild.image import elfcheck
+from clipbuild.image import contents, elfcheck
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs the host's gcc")
 
@@ -254,3 +254,21 @@ def test_an_interpreter_reached_through_a_link_out_is_refused(tree, build, tmp_p
     install(tree, compile_c(build / "good", BUFFER, *HARDENED), "usr/bin/good")
     assert failures(tree) == ["/usr/bin/good (app): PT_INTERP: the interpreter /lib64/ld-linux-x86-64.so.2 is not in "
                               "the slot: leads out of the tree through a link"]
+
+
+def test_inspect_s_summary_of_a_tree_lists_every_package_with_its_size_and_results(tree, build):
+    install(tree, compile_c(build / "nopie", BUFFER, "-fno-pie", "-no-pie", "-fstack-protector-strong",
+                            "-Wl,-z,relro,-z,now"), "usr/bin/nopie", "planted")
+    (tree / "var/lib/dpkg/status").write_text(
+        "Package: libc6\nStatus: install ok installed\nVersion: 2.36\nInstalled-Size: 12\n\n"
+        "Package: planted\nStatus: install ok installed\nVersion: 1.0\nInstalled-Size: 20\n\n"
+        "Package: gone\nStatus: deinstall ok config-files\nVersion: 0.1\n")
+    summary = contents.tree_summary(tree, "slot a")
+    assert summary["ok"] is False and summary["elf_files"] == 3
+    packages = {p["package"]: p for p in summary["packages"]}
+    assert set(packages) == {"libc6", "planted"}
+    assert packages["libc6"] == {"package": "libc6", "version": "2.36", "installed_size": 12 * 1024,
+                                 "elf_files": 2, "failures": []}
+    assert packages["planted"]["installed_size"] == 20 * 1024
+    assert [f["rule"] for f in packages["planted"]["failures"]] == ["PIE"]
+    assert summary["failures"][0]["path"] == "/usr/bin/nopie"
