@@ -19,6 +19,7 @@ import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from clipbuild.core.errors import ElfError
 
@@ -194,7 +195,7 @@ def _dynamic_entries(data: bytes | memoryview, seg: Segment) -> Iterator[tuple[i
     raise ElfError(f"dynamic section at byte {seg.offset}: no DT_NULL within its {seg.filesz} bytes")
 
 
-def _dynamic(data: bytes | memoryview, segments: tuple[Segment, ...]) -> dict[str, object]:
+def _dynamic(data: bytes | memoryview, segments: tuple[Segment, ...]) -> dict[str, Any]:
     found = [s for s in segments if s.type == PT_DYNAMIC]
     if not found:
         return {}
@@ -205,7 +206,7 @@ def _dynamic(data: bytes | memoryview, segments: tuple[Segment, ...]) -> dict[st
     for tag, value in entries:
         values.setdefault(tag, []).append(value)
     names = [v for t, v in entries if t in (DT_NEEDED, DT_SONAME, DT_RUNPATH, DT_RPATH)]
-    out: dict[str, object] = {"has_dynamic": True, "flags": _one(values, DT_FLAGS, "DT_FLAGS"),
+    out: dict[str, Any] = {"has_dynamic": True, "flags": _one(values, DT_FLAGS, "DT_FLAGS"),
                               "flags_1": _one(values, DT_FLAGS_1, "DT_FLAGS_1")}
     if not names:
         return out
@@ -232,7 +233,8 @@ def _one(values: dict[int, list[int]], tag: int, name: str) -> int:
     return found[0] if found else 0
 
 
-def _symbols(data: bytes | memoryview, shoff: int, shentsize: int, shnum: int) -> tuple[frozenset[str], tuple]:
+def _symbols(data: bytes | memoryview, shoff: int, shentsize: int,
+             shnum: int) -> tuple[frozenset[str], tuple[str, ...]]:
     """The stack protector's symbols named in .dynsym or .symtab, and which of the two tables exist."""
     if shnum == 0 or shoff == 0:
         return frozenset(), ()
@@ -298,4 +300,4 @@ def parse(data: bytes | memoryview) -> Elf:
     stack, tables = _symbols(data, shoff, shentsize, shnum)
     size, reads, frames = _code(data, segments)
     return Elf(etype, machine, segments, interp=_interp(data, segments), stack_symbols=stack,
-               symbol_tables=tables, code_size=size, canary_reads=reads, big_frames=frames, **dynamic)  # type: ignore[arg-type]
+               symbol_tables=tables, code_size=size, canary_reads=reads, big_frames=frames, **dynamic)

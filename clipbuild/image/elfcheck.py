@@ -160,7 +160,7 @@ def kind_of(found: elf.Elf) -> str:
     return "static-pie" if found.pie_flag and not found.needed else "shared-library"
 
 
-def hardening(path: str, found: elf.Elf, kind: str) -> tuple[list[str], list[str]]:
+def hardening(found: elf.Elf, kind: str) -> tuple[list[str], list[str]]:
     """(failures as 'rule: message', notes) of the hardening rules for one executable or library."""
     failures, notes = [], []
     if kind == "executable (not PIE)":
@@ -255,7 +255,7 @@ def check_file(tree: Path, path: str) -> tuple[Checked | None, list[str]]:
     kind = kind_of(found)
     if kind in ("relocatable", "other"):
         return Checked(path, kind, (f"ELF type {found.type}: not run, not checked",)), []
-    failures, notes = hardening(path, found, kind)
+    failures, notes = hardening(found, kind)
     return Checked(path, kind, tuple(notes)), failures + resolution(tree, path, found)
 
 
