@@ -102,14 +102,20 @@ class TreeReport:
                       "in the same slot", "docs/image.md, \"Whole-image checks\", lists the rules"])
 
 
-def regular_files(tree: Path, rel: str = "") -> Iterator[str]:
-    """Every regular file of the tree (links are never followed, so never walked out of it), sorted."""
-    for name, mode in beneath.entries(tree, rel or "."):
-        child = f"{rel}/{name}" if rel else name
-        if stat.S_ISDIR(mode):
-            yield from regular_files(tree, child)
-        elif stat.S_ISREG(mode):
-            yield child
+def regular_files(tree: Path) -> Iterator[str]:
+    """Every regular file of the tree, depth first in name order; links are never followed, so never walked out
+    of it (iterative: a package's deep folders cannot exhaust Python's recursion limit)."""
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        folders = []
+        for name, mode in beneath.entries(tree, rel or "."):
+            child = f"{rel}/{name}" if rel else name
+            if stat.S_ISDIR(mode):
+                folders.append(child)
+            elif stat.S_ISREG(mode):
+                yield child
+        pending += reversed(folders)
 
 
 def read_owners(tree: Path) -> dict[str, list[str]]:

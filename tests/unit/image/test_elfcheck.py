@@ -4,6 +4,7 @@ a link out of the tree and a file two packages claim each fail, naming the file,
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -272,3 +273,18 @@ def test_inspect_s_summary_of_a_tree_lists_every_package_with_its_size_and_resul
     assert packages["planted"]["installed_size"] == 20 * 1024
     assert [f["rule"] for f in packages["planted"]["failures"]] == ["PIE"]
     assert summary["failures"][0]["path"] == "/usr/bin/nopie"
+
+
+def test_deep_folders_are_walked_without_recursion(tmp_path):
+    root = tmp_path / "deep"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1200):  # deeper than Python's recursion limit
+        os.mkdir("d", dir_fd=fd)
+        deeper = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.close(os.open("file", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
+    os.close(fd)
+    found = list(elfcheck.regular_files(root))
+    assert len(found) == 1 and found[0] == "d/" * 1200 + "file"
