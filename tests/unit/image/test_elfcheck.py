@@ -4,8 +4,8 @@ a link out of the tree and a file two packages claim each fail, naming the file,
 
 from __future__ import annotations
 
-import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -276,15 +276,15 @@ def test_inspect_s_summary_of_a_tree_lists_every_package_with_its_size_and_resul
 
 
 def test_deep_folders_are_walked_without_recursion(tmp_path):
+    """300 levels walked under a recursion limit of 150 (a deeper tree would break pytest's own cleanup,
+    shutil.rmtree being recursive)."""
     root = tmp_path / "deep"
-    root.mkdir()
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(1200):  # deeper than Python's recursion limit
-        os.mkdir("d", dir_fd=fd)
-        deeper = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = deeper
-    os.close(os.open("file", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd))
-    os.close(fd)
-    found = list(elfcheck.regular_files(root))
-    assert len(found) == 1 and found[0] == "d/" * 1200 + "file"
+    (root / ("d/" * 300)).mkdir(parents=True)
+    (root / ("d/" * 300) / "file").write_bytes(b"")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(150)
+    try:
+        found = list(elfcheck.regular_files(root))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert found == ["d/" * 300 + "file"]
