@@ -51,8 +51,8 @@ def test_modules_stay_small():
 
 # Modules that work on installed trees (after or around dpkg): every file operation on a tree goes through
 # clipbuild.core.beneath, so a package's symbolic link never leads host-side work out of the tree (P10 item 1).
-TREE_MODULES = ("image/slot.py", "image/install.py", "image/fsimage.py", "image/inspection.py", "update/apply.py",
-                "update/apps.py", "stages/image.py")
+TREE_MODULES = ("image/slot.py", "image/install.py", "image/elfcheck.py", "image/contents.py", "image/fsimage.py",
+                "image/inspection.py", "update/apply.py", "update/apps.py", "stages/image.py")
 TREE_NAMES = {"tree", "trees", "root", "mounts", "stage", "log", "target", "mirror", "target_tree", "source", "folder",
               "listing", "status", "os_release"}
 PATH_OPS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "mkdir", "unlink", "rename", "replace",
@@ -64,6 +64,7 @@ TREE_OPS_ALLOWED = {
     ("image/install.py", "root.mkdir"): "split_core: the mounts and log trees' roots, made by clipbuild",
     ("image/install.py", "tree.rglob"): "normalise_tree: rglob never descends a link; os.utime does not follow",
     ("image/fsimage.py", "tree.rglob"): "sizes and listings: lstat and names only, nothing opened",
+    ("image/contents.py", "folder.mkdir"): "the empty folder debugfs dumps an image's ext4 partition into",
     ("image/inspection.py", "mirror.mkdir"): "the empty folder debugfs copies an image's mirror into",
     ("stages/image.py", "trees[name].mkdir"): "an RM partition's empty tree root, made before dpkg runs",
     ("update/apply.py", "mounts.copy"): "imageedit.Ext4.copy: debugfs dumps one file out of the image's ext4 "

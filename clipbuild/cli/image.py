@@ -14,7 +14,7 @@ from clipbuild.cli.context import Options, emit_json, json_option, signing_optio
 from clipbuild.core.errors import ClipbuildError, InputError, VmCheckError
 from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
-from clipbuild.image import inspection, vm
+from clipbuild.image import contents, inspection, vm
 from clipbuild.image.manifest import image_name
 from clipbuild.image.publish import Published, publish
 from clipbuild.signing import devpki, trust
@@ -122,12 +122,17 @@ def _is_species(opts: Options, name: str) -> bool:
 @click.pass_obj
 def inspect_cmd(opts: Options, image: str, verify: bool, policy: Path | None, as_json: bool) -> None:
     """Show what IMAGE (a file, or a species' latest image) holds: partitions, slots, the active slot,
-    packages, signers, development or release."""
+    packages, signers, development or release; and, read from the active slot's trees and each RM partition,
+    every installed package's size and the results of the image's ELF and file-owner checks."""
     found = inspection.read(image_path(opts, image))
     data = found.to_dict()
+    data["installed"] = contents.installed(found)
     report = None
     if verify:
         report = inspection.verify(found, trust.load_policy(image_policy(found.manifest, policy, "--verify of")))
+        for tree in data["installed"]:
+            report.add(f"{tree['tree']}: ELF hardening, libraries, file owners", tree["ok"],
+                       tree.get("error") or "; ".join(f"{f['path']}: {f['rule']}" for f in tree["failures"]))
         data["verify"] = report.to_dict()
     if as_json:
         emit_json(data)
@@ -163,6 +168,7 @@ def _format(data: dict[str, Any]) -> str:
     lines.append("signers:")
     for s in data["signers"]:
         lines.append(f"  {s['role']:<10} {s['subject']}  {s['fingerprint'][:16]}...")
+    lines += _installed_lines(data.get("installed", []))
     if "verify" in data:
         lines.append("verify:")
         for check in data["verify"]["checks"]:
@@ -170,6 +176,21 @@ def _format(data: dict[str, Any]) -> str:
             lines.append(f"  {mark} {check['check']}" + (f": {check['detail']}" if check["detail"] else ""))
         lines.append("verified: every check passed" if data["verify"]["ok"] else "verification FAILED")
     return "\n".join(lines)
+
+
+def _installed_lines(trees: list[dict[str, Any]]) -> list[str]:
+    lines = ["installed trees (ELF hardening, libraries, file owners):"] if trees else []
+    for tree in trees:
+        if "error" in tree:
+            lines.append(f"  {tree['tree']}: could not be read: {tree['error']}")
+            continue
+        size = sum(p["installed_size"] for p in tree["packages"])
+        verdict = "all pass" if tree["ok"] else f"{len(tree['failures'])} FAILED"
+        lines.append(f"  {tree['tree']}: {len(tree['packages'])} packages, {format_size(size)} installed, "
+                     f"{tree['elf_files']} ELF files checked: {verdict}")
+        lines += [f"    {f['path']} ({', '.join(f['packages']) or 'no package'}): {f['rule']}: {f['message']}"
+                  for f in tree["failures"]]
+    return lines
 
 
 @click.command("vm")

@@ -246,5 +246,10 @@ class ArError(ClipbuildError, ValueError):
     """A malformed archive; the message says what and where."""
 
 
+class ElfError(ClipbuildError, ValueError):
+    """A file that starts as an ELF file but cannot be read as one (truncated, an offset or size out of the file,
+    a malformed table); the message says which part and where."""
+
+
 class LayoutError(ClipbuildError, ValueError):
     """The package is not laid out as a CLIP package; the message says which rule failed."""

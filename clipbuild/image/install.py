@@ -38,6 +38,7 @@ class Installed:
     package: str
     version: str
     architecture: str
+    size: int = 0  # bytes: dpkg's Installed-Size (KiB) times 1024
 
 
 def _members(deb: Path) -> list[tarfile.TarInfo]:
@@ -156,11 +157,13 @@ def installed(root: Path) -> list[Installed]:
     with io.BytesIO(beneath.read_bytes(root, "var/lib/dpkg/status")) as stream:
         for para in Deb822.iter_paragraphs(stream):
             if para.get("Status", "").endswith(" installed"):
-                out.append(Installed(para["Package"], para["Version"], para.get("Architecture", "")))
+                size = para.get("Installed-Size", "0").strip()
+                out.append(Installed(para["Package"], para["Version"], para.get("Architecture", ""),
+                                     int(size) * 1024 if size.isdigit() else 0))
     return sorted(out, key=lambda p: p.package)
 
 
-def _move_contents(tree: Path, source: str, target_tree: Path, target: str) -> None:
+def move_contents(tree: Path, source: str, target_tree: Path, target: str) -> None:
     """What `source` holds in `tree` moved to `target` in `target_tree`, every path resolved beneath its tree
     (a package's link out, at `var/log` or deeper, is refused, never followed)."""
     if not beneath.is_dir(tree, source):
@@ -170,7 +173,7 @@ def _move_contents(tree: Path, source: str, target_tree: Path, target: str) -> N
     for name, mode in beneath.entries(tree, source):
         child, destination = f"{source}/{name}", f"{target}/{name}" if target else name
         if stat.S_ISDIR(mode) and beneath.is_dir(target_tree, destination):
-            _move_contents(tree, child, target_tree, destination)
+            move_contents(tree, child, target_tree, destination)
             beneath.remove_tree(tree, child)
             continue
         beneath.replace(tree, child, target_tree, destination)  # TreeError if a folder stands there
@@ -180,10 +183,10 @@ def split_core(tree: Path, mounts: Path, log: Path) -> None:
     """CLIP's split of an installed core+apps tree: root (tree), mounts partition, log partition."""
     for root in (mounts, log):
         root.mkdir(parents=True, exist_ok=True)  # the trees' roots, chosen by clipbuild
-    _move_contents(tree, "var/log", log, "")
-    _move_contents(tree, "mounts", mounts, "")
-    _move_contents(tree, "usr/local", mounts, "usr")
-    _move_contents(tree, "var", mounts, "var")
+    move_contents(tree, "var/log", log, "")
+    move_contents(tree, "mounts", mounts, "")
+    move_contents(tree, "usr/local", mounts, "usr")
+    move_contents(tree, "var", mounts, "var")
     for mount_point in ("mounts", "usr/local", "var", "var/log"):
         beneath.mkdir(tree, mount_point)
     beneath.mkdir(mounts, "var/log")

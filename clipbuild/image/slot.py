@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from clipbuild.core import beneath
-from clipbuild.image import fsimage, gpt, install
+from clipbuild.image import elfcheck, fsimage, gpt, install
 from clipbuild.signing.devpki import DEVELOPMENT
 
 CLIP_SETS = ("clip-core", "clip-apps")
@@ -18,14 +18,24 @@ RM_SETS = ("rm-core", "rm-apps")
 
 def core_trees(debs: list[Path], scratch: Path, progress: Callable[[str], None],
                allow: Mapping[str, Collection[str]] | None = None) -> dict[str, Path]:
-    """clip/core and clip/apps installed with dpkg --root, split into the root, mounts and log trees."""
+    """clip/core and clip/apps installed with dpkg --root, checked as a whole (clipbuild.image.elfcheck: the root
+    with /usr/local, as the slot runs it), then split into the root, mounts and log trees."""
     trees = {name: scratch / name for name in ("root", "mounts", "log")}
     for tree in trees.values():
         tree.mkdir(parents=True)
     progress(f"dpkg --root: {len(debs)} clip packages")
     install.install(debs, trees["root"], scratch / "dpkg-clip.log", allow)
+    checked(trees["root"], "clip (root and /usr/local)", progress)
     install.split_core(trees["root"], trees["mounts"], trees["log"])
     return trees
+
+
+def checked(tree: Path, name: str, progress: Callable[[str], None]) -> elfcheck.TreeReport:
+    """The whole-tree checks of an installed tree; an ImageError listing every failure."""
+    report = elfcheck.check_tree(tree, name)
+    report.raise_failures()
+    progress(f"{name}: {len(report.files)} ELF files hardened and resolved, one owner per file")
+    return report
 
 
 KERNEL = "boot/vmlinuz-clip"

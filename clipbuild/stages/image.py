@@ -60,7 +60,7 @@ class ImageOptions:
 
 class AssembleImage(StepKind):
     name = "assemble-image"
-    version = 4
+    version = 5  # 5: whole-tree ELF and ownership checks after dpkg
     Options = ImageOptions
     outputs = (MANIFEST,)
     tools = ("dpkg", "dpkg-deb", "mksquashfs", "veritysetup", "mkfs.ext4", "debugfs", "mkfs.vfat", "mcopy",
@@ -135,6 +135,7 @@ class Assembly:
             trees[name].mkdir()
             self.ctx.progress(f"dpkg --root: {len(rm)} rm packages into {name}")
             install.install(rm, trees[name], self.scratch / f"dpkg-{name}.log", allow)
+            slot.checked(trees[name], f"rm ({name})", self.ctx.progress)
         slot.add_mirror(trees["mounts"], debs)
         slot.configure_root(trees["root"], self.slices, mode=self.opts.mode, species=self.opts.species,
                             version=self.opts.version)

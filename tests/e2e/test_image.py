@@ -73,6 +73,13 @@ def test_inspect_verifies_the_image_from_itself(project, client):
     checked = {c["check"] for c in found["verify"]["checks"]}
     assert "slot b: root verifies against its root hash (dm-verity)" in checked
     assert "mounts_a: clip/busybox_1.35.0_amd64.deb (developer and controller signatures)" in checked
+    # the installed trees read back: every package with its size, the ELF files checked, none failing
+    trees = {t["tree"]: t for t in found["installed"]}
+    assert set(trees) == {"slot a (root and /usr/local)", "rm_h (/vservers/rm_h)", "rm_b (/vservers/rm_b)"}
+    packages = {p["package"]: p for p in trees["slot a (root and /usr/local)"]["packages"]}
+    assert packages["busybox"]["elf_files"] == 1 and packages["busybox"]["installed_size"] > 1 << 20
+    assert packages["clip-sysinfo"]["elf_files"] == 1 and packages["clip-apps-conf"]["elf_files"] == 0
+    assert all(t["ok"] and t["failures"] == [] for t in trees.values())
 
 
 def test_a_warm_rebuild_is_a_no_op_and_the_same_inputs_give_the_same_image(project, client, tmp_path):
@@ -237,3 +244,40 @@ def test_the_gateway_image_boots_too(project):
     check = json.loads(result.stdout)
     assert 'release="CLIP-GTW 4.5.0"' in check["marker"]
     assert "CLIP: species gateway" in Path(check["log"]).read_text()
+
+
+PLANTED_HEADER = ('EAPI=8\nDESCRIPTION="planted by a test"\nHOMEPAGE="https://example.invalid"\nS="${WORKDIR}"\n'
+                  'LICENSE="MIT"\nSLOT="0"\nKEYWORDS="amd64"\n')
+PLANTED = {
+    # static, not position-independent: an ET_EXEC file (the profile's -fPIE and -pie undone by what follows)
+    "planted-nopie": 'src_compile() {\n\tprintf "int main(void) { return 0; }\\n" > nopie.c || die\n'
+                     '\t${CC:-gcc} ${CFLAGS} ${LDFLAGS} -fno-pie -no-pie -static -o planted-nopie nopie.c || die\n}\n'
+                     'src_install() {\n\texeinto "${CPREFIX:-/usr}/bin"\n\tdoexe planted-nopie\n}\n',
+    # linked against a library built beside it and never installed
+    "planted-unresolved": 'src_compile() {\n\tprintf "int planted(void) { return 42; }\\n" > lib.c || die\n'
+                          '\tprintf "int planted(void);\\nint main(void) { return planted(); }\\n" > main.c || die\n'
+                          '\t${CC:-gcc} ${CFLAGS} -fPIC -shared -Wl,-soname,libplanted.so.1 ${LDFLAGS//-pie/} '
+                          '-o libplanted.so.1 lib.c || die\n\tln -s libplanted.so.1 libplanted.so || die\n'
+                          '\t${CC:-gcc} ${CFLAGS} ${LDFLAGS} -o planted-unresolved main.c -L. -lplanted || die\n}\n'
+                          'src_install() {\n\texeinto "${CPREFIX:-/usr}/bin"\n\tdoexe planted-unresolved\n}\n',
+}
+
+
+def test_planted_unhardened_and_unresolved_programs_fail_the_image_with_their_names(project, client):
+    """A species derived from client whose apps add a non-PIE program and one needing a library no package
+    ships: the image step stops after dpkg, naming each file, its package and the rule (the missing name)."""
+    for name, body in PLANTED.items():
+        folder = project.root / "overlays" / "clip" / "app-clip" / name
+        folder.mkdir()
+        (folder / f"{name}-1.0.ebuild").write_text(PLANTED_HEADER + body)
+    (project.root / "profiles" / "planted.yaml").write_text(
+        "inherits: client\ndescription: the client with planted programs the image checks refuse\n"
+        "packages: {clip: {apps: [app-clip/planted-nopie, app-clip/planted-unresolved]}}\n")
+    result = project.clipbuild("image", "planted")
+    assert result.returncode == 1, result.stderr[-3000:]
+    err = result.stderr
+    assert "error: step image failed" in err or "problem(s) in the clip (root and /usr/local) tree" in err, err
+    assert "/usr/local/bin/planted-nopie (planted-nopie): PIE: an ET_EXEC executable" in err, err
+    assert ("/usr/local/bin/planted-unresolved (planted-unresolved): DT_NEEDED: libplanted.so.1 is in none of "
+            "/lib, /usr/lib, /lib64, /usr/lib64, /usr/local/lib, /usr/local/lib64") in err, err
+    assert not list((project.workdir / "images").glob("planted-*.img"))
