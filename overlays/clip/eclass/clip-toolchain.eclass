@@ -9,10 +9,10 @@
 #  - DEPEND on sys-libs/musl (in ${ESYSROOT} at build time, and part of the binary package's key) and RDEPEND
 #    on it (the .deb's Depends: musl);
 #  - pkg_setup writes a gcc specs file in the style of musl-gcc, with ${ESYSROOT} in place of musl's prefix,
-#    and points CC at a wrapper using it: headers from ${ESYSROOT}/usr/include and gcc's own freestanding
+#    and points CC at a wrapper using it (-static-pie links rcrt1.o and no interpreter): headers from ${ESYSROOT}/usr/include and gcc's own freestanding
 #    headers only (-nostdinc), start files and libraries from ${ESYSROOT}/usr/lib only (ld -nostdlib: none of
 #    the build root's library directories is searched), and /lib/ld-musl-x86_64.so.1 as the program
-#    interpreter. One exception, header-only: the kernel's UAPI headers (linux/, asm/, asm-generic/) are the
+#    interpreter. One exception, header-only: the kernel's UAPI headers (linux/, asm/, mtd/... CLIP_KERNEL_UAPI) are the
 #    build root's (Debian's linux-libc-dev, Linux 6.1 like the kernel), through links in a private folder, so
 #    none of glibc's headers is reachable; a linux-headers package from the pinned kernel tree would replace
 #    them. The profile's flags apply unchanged (stack protector, stack clash protection, RELRO,
@@ -28,6 +28,8 @@ case ${EAPI} in
 esac
 
 CLIP_LIBC_LOADER=/lib/ld-musl-x86_64.so.1
+# The kernel's UAPI header folders as Debian's linux-libc-dev installs them (asm/ is under the multiarch folder).
+CLIP_KERNEL_UAPI="asm-generic linux misc mtd rdma sound video xen"
 
 DEPEND="sys-libs/musl"
 RDEPEND=">=sys-libs/musl-1.2.3"
@@ -51,13 +53,13 @@ clip-toolchain_specs() {
 		libgcc.a%s %:if-exists(libgcc_eh.a%s)
 
 		*startfile:
-		%{!shared: ${lib}/Scrt1.o} ${lib}/crti.o crtbeginS.o%s
+		%{static-pie: ${lib}/rcrt1.o;!shared: ${lib}/Scrt1.o} ${lib}/crti.o crtbeginS.o%s
 
 		*endfile:
 		crtendS.o%s ${lib}/crtn.o
 
 		*link:
-		-dynamic-linker ${CLIP_LIBC_LOADER} -nostdlib %{shared:-shared} %{static:-static} %{rdynamic:-export-dynamic}
+		%{static-pie:-static -pie --no-dynamic-linker -z text;!static:-dynamic-linker ${CLIP_LIBC_LOADER}} -nostdlib %{shared:-shared} %{static:-static} %{rdynamic:-export-dynamic}
 
 		*esp_link:
 
@@ -78,7 +80,10 @@ clip-toolchain_pkg_setup() {
 	local dir=${T}/clip-toolchain
 	mkdir -p "${dir}" || die
 	mkdir -p "${dir}/include" || die
-	ln -s /usr/include/linux /usr/include/asm-generic "${dir}/include/" || die
+	local uapi
+	for uapi in ${CLIP_KERNEL_UAPI}; do
+		ln -s "/usr/include/${uapi}" "${dir}/include/" || die
+	done
 	ln -s "/usr/include/$(${BUILD_CC:-gcc} -print-multiarch)/asm" "${dir}/include/asm" || die
 	clip-toolchain_specs > "${dir}/musl.specs" || die
 	printf '#!/bin/sh\nexec %s -specs=%s "$@"\n' "${BUILD_CC:-gcc}" "${dir}/musl.specs" > "${dir}/cc" || die

@@ -13,7 +13,7 @@ SLOT="0"
 KEYWORDS="amd64"
 
 DEPEND="sys-libs/zlib"
-RDEPEND="sys-libs/zlib"
+RDEPEND=">=sys-libs/zlib-1.2.13"
 
 src_unpack() {
 	cp "${FILESDIR}/clip-sysinfo.c" "${S}/" || die

@@ -30,4 +30,5 @@ src_compile() {
 
 src_install() {
 	emake DESTDIR="${D}" install
+	rm -r "${ED}"/usr/share/man || die  # installed by make, not doman: FEATURES=noman does not see it
 }
