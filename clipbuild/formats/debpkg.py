@@ -1,5 +1,6 @@
 """A Portage binpkg wrapped as a CLIP .deb (clipos4.md §1.5-1.6): CLIP's control fields in the original order,
-DEBIAN/sha2sums, DEBIAN/contents, conffiles, CLIP's path rules, reproducible bytes.
+DEBIAN/sha2sums, DEBIAN/contents, conffiles, CLIP's path rules, reproducible bytes. Build-only files (headers,
+static archives, start files, pkg-config files, lib*.so links) stay in the build's ROOT and out of the .deb.
 
 Same binpkg, same options and same date give the same .deb: every mtime is the date, owners are root:root, and
 dpkg-deb runs with SOURCE_DATE_EPOCH. Core packages (Priority Required) are gzip-compressed, apps packages xz,
