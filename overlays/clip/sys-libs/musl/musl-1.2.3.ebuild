@@ -13,6 +13,10 @@ SRC_URI="https://musl.libc.org/releases/${P}.tar.gz"
 LICENSE="MIT"
 SLOT="0"
 KEYWORDS="amd64"
+# libc.so is also the dynamic loader, named by path (PT_INTERP), never by soname: programs record NEEDED
+# libc.so. musl's build strips crtn.o itself.
+QA_SONAME="usr/lib/libc.so"
+QA_PRESTRIPPED="usr/lib/crtn.o"
 
 src_configure() {
 	# libc.so is a shared object, not a program: the profile's -pie would clash with -shared. musl compiles
