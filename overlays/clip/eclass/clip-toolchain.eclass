@@ -9,15 +9,16 @@
 #  - DEPEND on sys-libs/musl (in ${ESYSROOT} at build time, and part of the binary package's key) and RDEPEND
 #    on it (the .deb's Depends: musl);
 #  - pkg_setup writes a gcc specs file in the style of musl-gcc, with ${ESYSROOT} in place of musl's prefix,
-#    and points CC at a wrapper using it (-static-pie links rcrt1.o and no interpreter): headers from ${ESYSROOT}/usr/include and gcc's own freestanding
+#    and points CC at a wrapper using it: headers from ${ESYSROOT}/usr/include and gcc's own freestanding
 #    headers only (-nostdinc), start files and libraries from ${ESYSROOT}/usr/lib only (ld -nostdlib: none of
-#    the build root's library directories is searched), and /lib/ld-musl-x86_64.so.1 as the program
-#    interpreter. One exception, header-only: the kernel's UAPI headers (linux/, asm/, mtd/... CLIP_KERNEL_UAPI) are the
-#    build root's (Debian's linux-libc-dev, Linux 6.1 like the kernel), through links in a private folder, so
-#    none of glibc's headers is reachable; a linux-headers package from the pinned kernel tree would replace
-#    them. The profile's flags apply unchanged (stack protector, stack clash protection, RELRO,
-#    BIND_NOW); Debian's gcc makes programs PIE by default, so -pie leaves LDFLAGS (it would turn a -shared
-#    link into a program link) and programs stay PIE. musl has no _FORTIFY_SOURCE: the flag has no effect;
+#    the build root's library directories is searched), /lib/ld-musl-x86_64.so.1 as the program interpreter
+#    (-static-pie: rcrt1.o and no interpreter). One exception, header-only: the kernel's UAPI headers
+#    (linux/, asm/, mtd/...: CLIP_KERNEL_UAPI) are the build root's (Debian's linux-libc-dev, Linux 6.1 like
+#    the kernel), through links in a private folder, so none of glibc's headers is reachable; a linux-headers
+#    package from the pinned kernel tree would replace them. The profile's flags apply (stack protector, stack
+#    clash protection, RELRO, BIND_NOW); Debian's gcc makes programs PIE by default, so -pie leaves LDFLAGS
+#    (with -shared it would make gcc link a program) and programs stay PIE. musl has no _FORTIFY_SOURCE:
+#    the flag would have no effect and is dropped;
 #  - pkg_preinst checks every ELF file of the image: programs use musl's loader, and every NEEDED library is
 #    in the image itself or in ${EROOT} (never glibc's libc.so.6), so a program linked against the build
 #    root by mistake stops the build.
@@ -78,7 +79,6 @@ clip-toolchain_pkg_setup() {
 	[[ -f ${ESYSROOT}/usr/lib/libc.so && -f ${ESYSROOT}/usr/include/stdio.h ]] ||
 		die "the C library is not in ESYSROOT='${ESYSROOT}': build with clipbuild build (SYSROOT=ROOT)"
 	local dir=${T}/clip-toolchain
-	mkdir -p "${dir}" || die
 	mkdir -p "${dir}/include" || die
 	local uapi
 	for uapi in ${CLIP_KERNEL_UAPI}; do
