@@ -1,5 +1,6 @@
 """A Portage binpkg wrapped as a CLIP .deb (clipos4.md §1.5-1.6): CLIP's control fields in the original order,
-DEBIAN/sha2sums, DEBIAN/contents, conffiles, CLIP's path rules, reproducible bytes.
+DEBIAN/sha2sums, DEBIAN/contents, conffiles, CLIP's path rules, reproducible bytes. Build-only files (headers,
+static archives, start files, pkg-config files, lib*.so links) stay in the build's ROOT and out of the .deb.
 
 Same binpkg, same options and same date give the same .deb: every mtime is the date, owners are root:root, and
 dpkg-deb runs with SOURCE_DATE_EPOCH. Core packages (Priority Required) are gzip-compressed, apps packages xz,
@@ -28,6 +29,12 @@ PRIORITY = {"core": "Required", "apps": "Important"}
 APPS_TREES = {"clip": ("usr/local/", "var/", "mounts/", "viewers/", "etc/admin/"),
               "rm": ("usr/local/", "var/", "audit_root/", "user_root/")}
 ARCH = {"x86_64": "amd64", "i686": "i386", "i586": "i386", "i486": "i386", "i386": "i386"}
+# What builds need and the running system does not (CLIP had no -dev packages): headers, pkg-config files, static
+# archives, C start files and the lib*.so links the linker reads. They stay in the build's ROOT, the SYSROOT the
+# next packages compile against (clip-toolchain.eclass), and out of the .deb, so out of the image.
+BUILD_ONLY_TREES = ("usr/include/", "usr/lib/pkgconfig/", "usr/share/pkgconfig/", "usr/local/include/",
+                    "usr/local/lib/pkgconfig/", "usr/local/share/pkgconfig/")
+LIBRARY_DIRS = ("lib", "usr/lib", "usr/local/lib")
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,34 @@ def check_paths(name: str, options: DebOptions, paths: list[str]) -> None:
     if bad:
         shown = ", ".join("/" + p for p in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise PackagingError(f"{name}: {rule}; it has {shown}")
+
+
+def build_only(relative: str, is_link: bool) -> bool:
+    """Whether a file of a binpkg is for builds only (BUILD_ONLY_TREES, and in a library directory: *.a, *.o,
+    and lib*.so when it is a link to the versioned library)."""
+    if relative.startswith(BUILD_ONLY_TREES):
+        return True
+    folder, _, name = relative.rpartition("/")
+    if folder not in LIBRARY_DIRS:
+        return False
+    return name.endswith((".a", ".o")) or (is_link and name.startswith("lib") and name.endswith(".so"))
+
+
+def drop_build_only(root: Path) -> list[str]:
+    """Remove the build-only files of an unpacked image, and the folders only they filled; returns them."""
+    dropped, emptied = [], set()
+    for path in sorted(root.rglob("*"), reverse=True):
+        relative = path.relative_to(root).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            if path in emptied and not any(path.iterdir()):
+                path.rmdir()
+                emptied.add(path.parent)
+            continue
+        if build_only(relative, path.is_symlink()):
+            path.unlink()
+            dropped.append(relative)
+            emptied.add(path.parent)
+    return sorted(dropped)
 
 
 def _walk(root: Path) -> list[Path]:
@@ -112,6 +147,7 @@ def build(pkg: Gpkg, image_tar: bytes, options: DebOptions, out_dir: Path) -> Pa
         for keep in root.rglob(".keep*"):  # Portage's keepdir markers: CLIP removed them (§1.5 step 2)
             if keep.is_file():
                 keep.unlink()
+        drop_build_only(root)
         entries = _walk(root)
         relative = [p.relative_to(root).as_posix() for p in entries]
         check_paths(pkg.cpv, options, [r for r, p in zip(relative, entries, strict=True) if not p.is_dir()])

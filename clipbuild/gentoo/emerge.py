@@ -17,7 +17,8 @@ from clipbuild.gentoo.buildroot import BuildRoot, Mount
 from clipbuild.gentoo.guest import PKGINFO_HELPER
 
 LOG_TAIL = 30
-_MERGE_LINE = re.compile(r"^\[(?P<type>ebuild|binary)\s[^\]]*\]\s+(?P<cpv>[^\s:]+)::(?P<repo>\S+)"
+# A package with a sub-slot shows it between the CPV and the repository: sys-libs/zlib-1.2.13:0/1::clip.
+_MERGE_LINE = re.compile(r"^\[(?P<type>ebuild|binary)\s[^\]]*\]\s+(?P<cpv>[^\s:]+)(?::[^\s:]+)?::(?P<repo>\S+)"
                          r"(?:\s+to\s+\S+)?(?:\s+USE=\"(?P<use>[^\"]*)\")?")
 _PROGRESS = re.compile(r"^>>> (?P<what>Emerging|Emerging binary|Installing|Completed) \((?P<n>\d+) of "
                        r"(?P<total>\d+)\) (?P<cpv>[^\s:]+)")

@@ -45,6 +45,7 @@ RENDERED_TREES = {JAILS: (JAILS_MOUNT, "CLIP_JAILS_TREE"), KEYS: (KEYS_MOUNT, "C
 KERNEL_DIR = "kernel-patches"  # the project's patch series and configuration fragments, read by clip/core
 KERNEL_MOUNT = "/build/kernel-patches"
 KCONFIG_MOUNT = "/build/clipbuild/kconfig.py"
+SET_ROOT = "/build/roots/set"  # the ROOT (and SYSROOT) of the set inside the build root
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class EmergeOptions:
 
 class EmergeSet(StepKind):
     name = "emerge-set"
-    version = 1
+    version = 2  # 2: SYSROOT=ROOT
     Options = EmergeOptions
     outputs = ("binpkgs/Packages", "root", "packages.json", "portage/make.conf/00-profile.conf")
     tools = ("bwrap",)
@@ -89,10 +90,12 @@ class EmergeSet(StepKind):
         mounts = [Mount(portage_dir, "/etc/portage"), Mount(overlay, REPO_PATH),
                   Mount(fetch.store_dir(), "/var/cache/distfiles"),
                   Mount(ctx.out / "binpkgs", "/var/cache/binpkgs", writable=True),
-                  Mount(ctx.out / "root", "/build/roots/set", writable=True),
+                  Mount(ctx.out / "root", SET_ROOT, writable=True),
                   Mount(ctx.out / "logs", "/var/log/portage", writable=True),
                   Mount(ctx.scratch / "tmp", "/var/tmp", writable=True)]
-        env = {"ROOT": "/build/roots/set", "PORTAGE_REPOSITORIES": opts.config["repos.conf/clip.conf"]}
+        # SYSROOT=ROOT: a package's DEPEND (the C library, the libraries it links) is installed into the set's ROOT
+        # before it builds, and clip-toolchain.eclass compiles against ${ESYSROOT}, never the build root's glibc.
+        env = {"ROOT": SET_ROOT, "SYSROOT": SET_ROOT, "PORTAGE_REPOSITORIES": opts.config["repos.conf/clip.conf"]}
         extra: dict[str, str] = {}
         for step_id, (mount, variable) in RENDERED_TREES.items():  # jails, trust store: clip-jails, clip-keys
             if step_id in ctx.inputs:

@@ -44,6 +44,8 @@ def client(client_build) -> dict:
 
 def test_client_builds_every_package_from_source(client):
     assert statuses(client) == {
+        "build/clip-core sys-libs/musl-1.2.3": "built",
+        "build/clip-core sys-libs/zlib-1.2.13": "built",
         "build/clip-core clip-layout/baselayout-clip-4.5.0": "built",
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
@@ -52,7 +54,8 @@ def test_client_builds_every_package_from_source(client):
         f"build/clip-core sys-kernel/clip-kernel-{KERNEL}": "built",
         "build/clip-core clip-conf/clip-core-conf-4.5.0": "built",
         "build/clip-apps clip-conf/clip-apps-conf-4.5.0": "built",
-        # rm-core's busybox has the same inputs as clip-core's: installed from the store, not rebuilt
+        # rm-core's busybox and C library have the same inputs as clip-core's: from the store, not rebuilt
+        "build/rm-core sys-libs/musl-1.2.3": "reused",
         "build/rm-core sys-apps/busybox-1.35.0": "reused",
         "build/rm-core clip-conf/rm-core-conf-4.5.0": "built",
         "build/rm-apps clip-conf/rm-apps-conf-4.5.0": "built",
@@ -66,19 +69,43 @@ def _elf(path: Path) -> tuple[str, str, str]:
     return header, dynamic, segments
 
 
-@pytest.mark.parametrize("binary", ["bin/busybox", "usr/bin/clip-sysinfo"])
-def test_binaries_are_hardened_static_pie(project, client, binary):
-    path = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root" / binary
-    header, dynamic, segments = _elf(path)
+MUSL_LOADER = "/lib/ld-musl-x86_64.so.1"
+
+
+def _needed(dynamic: str) -> set[str]:
+    return {line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line}
+
+
+@pytest.mark.parametrize(("binary", "libraries"), [("bin/busybox", {"libc.so"}),
+                                                   ("usr/bin/clip-sysinfo", {"libc.so", "libz.so.1"})])
+def test_programs_are_hardened_pie_on_the_pipeline_s_musl(project, client, binary, libraries):
+    """Dynamically linked against the C library and zlib the pipeline built (never the build root's glibc):
+    musl's loader as interpreter, every NEEDED library in the set's ROOT, PIE, RELRO, BIND_NOW, stack protector."""
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    header, dynamic, segments = _elf(root / binary)
     assert "DYN (Position-Independent Executable file)" in header
     assert "BIND_NOW" in dynamic and "PIE" in dynamic
     assert "GNU_RELRO" in segments
-    assert "INTERP" not in segments and "NEEDED" not in dynamic  # static-pie: no C library at run time
+    assert f"[Requesting program interpreter: {MUSL_LOADER}]" in segments
+    assert _needed(dynamic) == libraries
+    assert "__stack_chk_fail" in run(["readelf", "--dyn-syms", "-W", root / binary]).stdout
+    for library in libraries:
+        assert (root / "usr" / "lib" / library).exists(), library
+
+
+def test_the_c_library_and_zlib_are_shared_libraries_of_the_set(project, client):
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    assert os.readlink(root / MUSL_LOADER.lstrip("/")) == "../usr/lib/libc.so"
+    _, dynamic, _ = _elf(root / "usr" / "lib" / "libz.so.1.2.13")
+    assert "Library soname: [libz.so.1]" in dynamic and _needed(dynamic) == {"libc.so"} and "BIND_NOW" in dynamic
+    assert (root / "usr" / "include" / "zlib.h").is_file()  # in the SYSROOT for the builds, not in the .deb
 
 
 def test_the_c_tool_runs_and_the_layout_is_clip(project, client):
     root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
-    assert run([root / "usr" / "bin" / "clip-sysinfo"]).stdout.startswith("clip-sysinfo: release=")
+    loader = root / MUSL_LOADER.lstrip("/")  # the host has no musl: run it with the set's own loader
+    ran = run([loader, "--library-path", root / "usr" / "lib", root / "usr" / "bin" / "clip-sysinfo"])
+    assert ran.stdout.startswith("clip-sysinfo: release=") and ran.stdout.rstrip().endswith(" zlib=1.2.13")
     assert (root / "etc" / "shared" / "clip-release").read_text() == "CLIP-RM 4.5.0\n"
     for sub in ("mounts/usr", "mounts/admin_priv", "vservers/rm_h", "update_root"):
         assert (root / sub).is_dir(), sub
@@ -118,7 +145,7 @@ def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
     row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.0.0")
     assert row["reason"] == "ebuild or its files changed"
     explained = project.clipbuild("build", "client", "--explain")
-    assert "build/clip-core: cached, 7 packages unchanged" in explained.stdout
+    assert "build/clip-core: cached, 9 packages unchanged" in explained.stdout
 
 
 def test_editing_a_jail_rebuilds_the_jails_package_only(project, client):
@@ -192,7 +219,8 @@ def test_packages_are_reproducible(project, client, tmp_path):
     assert sorted(first["package/clip-core"]) == ["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb",
                                                   "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
                                                   f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
-                                                  "clip-update-keys_4.5.0_amd64.deb"]
+                                                  "clip-update-keys_4.5.0_amd64.deb", "musl_1.2.3_amd64.deb",
+                                                  "zlib_1.2.13_amd64.deb"]
     _package(project, tmp_path / "again")
     for step in first:
         for name in first[step]:
@@ -226,7 +254,7 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     assert sorted(p.name for p in (core / "pool").iterdir()) == [
         "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
         "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
-        "clip-update-keys_4.5.0_amd64.deb"]
+        "clip-update-keys_4.5.0_amd64.deb", "musl_1.2.3_amd64.deb", "zlib_1.2.13_amd64.deb"]
     # Debian's own indexer reads the same packages and agrees on every field it writes.
     from debian.deb822 import Packages
 
@@ -236,6 +264,11 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
         run(["apt-ftparchive", "packages", "pool"], cwd=core).stdout.splitlines())}
     assert ours == theirs
     assert ours["clip-core-conf"]["Release-Date"] and ours["busybox"]["Distribution"] == "clip"
+    # The run-time dependencies the .debs carry (RDEPEND, clip-toolchain.eclass), and no build-only file.
+    assert ours["clip-sysinfo"]["Depends"] == "zlib (>= 1.2.13), musl (>= 1.2.3)"
+    assert ours["busybox"]["Depends"] == "musl (>= 1.2.3)"
+    listing = run(["dpkg-deb", "--contents", core / "pool" / "musl_1.2.3_amd64.deb"]).stdout
+    assert "./usr/lib/libc.so" in listing and "include" not in listing and ".a\n" not in listing
     # dpkg installs the countersigned packages as they are, dependencies checked.
     root = tmp_path / "root"
     for sub in ("info", "updates", "triggers"):
@@ -244,6 +277,7 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     run(["dpkg", f"--root={root}", f"--log={root}/dpkg.log", "--force-not-root", "--force-script-chrootless",
          "-i", *sorted((core / "pool").glob("*.deb"))])
     assert (root / "bin" / "busybox").is_file() and (root / "usr" / "bin" / "clip-sysinfo").is_file()
+    assert (root / "usr" / "lib" / "libc.so").is_file() and not (root / "usr" / "include").exists()
     assert (root / "etc" / "jails" / "admin" / "fstab.external").is_file()  # the signed jails package
     # A tampered package in the pool is refused by publishing, naming it.
     victim = Path(batches[0]) / "busybox_1.35.0_amd64.deb"
@@ -254,13 +288,15 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     assert refused.returncode == 1 and "busybox_1.35.0_amd64.deb: " in refused.stderr
 
 
-def _verity_root(tmp_path: Path, busybox: Path) -> tuple[Path, Path, str, str, int]:
-    """A squashfs root whose /init prints a marker, under dm-verity: (data, hash, root hash, salt, blocks)."""
+def _verity_root(tmp_path: Path, built: Path) -> tuple[Path, Path, str, str, int]:
+    """A squashfs root whose /init prints a marker, under dm-verity: (data, hash, root hash, salt, blocks). It holds
+    the built busybox and the C library it runs on (musl's loader is its libc.so)."""
     tree = tmp_path / "root"
-    (tree / "bin").mkdir(parents=True)
-    for sub in ("dev", "proc", "sys"):
-        (tree / sub).mkdir()
-    shutil.copy(busybox, tree / "bin" / "busybox")
+    for sub in ("bin", "lib", "usr/lib", "dev", "proc", "sys"):
+        (tree / sub).mkdir(parents=True)
+    shutil.copy(built / "bin" / "busybox", tree / "bin" / "busybox")
+    shutil.copy(built / "usr" / "lib" / "libc.so", tree / "usr" / "lib" / "libc.so")
+    (tree / MUSL_LOADER.lstrip("/")).symlink_to("../usr/lib/libc.so")
     (tree / "init").write_text("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n"
                                "echo CLIP-VERITY-ROOT-OK $(/bin/busybox cat /proc/cmdline | /bin/busybox wc -c)\n"
                                "echo YAMA-PTRACE-SCOPE=$(/bin/busybox cat /proc/sys/kernel/yama/ptrace_scope)\n"
@@ -306,7 +342,7 @@ def test_the_kernel_is_built_with_its_configuration(kernel_root):
 
 
 def test_the_kernel_boots_a_verity_root_and_announces_itself(kernel_root, tmp_path):
-    data, hashes, root_hash, salt, blocks = _verity_root(tmp_path, kernel_root / "bin" / "busybox")
+    data, hashes, root_hash, salt, blocks = _verity_root(tmp_path, kernel_root)
     console = _boot(kernel_root / "boot" / "vmlinuz-clip", data, hashes, root_hash, salt, blocks)
     assert f"CLIP: species client, build {KERNEL}" in console
     assert "CLIP-VERITY-ROOT-OK" in console, console[-3000:]
@@ -314,7 +350,7 @@ def test_the_kernel_boots_a_verity_root_and_announces_itself(kernel_root, tmp_pa
 
 
 def test_a_corrupted_root_block_does_not_boot(kernel_root, tmp_path):
-    data, hashes, root_hash, salt, blocks = _verity_root(tmp_path, kernel_root / "bin" / "busybox")
+    data, hashes, root_hash, salt, blocks = _verity_root(tmp_path, kernel_root)
     image = bytearray(data.read_bytes())
     image[200] ^= 0xFF  # in the first block, which mounting the root reads
     data.write_bytes(bytes(image))

@@ -47,6 +47,7 @@ def test_the_client_image_boots_to_its_marker(project, client):
     console = Path(check["log"]).read_text()
     assert f"CLIP: species client, build {KERNEL}" in console  # the species kernel
     assert "target=verity state=V" in console and "jails=8" in console
+    assert check["marker"].endswith(" zlib=1.2.13")  # clip-sysinfo ran on musl with libz.so.1 from the image
     assert "EXT4-fs (vda" in console  # fstab mounted the mounts, home, log and RM partitions
 
 

@@ -133,3 +133,34 @@ def test_control_fields_in_clip_order_and_reproducible(tmp_path):
     assert sums.endswith("  usr/bin/demo\n") and len(sums.splitlines()) == 2
     contents = run(["dpkg-deb", "--info", first, "contents"]).stdout
     assert "/usr/bin/demo: file 0:0 - 0755 - 10\n" in contents
+
+
+@pytest.mark.parametrize(("relative", "is_link", "expected"), [
+    ("usr/include/stdio.h", False, True),
+    ("usr/lib/pkgconfig/zlib.pc", False, True),
+    ("usr/lib/libc.a", False, True),
+    ("usr/lib/Scrt1.o", False, True),
+    ("usr/lib/libz.so", True, True),           # the linker's link to the versioned library
+    ("usr/local/include/x.h", False, True),
+    ("usr/lib/libc.so", False, False),          # musl: the library and the loader, a regular file
+    ("usr/lib/libz.so.1", True, False),         # the soname link the loader follows
+    ("lib/ld-musl-x86_64.so.1", True, False),
+    ("usr/lib/clip/plugin.o.conf", False, False),
+    ("usr/share/clip/a.o", False, False),       # only library folders hold start files and archives
+])
+def test_build_only_files(relative, is_link, expected):
+    assert debpkg.build_only(relative, is_link) is expected
+
+
+def test_build_only_files_stay_out_of_the_deb(tmp_path):
+    """The C library's headers, start files and archives serve the builds (SYSROOT), not the image: the .deb has
+    the library and the loader's link only, and no folder the dropped files alone filled."""
+    path = _fake_gpkg(tmp_path, "sys-libs", "musl-1.2.3", {"RDEPEND": "", "USE": "amd64"},
+                      {"usr/include/stdio.h": b"/* h */\n", "usr/include/sys/types.h": b"/* h */\n",
+                       "usr/lib/libc.a": b"!<arch>\n", "usr/lib/Scrt1.o": b"\x7fELF", "usr/lib/libc.so": b"\x7fELF",
+                       "usr/share/empty/.keep_sys-libs_musl-0": b""})
+    package, image = gpkg.read(path)
+    deb = debpkg.build(package, image, debpkg.DebOptions("clip", "core", 1700000000), tmp_path / "out")
+    listing = run(["dpkg-deb", "--contents", deb]).stdout
+    names = sorted(line.split()[-1] for line in listing.splitlines())
+    assert names == ["./", "./usr/", "./usr/lib/", "./usr/lib/libc.so", "./usr/share/", "./usr/share/empty/"]

@@ -14,6 +14,13 @@ def test_merge_line():
     assert _enabled('foo* -bar% (baz)') == ["foo", "baz"]
 
 
+def test_merge_line_with_a_sub_slot():
+    """emerge shows SLOT/SUBSLOT of a package that has a sub-slot (zlib's 0/1); missing it left zlib out of the
+    plan, so it was never keyed, stored or counted in the keys of what links it."""
+    match = _MERGE_LINE.match('[ebuild  N     ] sys-libs/zlib-1.2.13:0/1::clip to /build/roots/set/ 0 KiB')
+    assert match["cpv"] == "sys-libs/zlib-1.2.13" and match["repo"] == "clip"
+
+
 def test_build_deps_follow_use_and_skip_blockers():
     meta = {"depend": "static? ( clip-libs/libfoo ) !app-misc/old", "bdepend": ">=clip-dev/tool-2"}
     candidates = ["clip-libs/libfoo-1.0", "clip-dev/tool-2.1", "clip-dev/tool-1.0", "app-misc/old-1"]

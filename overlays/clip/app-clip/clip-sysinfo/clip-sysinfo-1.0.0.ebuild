@@ -1,5 +1,9 @@
 # A CLIP tool in C, built with the profile's hardened flags: reports the booted slot, release and root state.
+# A dynamically linked PIE against the system's own libraries (clip-toolchain.eclass): musl's loader and
+# libc, and zlib, whose version it reports, so the boot check proves both load from the image.
 EAPI=8
+
+inherit clip-toolchain
 
 DESCRIPTION="Report what a CLIP system booted: release, A/B slot, read-only verity root, jails"
 HOMEPAGE="https://github.com/clipos-archive"
@@ -7,17 +11,17 @@ S="${WORKDIR}"
 LICENSE="LGPL-2.1+"
 SLOT="0"
 KEYWORDS="amd64"
-IUSE="+static"
+
+DEPEND="sys-libs/zlib"
+RDEPEND=">=sys-libs/zlib-1.2.13"
 
 src_unpack() {
 	cp "${FILESDIR}/clip-sysinfo.c" "${S}/" || die
 }
 
 src_compile() {
-	# static-pie: the embedded default build root packages no C library, so run-time code is self-contained.
-	local link=$(usex static -static-pie -pie)
-	echo ${CC:-gcc} ${CFLAGS} ${CPPFLAGS} ${LDFLAGS} ${link} -o clip-sysinfo clip-sysinfo.c
-	${CC:-gcc} ${CFLAGS} ${CPPFLAGS} ${LDFLAGS} ${link} -o clip-sysinfo clip-sysinfo.c || die "compile failed"
+	echo ${CC} ${CFLAGS} ${CPPFLAGS} ${LDFLAGS} -o clip-sysinfo clip-sysinfo.c -lz
+	${CC} ${CFLAGS} ${CPPFLAGS} ${LDFLAGS} -o clip-sysinfo clip-sysinfo.c -lz || die "compile failed"
 }
 
 src_install() {

@@ -12,7 +12,7 @@ KEYWORDS="amd64"
 IUSE="core-rm clip-gtw"
 
 RDEPEND="
-	core-rm? ( =sys-apps/busybox-1.35.0 )
+	core-rm? ( =sys-libs/musl-1.2.3 =sys-apps/busybox-1.35.0 )
 "
 
 src_install() {

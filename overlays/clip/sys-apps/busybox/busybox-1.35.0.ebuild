@@ -1,6 +1,9 @@
-# BusyBox as the CLIP userland, built from the upstream release tarball: static-pie with the profile's
-# hardened flags, so the image needs no C library at run time.
+# BusyBox as the CLIP userland, built from the upstream release tarball with the profile's hardened flags:
+# a PIE linked dynamically against the system's musl (clip-toolchain.eclass), or static-pie against it with
+# USE=static.
 EAPI=8
+
+inherit clip-toolchain
 
 DESCRIPTION="Utilities for rescue and embedded systems"
 HOMEPAGE="https://www.busybox.net/"
@@ -8,7 +11,7 @@ SRC_URI="https://www.busybox.net/downloads/${P}.tar.bz2"
 LICENSE="GPL-2"
 SLOT="0"
 KEYWORDS="amd64"
-IUSE="+static"
+IUSE="static"
 
 bb_config() {
 	# bb_config NAME y|n: set one option in .config
@@ -31,14 +34,11 @@ src_configure() {
 bb_make() {
 	# The same variables for build and install: busybox re-links when its command line changes. Its final
 	# link reads CFLAGS_busybox, then LDFLAGS from the environment (also used by partial links), so the
-	# profile's -pie leaves LDFLAGS and -static-pie goes to CFLAGS_busybox.
-	local -x LDFLAGS=" ${LDFLAGS} "
+	# profile's -pie leaves LDFLAGS and the link mode goes to CFLAGS_busybox.
+	# clip-toolchain.eclass took -pie out of LDFLAGS (its compiler makes programs PIE by default).
 	local link=-pie
-	if use static; then
-		LDFLAGS=${LDFLAGS// -pie / }
-		link=-static-pie
-	fi
-	emake V=1 CC="${CC:-gcc}" HOSTCC="${BUILD_CC:-gcc}" EXTRA_CFLAGS="${CFLAGS}" \
+	use static && link=-static-pie
+	emake V=1 CC="${CC}" HOSTCC="${BUILD_CC:-gcc}" EXTRA_CFLAGS="${CFLAGS}" \
 		CFLAGS_busybox="${link}" SKIP_STRIP=y "$@"
 }
 

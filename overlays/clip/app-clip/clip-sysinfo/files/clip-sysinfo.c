@@ -5,8 +5,10 @@
  * command line), whether / is mounted read-only and from which device, the device-mapper target under / and
  * its state (asked from the kernel with the DM_TABLE_STATUS ioctl: "verity" and "V" when every block read so
  * far matched the hash tree, "C" once one did not), the verity root hash, and the number of jails configured
- * under /etc/jails. With --check it exits 1 unless the root is read-only on an intact verity target, the slot
- * is known and jails are configured; it prints CLIP_BOOT_OK when all holds, else CLIP_BOOT_FAILED and why.
+ * under /etc/jails, and the version of the zlib it runs with (libz.so.1, loaded from the system by musl's
+ * dynamic loader). With --check it exits 1 unless the root is read-only on an intact verity target, the slot
+ * is known, jails are configured and the zlib loaded is the one it was built against; it prints CLIP_BOOT_OK
+ * when all holds, else CLIP_BOOT_FAILED and why.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -18,6 +20,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define LINE 4096
 
@@ -142,8 +145,8 @@ int main(int argc, char **argv)
 	verity_root_hash(root_hash, sizeof(root_hash));
 	int jails = count_jails();
 
-	printf("clip-sysinfo: release=\"%s\" slot=%s root=%s device=%s target=%s state=%s roothash=%s jails=%d\n",
-	       release, slot, read_only ? "ro" : "rw", device, target, state, root_hash, jails);
+	printf("clip-sysinfo: release=\"%s\" slot=%s root=%s device=%s target=%s state=%s roothash=%s jails=%d "
+	       "zlib=%s\n", release, slot, read_only ? "ro" : "rw", device, target, state, root_hash, jails, zlibVersion());
 	if (!check)
 		return 0;
 	const char *why = NULL;
@@ -157,10 +160,12 @@ int main(int argc, char **argv)
 		why = "no clip.slot= on the kernel command line";
 	else if (jails == 0)
 		why = "no jails under /etc/jails";
+	else if (strcmp(zlibVersion(), ZLIB_VERSION) != 0)
+		why = "the zlib loaded is not the one clip-sysinfo was built against";
 	if (why) {
 		printf("CLIP_BOOT_FAILED %s\n", why);
 		return 1;
 	}
-	printf("CLIP_BOOT_OK slot=%s release=\"%s\" roothash=%s\n", slot, release, root_hash);
+	printf("CLIP_BOOT_OK slot=%s release=\"%s\" roothash=%s zlib=%s\n", slot, release, root_hash, zlibVersion());
 	return 0;
 }
