@@ -18,7 +18,7 @@ import logging
 import mmap
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -185,17 +185,27 @@ def _check_crls(path: Path, role: str, cas: tuple[x509.Certificate, ...],
     """Every CRL is issued and signed by one of the role's CAs: a CRL of another CA would be silently ignored."""
     for crl in crls:
         issuer = next((ca for ca in cas if ca.subject == crl.issuer), None)
-        if issuer is None or not _crl_signed_by(crl, issuer):
+        if issuer is None or not crl_signed_by(crl, issuer):
             raise InputError(f"{path}: {role}.crl: the CRL of {crl.issuer.rfc4514_string()} is not issued and "
                              f"signed by a {role} CA ({', '.join(ca.subject.rfc4514_string() for ca in cas)})",
                              hint="give the CRL each of the role's CAs publishes")
 
 
-def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+def crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    """Whether `ca` signed `crl` (an unreadable key or signature is a no)."""
     try:
         return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
     except (TypeError, ValueError, UnsupportedAlgorithm):
         return False
+
+
+def revocation_aside(policy: Policy) -> Policy:
+    """`policy` without revocation: the same CAs, subjects and validity, no CRL checked (and no warning). For
+    what was checked in full when it was accepted: the records and the installed packages of a device, which a
+    key revoked since they were signed does not make unknown."""
+    def role(current: RolePolicy) -> RolePolicy:
+        return replace(current, crls=(), allow_no_crl=True)
+    return replace(policy, developer=role(policy.developer), controller=role(policy.controller))
 
 
 def _key_bytes(path: Path, role: str, ca: x509.Certificate) -> bytes:

@@ -15,7 +15,6 @@ again starts over from the beginning.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import email.utils
 import functools
@@ -303,19 +302,13 @@ def installed_versions(found: inspection.Inspection, policy: trust.Policy, scrat
     return out
 
 
-def _as_installed(policy: trust.Policy) -> trust.Policy:
-    """What authenticates what is already installed: signed under the device's CAs, revocation aside. A key
-    revoked since it signed the running system does not make the running system unknown (the rotation drill:
-    N's packages were countersigned by the controller N+1 revokes); what gets installed is checked in full."""
-    def role(current: trust.RolePolicy) -> trust.RolePolicy:
-        return dataclasses.replace(current, crls=(), allow_no_crl=True)
-    return dataclasses.replace(policy, developer=role(policy.developer), controller=role(policy.controller))
-
-
 def _signed_confs(found: inspection.Inspection, active: str, policy: trust.Policy,
                   scratch: Path) -> tuple[dict[str, list[Package]], list[str]]:
     """The conf packages of the slot's local mirror whose signatures verify, by package name; and why the
-    others were left out."""
+    others were left out. Revocation aside: a key revoked since it signed the running system does not make
+    that system unknown (the rotation drill: N's packages were countersigned by the controller N+1 revokes);
+    what gets installed is checked in full."""
+    installed = trust.revocation_aside(policy)
     mounts = imageedit.Ext4(found, f"mounts_{active}", scratch)
     out: dict[str, list[Package]] = {}
     refused: list[str] = []
@@ -325,7 +318,7 @@ def _signed_confs(found: inspection.Inspection, active: str, policy: trust.Polic
                 continue
             deb = mounts.copy(f"/var/pkg/mirrors/{dist}/{name}")
             verdict = None if deb.is_symlink() or not deb.is_file() else trust.verify_bytes(
-                safefile.read_regular(deb, trust.MAX_PACKAGE_BYTES), _as_installed(policy), path=str(deb))
+                safefile.read_regular(deb, trust.MAX_PACKAGE_BYTES), installed, path=str(deb))
             if verdict is None or not verdict.ok:
                 refused.append(f"{dist}/{name}: {'; '.join(verdict.reasons) if verdict else 'not a file'}")
                 continue

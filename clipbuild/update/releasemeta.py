@@ -32,7 +32,7 @@ from clipbuild.core import safefile
 from clipbuild.core.errors import NotAFile, RepositoryError, SigningError
 from clipbuild.signing import envelope
 from clipbuild.signing.signer import SigningKey
-from clipbuild.signing.trust import Policy, RolePolicy
+from clipbuild.signing.trust import Policy, RolePolicy, crl_signed_by, revocation_aside
 from clipbuild.update.repository import CONF, decompress_index, parse_packages
 
 METADATA = "release.json"
@@ -296,7 +296,7 @@ def fresh_policy(policy: Policy, statement: Statement) -> Policy:
             except ValueError:
                 continue
             ca = next((c for c in current.cas if c.subject == crl.issuer), None)
-            if ca is None or not _signed_by(crl, ca):
+            if ca is None or not crl_signed_by(crl, ca):
                 continue
             if crl.issuer not in best or _newness(crl) > _newness(best[crl.issuer]):
                 best[crl.issuer] = crl
@@ -311,13 +311,6 @@ def _newness(crl: x509.CertificateRevocationList) -> tuple[int, dt.datetime]:
     except x509.ExtensionNotFound:
         number = -1
     return number, crl.last_update_utc
-
-
-def _signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
-    try:
-        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return False
 
 
 @dataclass(frozen=True)
@@ -362,7 +355,7 @@ def read_record(raw: bytes, where: str, policy: Policy) -> Seen:
     controller CA; time and revocation aside: it was checked when it was accepted) or an error."""
     signed = envelope.read(raw, where)
     statement = parse(signed.signed, where)
-    role = replace(policy.role(SIGNING_ROLE), crls=(), allow_no_crl=True)
+    role = revocation_aside(policy).role(SIGNING_ROLE)
     if problems := envelope.verify(signed, role, statement.issued_at):
         raise RepositoryError(f"{where}: the record of accepted release metadata does not verify "
                               f"({problems[0]}): the image was edited", hint="restore the image from a copy")

@@ -121,3 +121,19 @@ def reindex(conf_dir: Path) -> None:
                for deb in sorted((conf_dir / "pool").glob("*.deb"))]
     index = next(conf_dir.glob("dists/*/main/binary-*/Packages.gz"))
     index.write_bytes(gzip.compress("\n".join(stanzas).encode(), mtime=0))
+
+
+def rebuilt(deb: Path, out: Path, scratch: Path, edit) -> None:
+    """DEB with its control file edited (`edit(text) -> text`), built as OUT and signed by the development PKI's
+    developer then controller: a package both roles signed, as a mistaken or compromised pair would."""
+    from clipbuild.signing import devpki
+    from clipbuild.signing.signer import sign_bytes
+
+    tree = scratch / "tree"
+    run(["dpkg-deb", "-R", deb, tree])
+    control = tree / "DEBIAN" / "control"
+    control.write_text(edit(control.read_text()))
+    run(["dpkg-deb", "--root-owner-group", "--build", tree, out])
+    pki = devpki.ensure()
+    out.write_bytes(sign_bytes(sign_bytes(out.read_bytes(), "developer", pki.developer), "controller",
+                               pki.controller))

@@ -18,7 +18,7 @@ from clipbuild.core.digest import sha256_file
 from clipbuild.formats.clipsig import read_layout
 from clipbuild.signing import devpki
 from clipbuild.signing.signer import sign_bytes
-from tests.e2e.support import reindex, resign, sparse_copy
+from tests.e2e.support import rebuilt, reindex, resign, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -247,23 +247,13 @@ def test_apps_are_updated_in_place_on_the_running_slot(releases, apps_repo, imag
 
 def _unmet_apps_repo(apps_repo: Path, tmp_path: Path) -> Path:
     """clip-apps-conf 4.5.2, signed and countersigned, in conflict with a package of the core: dpkg fails."""
-    from clipbuild.core.run import run
-
     repo = tmp_path / "repo-unmet"
     shutil.copytree(apps_repo, repo)
     pool = repo / "clip" / "clip-apps-conf" / "pool"
     deb = next(pool.glob("clip-apps-conf_*.deb"))
-    tree = tmp_path / "tree"
-    run(["dpkg-deb", "-R", deb, tree])
-    control = tree / "DEBIAN" / "control"
-    text = control.read_text().replace("Version: 4.5.1", "Version: 4.5.2")
-    control.write_text(text.rstrip("\n") + "\nConflicts: busybox\n")  # dpkg refuses it: busybox is installed
+    rebuilt(deb, pool / "clip-apps-conf_4.5.2_amd64.deb", tmp_path,  # dpkg refuses it: busybox is installed
+            lambda text: text.replace("Version: 4.5.1", "Version: 4.5.2").rstrip("\n") + "\nConflicts: busybox\n")
     deb.unlink()
-    out = pool / "clip-apps-conf_4.5.2_amd64.deb"
-    run(["dpkg-deb", "--root-owner-group", "--build", tree, out])
-    pki = devpki.ensure()
-    out.write_bytes(sign_bytes(sign_bytes(out.read_bytes(), "developer", pki.developer), "controller",
-                               pki.controller))
     reindex(repo / "clip" / "clip-apps-conf")
     resign(repo)
     return repo

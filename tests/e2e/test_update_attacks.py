@@ -19,9 +19,8 @@ from clipbuild.core.digest import sha256_file
 from clipbuild.core.run import run
 from clipbuild.image import gpt
 from clipbuild.signing import devpki
-from clipbuild.signing.signer import sign_bytes
 from clipbuild.update import releasemeta
-from tests.e2e.support import reindex, resign, sparse_copy
+from tests.e2e.support import rebuilt, reindex, resign, sparse_copy
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 BASELAYOUT = "clip/clip-core-conf/pool/baselayout-clip_4.5.1_amd64.deb"
@@ -104,15 +103,8 @@ def test_extraneous_dependency_not_in_the_release(releases, image, tmp_path):
     """baselayout-clip rebuilt to depend on a package nobody released, signed by both roles, and the release
     metadata signed over it: the release itself does not provide it."""
     repo = _copy(releases, tmp_path)
-    deb = repo / BASELAYOUT
-    tree = tmp_path / "tree"
-    run(["dpkg-deb", "-R", deb, tree])
-    control = tree / "DEBIAN" / "control"
-    control.write_text(control.read_text().rstrip("\n") + "\nDepends: clip-backdoor\n")
-    run(["dpkg-deb", "--root-owner-group", "--build", tree, deb])
-    pki = devpki.ensure()
-    deb.write_bytes(sign_bytes(sign_bytes(deb.read_bytes(), "developer", pki.developer), "controller",
-                               pki.controller))
+    rebuilt(repo / BASELAYOUT, repo / BASELAYOUT, tmp_path,
+            lambda text: text.rstrip("\n") + "\nDepends: clip-backdoor\n")
     reindex(repo / "clip" / "clip-core-conf")
     resign(repo)
     _refused(releases, image, repo, "Depends clip-backdoor: no package of the signed release metadata or installed "
