@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -203,8 +204,14 @@ def test_a_package_the_metadata_does_not_list_is_refused(repo, keys, tmp_path):
     stanzas = [repository.stanza(repository.read_package(deb), f"pool/{deb.name}")
                for deb in sorted(pool.glob("*.deb")) if deb.name != "busybox_1.35.0_amd64.deb"]
     index = next(repo.glob("clip/clip-core-conf/dists/*/main/*/Packages.gz"))
-    index.write_bytes(gzip.compress("\n".join(stanzas).encode()))
-    with pytest.raises(RepositoryError, match=r"Packages.gz: .* not the file that was signed"):
+    forged = gzip.compress("\n".join(stanzas).encode(), mtime=0)
+    index.write_bytes(forged)
+    # The forged index's size depends on the packages' digests: longer than the signed one, it is refused
+    # unread; otherwise by its digest.
+    longer = len(forged) > statement.repositories["clip/clip-core-conf"].index_size
+    words = (r"Packages.gz: larger than .* \(endless data\)" if longer
+             else r"Packages.gz: .* not the file that was signed")
+    with pytest.raises(RepositoryError, match=words):
         intake.read_repository(repo, statement, tmp_path / "scratch")
 
 
@@ -227,3 +234,23 @@ def test_a_dependency_outside_the_release_is_refused(tmp_path, keys):
     why = "no package of the signed release metadata or installed provides it (extraneous dependency)"
     assert [r.split(": ", 1)[1] for r in reasons] == [f"Depends libc6 | musl: {why}", f"Depends evil (>= 1): {why}"]
     assert intake.undeclared_dependencies([package], statement, {"musl", "evil"}) == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "huge"])
+def test_metadata_that_is_not_a_small_regular_file_is_refused_without_hanging(repo, kind, tmp_path):
+    path = repo / releasemeta.METADATA
+    path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "symlink":
+        (tmp_path / "elsewhere.json").write_text("{}")
+        path.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        with path.open("wb") as stream:
+            stream.truncate(envelope.MAX_BYTES + 1)
+    with pytest.raises(RepositoryError) as exc:
+        releasemeta.read(path)
+    words = {"fifo": "FIFO", "directory": "directory", "symlink": "symbolic link", "huge": "bytes allowed here"}
+    assert words[kind] in str(exc.value), str(exc.value)
