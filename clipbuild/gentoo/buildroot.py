@@ -34,7 +34,8 @@ RECIPE_VERSION = 1  # bump when the way a build root is made changes
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "gcc", "libc6-dev", "make", "patch", "bzip2", "xz-utils", "zstd",
-                   "pax-utils", "file", "binutils", "cpio", "bc", "flex", "bison", "libelf-dev", "perl", "ccache")
+                   "pax-utils", "file", "binutils", "cpio", "bc", "flex", "bison", "libelf-dev", "perl", "ccache",
+                   "pkgconf")
 PORTAGE_VERSION = "3.0.83"
 PORTAGE_WHEEL = f"portage-{PORTAGE_VERSION}-py3-none-any.whl"
 PORTAGE_WHEEL_SHA256 = "25de95ad893cdf9abec2bf4d18217b3fc07756989c62d3e74bb1695cdf639402"

@@ -18,7 +18,8 @@
 #    package from the pinned kernel tree would replace them. The profile's flags apply (stack protector, stack
 #    clash protection, RELRO, BIND_NOW); Debian's gcc makes programs PIE by default, so -pie leaves LDFLAGS
 #    (with -shared it would make gcc link a program) and programs stay PIE. musl has no _FORTIFY_SOURCE:
-#    the flag would have no effect and is dropped;
+#    the flag would have no effect and is dropped; pkg-config (pkgconf) reads only the .pc files in
+#    ${ESYSROOT} and prefixes their paths with it;
 #  - pkg_preinst checks every ELF file of the image: programs use musl's loader, and every NEEDED library is
 #    in the image itself or in ${EROOT} (never glibc's libc.so.6), so a program linked against the build
 #    root by mistake stops the build.
@@ -94,6 +95,9 @@ clip-toolchain_pkg_setup() {
 	export LDFLAGS=$(echo ${ldflags// -pie / })
 	export CFLAGS=$(echo ${CFLAGS//-D_FORTIFY_SOURCE=?/})
 	export CPPFLAGS=$(echo ${CPPFLAGS//-D_FORTIFY_SOURCE=?/})
+	# pkg-config answers from the ROOT's .pc files only, with their paths under ${ESYSROOT}.
+	export PKG_CONFIG_LIBDIR=${ESYSROOT}/usr/lib/pkgconfig:${ESYSROOT}/usr/share/pkgconfig
+	export PKG_CONFIG_SYSROOT_DIR=${ESYSROOT%/} PKG_CONFIG_PATH=
 	einfo "C toolchain: ${CC} (musl in ${ESYSROOT}, loader ${CLIP_LIBC_LOADER})"
 }
 
