@@ -208,18 +208,23 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
 
     The disk is opened read-only (snapshot): the image file never changes. Quit with Ctrl-A X.
     With --check: boot headless until the system prints CLIP_BOOT_OK (root read-only on an intact
-    dm-verity target, jails configured, slot known); CLIP_BOOT_FAILED, a kernel panic (a corrupted root
-    block), or the timeout fail. The console is saved either way.
+    dm-verity target, jails configured, slot known, the packages' self-tests passed); CLIP_BOOT_FAILED, a
+    kernel panic (a corrupted root block), the timeout, or a self-test the booted slot ships (the image
+    manifest's list) that did not report ok, fail. The console is saved either way.
     """
     path = image_path(opts, image)
     if not check:
         sys.exit(vm.boot(path, memory))
     log_path = log_path or opts.workdir / "vm" / f"{path.name}.console.log"
-    result = vm.check(path, log_path, timeout=timeout, memory_mib=memory)
+    expected = {name: info.get("selftests") for name, info in inspection.read(path).manifest["slots"].items()}
+    result = vm.check(path, log_path, timeout=timeout, memory_mib=memory, expected=expected)
     if as_json:
         emit_json(result.to_dict())
     elif result.ok:
-        click.echo(f"boot ok in {result.seconds:.1f} s: {result.marker}\nconsole log: {result.log}")
+        click.echo(f"boot ok in {result.seconds:.1f} s: {result.marker}")
+        for test in result.selftests:
+            click.echo(f"  self-test {test.name}: {'ok' if test.ok else 'FAILED'} in {test.seconds} s: {test.output}")
+        click.echo(f"console log: {result.log}")
     if not result.ok:
         raise VmCheckError(f"boot check of {path.name} failed after {result.seconds:.1f} s: {result.reason}; "
                            f"console log: {result.log}")

@@ -5,19 +5,23 @@ hardened kernel opening the root under dm-verity, busybox init, rcS. The disk is
 nothing the guest writes reaches the image file.
 
 `check` watches the serial console for the marker clip-sysinfo prints once the system is up
-(`CLIP_BOOT_OK`: root read-only on an intact dm-verity target, jails configured, slot known), and fails on
-`CLIP_BOOT_FAILED`, a kernel panic, QEMU exiting, or the timeout. The whole console goes to a log file.
+(`CLIP_BOOT_OK`: root read-only on an intact dm-verity target, jails configured, slot known, the packages'
+self-tests passed), and fails on `CLIP_BOOT_FAILED`, a kernel panic, QEMU exiting, or the timeout. It collects
+the self-tests' outcomes (`CLIP_SELFTEST` lines, clipbuild.image.selftests) and, given the self-tests each slot
+ships (the manifest's), fails unless every one of the booted slot's reported "ok". The whole console goes to a
+log file.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipbuild.core.run import run, run_watch
+from clipbuild.image.selftests import Outcome, missing, parse
 
 OK_MARKER = "CLIP_BOOT_OK"
 FAILED_MARKER = "CLIP_BOOT_FAILED"
@@ -46,10 +50,11 @@ class CheckResult:
     log: str
     marker: str = ""
     slot: str = ""
+    selftests: list[Outcome] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {"ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 1), "log": self.log,
-                "marker": self.marker, "slot": self.slot}
+                "marker": self.marker, "slot": self.slot, "selftests": [t.to_dict() for t in self.selftests]}
 
 
 def _menu_enter() -> Callable[[bytes], bytes | None]:
@@ -66,15 +71,21 @@ def _menu_enter() -> Callable[[bytes], bytes | None]:
     return keys
 
 
-def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int = 512) -> CheckResult:
-    """Boot headless until the marker; the console is saved to `log_path`."""
+def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int = 512,
+          expected: Mapping[str, list[str] | None] | None = None) -> CheckResult:
+    """Boot headless until the marker; the console is saved to `log_path`. `expected`: the self-tests each slot
+    ships (None for a slot whose manifest does not say)."""
     seen: dict[str, str] = {}
+    outcomes: list[Outcome] = []
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with log_path.open("w", encoding="utf-8") as log:
         def on_line(raw: str) -> bool:
             line = ANSI.sub("", raw)
             log.write(line + "\n")
+            outcome = parse(line)
+            if outcome is not None:
+                outcomes.append(outcome)
             for marker in (OK_MARKER, FAILED_MARKER, PANIC):
                 if marker in line:
                     seen.setdefault(marker, line[line.index(marker):].strip())
@@ -86,9 +97,12 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
                                     keys=_menu_enter())
     seconds = time.monotonic() - started
     if OK_MARKER in seen:
-        slot = re.search(r"slot=(\S+)", seen[OK_MARKER])
-        return CheckResult(True, "the system is up", seconds, str(log_path), seen[OK_MARKER],
-                           slot.group(1) if slot else "")
+        found = re.search(r"slot=(\S+)", seen[OK_MARKER])
+        slot = found.group(1) if found else ""
+        problems = missing((expected or {}).get(slot) or [], outcomes)
+        if problems:
+            return CheckResult(False, "; ".join(problems), seconds, str(log_path), seen[OK_MARKER], slot, outcomes)
+        return CheckResult(True, "the system is up", seconds, str(log_path), seen[OK_MARKER], slot, outcomes)
     if FAILED_MARKER in seen:
         reason = seen[FAILED_MARKER].removeprefix(FAILED_MARKER).strip() or "the boot check failed"
     elif PANIC in seen:
@@ -97,4 +111,4 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
         reason = f"QEMU exited (status {status}) before the system came up"
     else:
         reason = f"no {OK_MARKER} within {timeout:g} s"
-    return CheckResult(False, reason, seconds, str(log_path), seen.get(FAILED_MARKER, ""))
+    return CheckResult(False, reason, seconds, str(log_path), seen.get(FAILED_MARKER, ""), selftests=outcomes)

@@ -27,7 +27,7 @@ from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import InputError, StepError
 from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
 from clipbuild.core.project import Project
-from clipbuild.image import bootloader, fsimage, gpt, install, slot
+from clipbuild.image import bootloader, fsimage, gpt, install, selftests, slot
 from clipbuild.image.manifest import EMBEDDED_MANIFEST, MANIFEST, describe, image_name
 from clipbuild.signing import trust, truststore
 from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
@@ -164,6 +164,7 @@ class Assembly:
         kernel = sha256_file(trees["root"] / "boot" / "vmlinuz-clip")
         for info in slots.values():
             info["kernel_sha256"] = kernel
+            info["selftests"] = selftests.shipped(trees["root"])
         return files, slots
 
     def _root_fs(self, part: gpt.Slice, tree: Path, files: dict[str, Path]) -> Path:

@@ -1,6 +1,7 @@
 # A CLIP tool in C, built with the profile's hardened flags: reports the booted slot, release and root state.
 # A dynamically linked PIE against the system's own libraries (clip-toolchain.eclass): musl's loader and
 # libc, and zlib, whose version it reports, so the boot check proves both load from the image.
+# Also clip-selftest, which runs the packages' boot self-tests (clip-selftest.eclass) before the check.
 EAPI=8
 
 inherit clip-toolchain
@@ -27,4 +28,6 @@ src_compile() {
 src_install() {
 	exeinto "${CPREFIX:-/usr}/bin"
 	doexe clip-sysinfo
+	exeinto "${CPREFIX:-/usr}/sbin"
+	doexe "${FILESDIR}/clip-selftest"
 }

@@ -19,7 +19,7 @@ clip_release_name() {
 
 src_install() {
 	local d
-	for d in bin sbin etc/init.d etc/shared etc/jails etc/admin etc/core etc/tcb dev proc sys tmp root boot \
+	for d in bin sbin etc/init.d etc/shared etc/jails etc/admin etc/core etc/tcb dev proc sys run tmp root boot \
 		home var/log var/pkg mounts update_root user admin audit update x11 ike altroot; do
 		keepdir "/${d}"
 	done

@@ -28,6 +28,11 @@ src_configure() {
 	bb_config TC n          # needs kernel headers newer than the build root's for CBQ
 	bb_config FEATURE_SUID n
 	bb_config INSTALL_NO_USR y
+	# iproute2 provides ip (with ip xfrm, which busybox lacks): no second /sbin/ip claimed by two packages.
+	local applet
+	for applet in IP IPADDR IPLINK IPROUTE IPTUNNEL IPRULE IPNEIGH; do
+		bb_config "${applet}" n
+	done
 	yes "" | emake -s oldconfig >/dev/null
 }
 

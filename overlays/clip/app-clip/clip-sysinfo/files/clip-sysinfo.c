@@ -7,8 +7,10 @@
  * far matched the hash tree, "C" once one did not), the verity root hash, and the number of jails configured
  * under /etc/jails, and the version of the zlib it runs with (libz.so.1, loaded from the system by musl's
  * dynamic loader). With --check it exits 1 unless the root is read-only on an intact verity target, the slot
- * is known, jails are configured and the zlib loaded is the one it was built against; it prints CLIP_BOOT_OK
- * when all holds, else CLIP_BOOT_FAILED and why.
+ * is known, jails are configured, the zlib loaded is the one it was built against and every package self-test
+ * clip-selftest ran at boot passed (its summary, /run/clip/selftest/summary, must exist and list no failure);
+ * it prints CLIP_BOOT_OK when all holds, with the number of self-tests passed and the KEY=VALUE words the tests
+ * asked for (/run/clip/selftest/marker, e.g. the IPsec stack), else CLIP_BOOT_FAILED and why.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -128,6 +130,62 @@ static int count_jails(void)
 	return n;
 }
 
+#define SELFTEST_DIR "/run/clip/selftest"
+
+/* Reads clip-selftest's summary: the number of tests passed, or -1 with `why` set (no summary: the tests did
+ * not run or did not finish; a line "failed NAME"; a line of another form). */
+static int selftests_passed(char *why, size_t len)
+{
+	char line[LINE];
+	int passed = 0;
+	FILE *f = fopen(SELFTEST_DIR "/summary", "re");
+	if (!f) {
+		snprintf(why, len, "the package self-tests did not run (no %s/summary)", SELFTEST_DIR);
+		return -1;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		if (strncmp(line, "ok ", 3) == 0) {
+			passed++;
+		} else {
+			if (strncmp(line, "failed ", 7) == 0)
+				snprintf(why, len, "self-test %.200s failed (%s/%.200s.log)", line + 7, SELFTEST_DIR, line + 7);
+			else
+				snprintf(why, len, "%s/summary: unexpected line \"%.200s\"", SELFTEST_DIR, line);
+			fclose(f);
+			return -1;
+		}
+	}
+	fclose(f);
+	return passed;
+}
+
+/* The words the self-tests asked for in the marker: KEY=VALUE, letters, digits and ._/+:- only, at most 16
+ * of them; anything else is dropped (the marker is one line the host parses). */
+static void selftest_words(char *out, size_t len)
+{
+	char line[LINE];
+	size_t used = 0;
+	int n = 0;
+	out[0] = '\0';
+	FILE *f = fopen(SELFTEST_DIR "/marker", "re");
+	if (!f)
+		return;
+	while (n < 16 && fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		char *eq = strchr(line, '=');
+		if (!eq || eq == line || line[strspn(line, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		                                          "0123456789._/+:=-")] != '\0')
+			continue;
+		int w = snprintf(out + used, len - used, " %s", line);
+		if (w < 0 || (size_t)w >= len - used)
+			break;
+		used += (size_t)w;
+		n++;
+	}
+	fclose(f);
+}
+
 int main(int argc, char **argv)
 {
 	char release[256] = "unknown", slot[32], device[LINE] = "unknown", target[DM_MAX_TYPE_NAME + 1] = "none";
@@ -162,10 +220,16 @@ int main(int argc, char **argv)
 		why = "no jails under /etc/jails";
 	else if (strcmp(zlibVersion(), ZLIB_VERSION) != 0)
 		why = "the zlib loaded is not the one clip-sysinfo was built against";
+	char selftest_why[LINE] = "", words[LINE];
+	int passed = why ? 0 : selftests_passed(selftest_why, sizeof(selftest_why));
+	if (passed < 0)
+		why = selftest_why;
 	if (why) {
 		printf("CLIP_BOOT_FAILED %s\n", why);
 		return 1;
 	}
-	printf("CLIP_BOOT_OK slot=%s release=\"%s\" roothash=%s zlib=%s\n", slot, release, root_hash, zlibVersion());
+	selftest_words(words, sizeof(words));
+	printf("CLIP_BOOT_OK slot=%s release=\"%s\" roothash=%s zlib=%s selftests=%d%s\n", slot, release, root_hash,
+	       zlibVersion(), passed, words);
 	return 0;
 }
