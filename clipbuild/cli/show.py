@@ -109,7 +109,8 @@ def format_build_summary(species: str, sets: list[dict[str, Any]], explain: bool
             if row["status"] == "built":
                 built += 1
                 if explain:
-                    lines.append(f"{entry['step']}: {row['cpv']}: built ({row['reason']})")
+                    took = f", {row['seconds']:.0f} s" if row.get("seconds") else ""
+                    lines.append(f"{entry['step']}: {row['cpv']}: built ({row['reason']}{took})")
             else:
                 reused += 1
                 if explain:

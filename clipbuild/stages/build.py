@@ -10,7 +10,7 @@ source. Output of a step:
     binpkgs/        PKGDIR: the set's gpkg binpkgs and their Packages index
     root/           the ROOT the set was merged into
     logs/           emerge.log and one build log per package (logs/build/)
-    packages.json   each package: cpv, key, built or reused, and why it was built
+    packages.json   each package: cpv, key, built or reused, why it was built, and its seconds in emerge
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ class EmergeSet(StepKind):
                 extra[step_id] = tree_digest(list(tree.rglob("*")), tree)
         if opts.kernel_fragments:  # the kernel's patches, fragments and checker, for clip-kernel.eclass
             patches = ctx.source(KERNEL_DIR)
-            compiler_cache = cache_dir() / "ccache"  # ccache: how fast, never what (not keyed)
+            compiler_cache = compiler_cache_dir()  # ccache: how fast, never what (not keyed)
             compiler_cache.mkdir(parents=True, exist_ok=True)
             mounts += [Mount(patches, KERNEL_MOUNT), Mount(KCONFIG, KCONFIG_MOUNT),
                        Mount(compiler_cache, CCACHE_DIR, writable=True)]
@@ -123,10 +124,15 @@ class EmergeSet(StepKind):
         for cpv, reason in reasons.items():
             ctx.progress(f"to build: {cpv} ({reason})")
         try:
-            _emerge(ctx, emerge, opts, len(plan))
+            seconds = _emerge(ctx, emerge, opts, len(plan))
         finally:
             _store_new_binpkgs(ctx.out / "binpkgs", plan, seeded, opts.set_name)
-        _write_report(ctx.out / "packages.json", plan, reasons)
+        _write_report(ctx.out / "packages.json", plan, reasons, seconds)
+
+
+def compiler_cache_dir() -> Path:
+    """The kernel build's ccache folder: $CLIPBUILD_CCACHE, else ~/.cache/clipbuild/ccache."""
+    return Path(os.environ["CLIPBUILD_CCACHE"]) if os.environ.get("CLIPBUILD_CCACHE") else cache_dir() / "ccache"
 
 
 def _check_distfiles(step_id: str, overlay: Path, species: str) -> None:
@@ -207,14 +213,20 @@ def _seed(plan: list[binpkgs.PackageKey], pkgdir: Path) -> set[str]:
     return seeded
 
 
-def _emerge(ctx: StepContext, emerge: Emerge, opts: EmergeOptions, total: int) -> None:
+def _emerge(ctx: StepContext, emerge: Emerge, opts: EmergeOptions, total: int) -> dict[str, float]:
+    """Runs the set's emerge; returns the seconds each package took, from its "Emerging" line to the next
+    package's (or the end): fetch-free unpack, build, binpkg and merge."""
+    started: dict[str, float] = {}
+
     def event(what: str, n: int, count: int, cpv: str) -> None:
         if what in ("Emerging", "Emerging binary"):
             verb = "building" if what == "Emerging" else "installing binpkg of"
             ctx.progress(f"[{n}/{count}] {verb} {cpv}")
+            started[cpv] = time.monotonic()
 
     try:
         emerge.build(opts.atoms, event, ctx.log)
+        return _durations(started, time.monotonic())
     except ToolError as exc:
         failure = parse_failure(exc)
         if failure is None:
@@ -225,6 +237,13 @@ def _emerge(ctx: StepContext, emerge: Emerge, opts: EmergeOptions, total: int) -
         raise StepError(ctx.step.id, f"{failure.cpv} failed in the {failure.phase} phase",
                         detail=[f"  last {len(tail)} lines of its log:", *(f"    {t}" for t in tail)],
                         output_log=f"logs/{relative}" if relative else "", sandbox=exc.sandbox) from None
+
+
+def _durations(started: dict[str, float], end: float) -> dict[str, float]:
+    """Each package's seconds, from its start to the next one's start (the last: to `end`)."""
+    order = sorted(started.items(), key=lambda item: item[1])
+    ends = [t for _, t in order[1:]] + [end]
+    return {cpv: round(stop - start, 1) for (cpv, start), stop in zip(order, ends, strict=True)}
 
 
 def _store_new_binpkgs(pkgdir: Path, plan: list[binpkgs.PackageKey], seeded: set[str], set_name: str) -> None:
@@ -238,9 +257,10 @@ def _store_new_binpkgs(pkgdir: Path, plan: list[binpkgs.PackageKey], seeded: set
             binpkgs.save(pkg, built[-1], set_name)
 
 
-def _write_report(path: Path, plan: list[binpkgs.PackageKey], reasons: dict[str, str]) -> None:
+def _write_report(path: Path, plan: list[binpkgs.PackageKey], reasons: dict[str, str],
+                  seconds: dict[str, float]) -> None:
     rows = [{"cpv": pkg.cpv, "key": pkg.key, "status": "built" if pkg.cpv in reasons else "reused",
-             "reason": reasons.get(pkg.cpv, "")} for pkg in plan]
+             "reason": reasons.get(pkg.cpv, ""), "seconds": seconds.get(pkg.cpv, 0.0)} for pkg in plan]
     path.write_text(json.dumps(rows, indent=2) + "\n")
 
 

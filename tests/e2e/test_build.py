@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from clipbuild.core.errors import ToolError
 from clipbuild.core.run import run
+from clipbuild.image import install
 from clipbuild.signing import trust, truststore
 from tests.e2e.support import Project, kernel_version
 
@@ -286,6 +288,21 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     victim.write_bytes(bytes(data))
     refused = project.clipbuild("repo", "publish", *batches, "--policy", policy, "--out", str(tmp_path / "r2"))
     assert refused.returncode == 1 and "busybox_1.35.0_amd64.deb: " in refused.stderr
+
+
+def test_a_package_whose_dependency_is_missing_fails_to_install_with_dpkg_s_reason(project, client, tmp_path):
+    """The .debs' Depends are enforced by dpkg when a tree is installed (what the image step and updates do): the
+    core set without zlib stops at clip-sysinfo, with dpkg's own words."""
+    _package(project, project.workdir)
+    debs = sorted((project.workdir / "steps" / "client" / "package" / "clip-core" / "out" / "debs").glob("*.deb"))
+    without_zlib = [deb for deb in debs if not deb.name.startswith("zlib_")]
+    assert len(without_zlib) == len(debs) - 1
+    with pytest.raises(ToolError) as failure:
+        (tmp_path / "root").mkdir()
+        install.install(without_zlib, tmp_path / "root", tmp_path / "dpkg.log")
+    text = "\n".join(failure.value.lines())
+    assert "dependency problems prevent configuration of clip-sysinfo" in text
+    assert "clip-sysinfo depends on zlib (>= 1.2.13); however:" in text and "Package zlib is not installed." in text
 
 
 def _verity_root(tmp_path: Path, built: Path) -> tuple[Path, Path, str, str, int]:
