@@ -47,8 +47,16 @@ def test_the_client_image_boots_to_its_marker(project, client):
     console = Path(check["log"]).read_text()
     assert f"CLIP: species client, build {KERNEL}" in console  # the species kernel
     assert "target=verity state=V" in console and "jails=8" in console
-    assert check["marker"].endswith(" zlib=1.2.13")  # clip-sysinfo ran on musl with libz.so.1 from the image
+    assert " zlib=1.2.13 " in check["marker"]  # clip-sysinfo ran on musl with libz.so.1 from the image
     assert "EXT4-fs (vda" in console  # fstab mounted the mounts, home, log and RM partitions
+    assert_selftests_passed(check, manifest(client))
+
+
+def assert_selftests_passed(check: dict, built: dict) -> None:
+    """Every self-test the booted slot ships ran inside the system and passed, as the host expected."""
+    shipped = built["slots"][check["slot"]]["selftests"]
+    assert sorted(t["name"] for t in check["selftests"] if t["ok"]) == shipped
+    assert f" selftests={len(shipped)}" in check["marker"]
 
 
 def test_the_manifest_and_the_layout_are_clip_s(client):
@@ -245,6 +253,7 @@ def test_the_gateway_image_boots_too(project):
     check = json.loads(result.stdout)
     assert 'release="CLIP-GTW 4.5.0"' in check["marker"]
     assert "CLIP: species gateway" in Path(check["log"]).read_text()
+    assert_selftests_passed(check, json.loads(Path(gateway["manifest"]).read_text()))
 
 
 PLANTED_HEADER = ('EAPI=8\nDESCRIPTION="planted by a test"\nHOMEPAGE="https://example.invalid"\nS="${WORKDIR}"\n'
