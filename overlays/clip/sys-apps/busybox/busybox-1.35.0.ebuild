@@ -28,6 +28,7 @@ src_configure() {
 	bb_config TC n          # needs kernel headers newer than the build root's for CBQ
 	bb_config FEATURE_SUID n
 	bb_config INSTALL_NO_USR y
+	bb_config IP n          # /sbin/ip is iproute2's (sys-apps/iproute2: ip xfrm); ipaddr, iplink... stay
 	yes "" | emake -s oldconfig >/dev/null
 }
 
