@@ -87,7 +87,7 @@ def read_manifests(overlay: Path) -> dict[str, Distfile]:
             if words[1] in found and found[words[1]].hashes != entry.hashes:
                 raise InputError(f"{shown}:{number}: {words[1]} has other digests in {found[words[1]].manifest}")
             declared.setdefault(words[1], set()).add(package)
-            if words[1] not in found or entry.pin is not None and entry.pin.owner == package:
+            if words[1] not in found or (entry.pin is not None and entry.pin.owner == package):
                 found[words[1]] = entry
     for name, pin in pins.items():
         if pin.owner not in declared.get(name, ()):
