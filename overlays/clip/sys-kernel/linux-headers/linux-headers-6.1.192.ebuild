@@ -19,12 +19,13 @@ RESTRICT="fetch mirror strip"
 
 # What `make headers` reads: the top Makefile and kbuild (scripts/), the generic and x86 UAPI trees (include/,
 # arch/x86/, whose syscall tables make asm/unistd_*.h), usr/ (the header install rules) and tools/include (the
-# x86 relocs helper built by archscripts). About 70 MB of the 1.3 GB tree; the xz stream is read whole anyway.
+# x86 relocs helper built by archscripts): 74 MB of the 1.5 GB tree. The xz stream is read whole either way
+# (about 7 CPU s), but writing 74 MB instead of 1.5 GB took 13 CPU s instead of 37 (measured on a loaded
+# machine: 17-19 s against 14-64 s of wall time, depending on the page cache).
 HEADERS_TREE=( Makefile scripts include arch/x86 usr tools/include )
 
 src_unpack() {
-	local parts=( "${HEADERS_TREE[@]/#/linux-source-6.1/}" )
-	tar -xJf "${DISTDIR}/${A}" -C "${WORKDIR}" --wildcards "${parts[@]/%/*}" || die "unpacking failed"
+	tar -xJf "${DISTDIR}/${A}" -C "${WORKDIR}" "${HEADERS_TREE[@]/#/linux-source-6.1/}" || die "unpacking failed"
 }
 
 headers_make() {
