@@ -96,14 +96,16 @@ def distfiles_pin(opts: Options, package: str, version: str | None, as_json: boo
     profiles = {path.stem: resolve(project, path.stem) for path in project.species_files()}
     suites = _debian_suites(p.sources.mirrors for p in profiles.values() if not p.abstract)
     result = pinmove.move_pins(overlay, package, suites, version, say)
-    result.rebuilds = pinmove.reverse_dependencies(overlay, package)
+    result.rebuilds = list(dict.fromkeys(
+        name for moved in (package, *result.shared) for name in pinmove.reverse_dependencies(overlay, moved)))
     result.species = sorted(name for name, prof in profiles.items() if not prof.abstract and any(
         pinmove.atom_package(atom) in result.rebuilds for _, _, pset in prof.packages.sets() for atom in pset.atoms))
     if as_json:
         emit_json({"package": package, "moves": [{"distfile": m.distfile, "old": str(m.old), "new": str(m.new),
                                               "old_manifest": m.old_line, "new_manifest": m.new_line}
                                              for m in result.moves],
-               "renamed": result.renamed, "rewritten": result.rewritten, "rebuilds": result.rebuilds,
+               "shared": result.shared, "renamed": result.renamed, "rewritten": result.rewritten,
+               "rebuilds": result.rebuilds,
                "species": result.species})
         return
     if not result.moves:
@@ -113,8 +115,10 @@ def distfiles_pin(opts: Options, package: str, version: str | None, as_json: boo
         click.echo(f"{move.distfile}: {move.old} -> {move.new}")
         click.echo(f"  old: {move.old_line}")
         click.echo(f"  new: {move.new_line}")
+    for other in result.shared:
+        click.echo(f"moved along: {other} (its Manifest declares the same distfile)")
     for old, new in result.renamed:
-        click.echo(f"renamed {package}/{old} -> {new}")
+        click.echo(f"renamed {old} -> {new}")
     for ebuild in result.rewritten:
         click.echo(f"updated the exact atoms in {ebuild}")
     click.echo(f"will rebuild: {', '.join(result.rebuilds)}")

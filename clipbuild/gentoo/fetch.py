@@ -67,9 +67,12 @@ def digest_file(path: Path, names: Iterable[str]) -> dict[str, str]:
 
 
 def read_manifests(overlay: Path) -> dict[str, Distfile]:
-    """Every DIST entry of every Manifest in the overlay, by distfile name, with its Debian pin if any."""
+    """Every DIST entry of every Manifest in the overlay, by distfile name, with its Debian pin if any. Several
+    packages may declare one distfile with the same digests (the kernel's tarball: sys-kernel/clip-kernel and
+    sys-kernel/linux-headers); the entry kept is the one of the package whose Pins file pins it."""
     pins = read_pins(overlay)
     found: dict[str, Distfile] = {}
+    declared: dict[str, set[str]] = {}
     for manifest in sorted(overlay.glob("*/*/Manifest")):
         shown = str(manifest.relative_to(overlay.parent))
         package = manifest.parent.relative_to(overlay).as_posix()
@@ -83,9 +86,11 @@ def read_manifests(overlay: Path) -> dict[str, Distfile]:
                              f"{shown}:{number}", package, pins.get(words[1]))
             if words[1] in found and found[words[1]].hashes != entry.hashes:
                 raise InputError(f"{shown}:{number}: {words[1]} has other digests in {found[words[1]].manifest}")
-            found[words[1]] = entry
+            declared.setdefault(words[1], set()).add(package)
+            if words[1] not in found or (entry.pin is not None and entry.pin.owner == package):
+                found[words[1]] = entry
     for name, pin in pins.items():
-        if name not in found or found[name].package != pin.owner:
+        if pin.owner not in declared.get(name, ()):
             raise InputError(f"{pin.where}: {name} is pinned but its package's Manifest has no DIST line for it")
     return found
 

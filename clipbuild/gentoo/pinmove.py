@@ -40,6 +40,7 @@ class Moved:
 class PinMove:
     package: str
     moves: list[Moved] = field(default_factory=list)
+    shared: list[str] = field(default_factory=list)  # other packages declaring a moved distfile: moved along
     renamed: list[tuple[str, str]] = field(default_factory=list)  # ebuilds renamed (old, new)
     rewritten: list[str] = field(default_factory=list)  # ebuilds whose exact atoms were updated
     rebuilds: list[str] = field(default_factory=list)  # packages that will rebuild
@@ -80,10 +81,29 @@ def move_pins(overlay: Path, package: str, suites: Iterable[str], version: str |
             result.moves.append(move)
     if not result.moves:
         return result
+    sharers = _sharers(overlay, package, result.moves)
+    result.shared = list(sharers)
     safefile.write_atomic(manifest, text.encode())
+    for other, other_text in sharers.items():
+        for move in result.moves:
+            other_text = other_text.replace(move.old_line, move.new_line)
+        safefile.write_atomic(overlay / other / "Manifest", other_text.encode())
     write_pin_file(pins_file(directory), [m.new for m in result.moves])
-    _follow_upstream_version(overlay, package, result)
+    for name in (package, *sharers):
+        _follow_upstream_version(overlay, name, result)
     return result
+
+
+def _sharers(overlay: Path, package: str, moves: list[Moved]) -> dict[str, str]:
+    """The other packages whose Manifest declares a moved distfile with the same line (the kernel's tarball:
+    sys-kernel/linux-headers beside sys-kernel/clip-kernel), with their Manifest's text: they move with it."""
+    found = {}
+    for other in sorted(overlay.glob("*/*/Manifest")):
+        name = other.parent.relative_to(overlay).as_posix()
+        text = other.read_text(encoding="utf-8")
+        if name != package and any(m.old_line in text.splitlines() for m in moves):
+            found[name] = text
+    return found
 
 
 def _choose(pin: Pin, suites: list[str], version: str | None, say: Say) -> tuple[Archive, str]:

@@ -16,6 +16,7 @@ import pytest
 
 from clipbuild.core.errors import ToolError
 from clipbuild.core.run import run
+from clipbuild.formats import gpkg
 from clipbuild.image import install
 from clipbuild.signing import trust, truststore
 from tests.e2e.support import Project, kernel_version
@@ -47,17 +48,20 @@ def client(client_build) -> dict:
 def test_client_builds_every_package_from_source(client):
     assert statuses(client) == {
         "build/clip-core sys-libs/musl-1.2.3": "built",
+        f"build/clip-core sys-kernel/linux-headers-{KERNEL}": "built",
         "build/clip-core sys-libs/zlib-1.2.13": "built",
         "build/clip-core clip-layout/baselayout-clip-4.5.0": "built",
         "build/clip-core sys-apps/busybox-1.35.0": "built",
+        "build/clip-core sys-apps/iproute2-6.1.0": "built",
         "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
         "build/clip-core clip-layout/clip-jails-4.5.0": "built",
         "build/clip-core clip-conf/clip-update-keys-4.5.0": "built",
         f"build/clip-core sys-kernel/clip-kernel-{KERNEL}": "built",
         "build/clip-core clip-conf/clip-core-conf-4.5.0": "built",
         "build/clip-apps clip-conf/clip-apps-conf-4.5.0": "built",
-        # rm-core's busybox and C library have the same inputs as clip-core's: from the store, not rebuilt
+        # rm-core's busybox, C library and kernel headers have the same inputs as clip-core's: from the store
         "build/rm-core sys-libs/musl-1.2.3": "reused",
+        f"build/rm-core sys-kernel/linux-headers-{KERNEL}": "reused",
         "build/rm-core sys-apps/busybox-1.35.0": "reused",
         "build/rm-core clip-conf/rm-core-conf-4.5.0": "built",
         "build/rm-apps clip-conf/rm-apps-conf-4.5.0": "built",
@@ -79,7 +83,8 @@ def _needed(dynamic: str) -> set[str]:
 
 
 @pytest.mark.parametrize(("binary", "libraries"), [("bin/busybox", {"libc.so"}),
-                                                   ("usr/bin/clip-sysinfo", {"libc.so", "libz.so.1"})])
+                                                   ("usr/bin/clip-sysinfo", {"libc.so", "libz.so.1"}),
+                                                   ("sbin/ip", {"libc.so"}), ("sbin/ss", {"libc.so"})])
 def test_programs_are_hardened_pie_on_the_pipeline_s_musl(project, client, binary, libraries):
     """Dynamically linked against the C library and zlib the pipeline built (never the build root's glibc):
     musl's loader as interpreter, every NEEDED library in the set's ROOT, PIE, RELRO, BIND_NOW, stack protector."""
@@ -101,6 +106,39 @@ def test_the_c_library_and_zlib_are_shared_libraries_of_the_set(project, client)
     _, dynamic, _ = _elf(root / "usr" / "lib" / "libz.so.1.2.13")
     assert "Library soname: [libz.so.1]" in dynamic and _needed(dynamic) == {"libc.so"} and "BIND_NOW" in dynamic
     assert (root / "usr" / "include" / "zlib.h").is_file()  # in the SYSROOT for the builds, not in the .deb
+
+
+def test_the_kernel_headers_are_the_kernel_s_own_and_build_only(project, client, tmp_path):
+    """sys-kernel/linux-headers: `make headers` of the kernel's own pinned tree, for the ROOT the packages compile
+    against (clip-toolchain.eclass; emerge installs it there when something is compiled, a DEPEND); its .deb is
+    empty (test_packages_are_reproducible). Read from its binpkg, which every build of the set has."""
+    out = project.workdir / "steps" / "client" / "build" / "clip-core" / "out"
+    _, image = gpkg.read(next((out / "binpkgs" / "sys-kernel" / "linux-headers").glob(f"*-{KERNEL}-*.gpkg.tar")))
+    gpkg.extract(image, tmp_path / "headers")
+    include = tmp_path / "headers" / "usr" / "include"
+    major, minor, sub = (int(n) for n in KERNEL.split("."))
+    version_h = (include / "linux" / "version.h").read_text()
+    assert f"#define LINUX_VERSION_CODE {(major << 16) + (minor << 8) + min(sub, 255)}\n" in version_h
+    assert (include / "asm" / "unistd_64.h").is_file()  # generated from the x86 syscall table
+    assert (include / "linux" / "xfrm.h").is_file()
+    assert {p.name for p in (tmp_path / "headers").iterdir()} == {"usr"}
+    assert {p.name for p in (tmp_path / "headers" / "usr").iterdir()} == {"include"}
+
+
+# Run from the set's ROOT in a sandbox of its own (no network: a fresh namespace with only a loopback):
+# the programs load musl's loader and libc from that ROOT, never the host's.
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["/sbin/ip", "-V"], "ip utility, iproute2-6.1.0"),
+    (["/sbin/ss", "-V"], "ss utility, iproute2-6.1.0"),
+    (["/sbin/ip", "-o", "link", "show", "lo"], "1: lo: <LOOPBACK,UP"),  # a netlink dump, answered by the kernel
+    (["/sbin/ip", "xfrm", "state", "help"], "Usage: ip xfrm state { add | update } ID"),  # usage: exit 255
+])
+def test_the_network_tools_run_from_the_set_s_root(project, client, argv, expected):
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    ran = run(["bwrap", "--ro-bind", root, "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all", "--",
+               *argv], check=False)
+    assert ran.returncode == (255 if "help" in argv else 0), ran.stderr
+    assert expected in ran.stdout + ran.stderr
 
 
 def test_the_c_tool_runs_and_the_layout_is_clip(project, client):
@@ -134,6 +172,7 @@ def test_gateway_shares_what_it_can(project, client):
     gateway = statuses(project.build("gateway"))
     assert gateway["build/clip-core sys-apps/busybox-1.35.0"] == "reused"
     assert gateway["build/clip-core app-clip/clip-sysinfo-1.0.0"] == "reused"
+    assert gateway["build/clip-core sys-apps/iproute2-6.1.0"] == "reused"  # same USE for both species
     assert gateway["build/clip-core clip-layout/baselayout-clip-4.5.0"] == "built"  # USE clip-gtw
     assert not any(key.startswith("build/rm-") for key in gateway)
 
@@ -147,7 +186,7 @@ def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
     row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.0.0")
     assert row["reason"] == "ebuild or its files changed"
     explained = project.clipbuild("build", "client", "--explain")
-    assert "build/clip-core: cached, 9 packages unchanged" in explained.stdout
+    assert "build/clip-core: cached, 11 packages unchanged" in explained.stdout
 
 
 def test_editing_a_jail_rebuilds_the_jails_package_only(project, client):
@@ -221,8 +260,13 @@ def test_packages_are_reproducible(project, client, tmp_path):
     assert sorted(first["package/clip-core"]) == ["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb",
                                                   "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
                                                   f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
-                                                  "clip-update-keys_4.5.0_amd64.deb", "musl_1.2.3_amd64.deb",
+                                                  "clip-update-keys_4.5.0_amd64.deb", "iproute2_6.1.0_amd64.deb",
+                                                  f"linux-headers_{KERNEL}_amd64.deb", "musl_1.2.3_amd64.deb",
                                                   "zlib_1.2.13_amd64.deb"]
+    # The kernel headers are build-only: their package has no file at all (CLIP has no -dev packages).
+    headers = project.workdir / "steps" / "client" / "package" / "clip-core" / "out" / "debs" / \
+        f"linux-headers_{KERNEL}_amd64.deb"
+    assert [line.split()[-1] for line in run(["dpkg-deb", "--contents", headers]).stdout.splitlines()] == ["./"]
     _package(project, tmp_path / "again")
     for step in first:
         for name in first[step]:
@@ -256,7 +300,8 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     assert sorted(p.name for p in (core / "pool").iterdir()) == [
         "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
         "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
-        "clip-update-keys_4.5.0_amd64.deb", "musl_1.2.3_amd64.deb", "zlib_1.2.13_amd64.deb"]
+        "clip-update-keys_4.5.0_amd64.deb", "iproute2_6.1.0_amd64.deb", "musl_1.2.3_amd64.deb",
+        "zlib_1.2.13_amd64.deb"]  # pinned by clip-core-conf: the build-only linux-headers is not
     # Debian's own indexer reads the same packages and agrees on every field it writes.
     from debian.deb822 import Packages
 
@@ -268,7 +313,7 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     assert ours["clip-core-conf"]["Release-Date"] and ours["busybox"]["Distribution"] == "clip"
     # The run-time dependencies the .debs carry (RDEPEND, clip-toolchain.eclass), and no build-only file.
     assert ours["clip-sysinfo"]["Depends"] == "zlib (>= 1.2.13), musl (>= 1.2.3)"
-    assert ours["busybox"]["Depends"] == "musl (>= 1.2.3)"
+    assert ours["busybox"]["Depends"] == "musl (>= 1.2.3)" == ours["iproute2"]["Depends"]
     listing = run(["dpkg-deb", "--contents", core / "pool" / "musl_1.2.3_amd64.deb"]).stdout
     assert "./usr/lib/libc.so" in listing and "include" not in listing and ".a\n" not in listing
     # dpkg installs the countersigned packages as they are, dependencies checked.

@@ -6,20 +6,19 @@
 # semantics), so a package's DEPEND is installed into the ROOT before it builds, and ${ESYSROOT} is that ROOT.
 #
 # Inheriting this eclass:
-#  - DEPEND on sys-libs/musl (in ${ESYSROOT} at build time, and part of the binary package's key) and RDEPEND
-#    on it (the .deb's Depends: musl);
+#  - DEPEND on sys-libs/musl and sys-kernel/linux-headers (in ${ESYSROOT} at build time, and part of the binary
+#    package's key) and RDEPEND on musl (the .deb's Depends: musl); the headers are build-only;
 #  - pkg_setup writes a gcc specs file in the style of musl-gcc, with ${ESYSROOT} in place of musl's prefix,
 #    and points CC at a wrapper using it: headers from ${ESYSROOT}/usr/include and gcc's own freestanding
 #    headers only (-nostdinc), start files and libraries from ${ESYSROOT}/usr/lib only (ld -nostdlib: none of
 #    the build root's library directories is searched), /lib/ld-musl-x86_64.so.1 as the program interpreter
-#    (-static-pie: rcrt1.o and no interpreter). One exception, header-only: the kernel's UAPI headers
-#    (linux/, asm/, mtd/...: CLIP_KERNEL_UAPI) are the build root's (Debian's linux-libc-dev, Linux 6.1 like
-#    the kernel), through links in a private folder, so none of glibc's headers is reachable; a linux-headers
-#    package from the pinned kernel tree would replace them. The profile's flags apply (stack protector, stack
-#    clash protection, RELRO, BIND_NOW); Debian's gcc makes programs PIE by default, so -pie leaves LDFLAGS
-#    (with -shared it would make gcc link a program) and programs stay PIE. musl has no _FORTIFY_SOURCE:
-#    the flag would have no effect and is dropped; pkg-config (pkgconf) reads only the .pc files in
-#    ${ESYSROOT} and prefixes their paths with it;
+#    (-static-pie: rcrt1.o and no interpreter). The kernel's UAPI headers (linux/, asm/, mtd/...) are in
+#    ${ESYSROOT}/usr/include too, beside musl's: sys-kernel/linux-headers installs them there from the kernel's
+#    own pinned source tree (DEPEND), so nothing of the build root's headers is reachable. The profile's flags
+#    apply (stack protector, stack clash protection, RELRO, BIND_NOW); Debian's gcc makes programs PIE by
+#    default, so -pie leaves LDFLAGS (with -shared it would make gcc link a program) and programs stay PIE.
+#    musl has no _FORTIFY_SOURCE: the flag would have no effect and is dropped; pkg-config (pkgconf) reads
+#    only the .pc files in ${ESYSROOT} and prefixes their paths with it;
 #  - pkg_preinst checks every ELF file of the image: programs use musl's loader, and every NEEDED library is
 #    in the image itself or in ${EROOT} (never glibc's libc.so.6), so a program linked against the build
 #    root by mistake stops the build.
@@ -30,15 +29,12 @@ case ${EAPI} in
 esac
 
 CLIP_LIBC_LOADER=/lib/ld-musl-x86_64.so.1
-# The kernel's UAPI header folders as Debian's linux-libc-dev installs them (asm/ is under the multiarch folder).
-CLIP_KERNEL_UAPI="asm-generic linux misc mtd rdma sound video xen"
-
-DEPEND="sys-libs/musl"
+DEPEND="sys-libs/musl sys-kernel/linux-headers"
 RDEPEND=">=sys-libs/musl-1.2.3"
 
 # clip-toolchain_specs: the gcc specs file, for the C library in ${ESYSROOT}
 clip-toolchain_specs() {
-	local lib=${ESYSROOT}/usr/lib inc="${ESYSROOT}/usr/include -isystem ${T}/clip-toolchain/include"
+	local lib=${ESYSROOT}/usr/lib inc=${ESYSROOT}/usr/include
 	cat <<-EOT
 		%rename cpp_options old_cpp_options
 
@@ -79,13 +75,10 @@ clip-toolchain_pkg_setup() {
 	[[ ${MERGE_TYPE} == binary ]] && return
 	[[ -f ${ESYSROOT}/usr/lib/libc.so && -f ${ESYSROOT}/usr/include/stdio.h ]] ||
 		die "the C library is not in ESYSROOT='${ESYSROOT}': build with clipbuild build (SYSROOT=ROOT)"
+	[[ -f ${ESYSROOT}/usr/include/linux/version.h && -f ${ESYSROOT}/usr/include/asm/unistd_64.h ]] ||
+		die "the kernel headers (sys-kernel/linux-headers) are not in ESYSROOT='${ESYSROOT}'"
 	local dir=${T}/clip-toolchain
-	mkdir -p "${dir}/include" || die
-	local uapi
-	for uapi in ${CLIP_KERNEL_UAPI}; do
-		ln -s "/usr/include/${uapi}" "${dir}/include/" || die
-	done
-	ln -s "/usr/include/$(${BUILD_CC:-gcc} -print-multiarch)/asm" "${dir}/include/asm" || die
+	mkdir -p "${dir}" || die
 	clip-toolchain_specs > "${dir}/musl.specs" || die
 	printf '#!/bin/sh\nexec %s -specs=%s "$@"\n' "${BUILD_CC:-gcc}" "${dir}/musl.specs" > "${dir}/cc" || die
 	chmod +x "${dir}/cc" || die

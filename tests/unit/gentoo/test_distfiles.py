@@ -194,6 +194,37 @@ def test_a_new_upstream_version_renames_the_ebuild_and_its_exact_atoms(overlay, 
         pinmove.move_pins(overlay, "app-clip/tool", [SUITE], "9.9-1", quiet)
 
 
+def _share(overlay: Path) -> Path:
+    """app-clip/tool-headers declares the distfile app-clip/tool pins (as linux-headers the kernel's tarball)."""
+    sharer = overlay / "app-clip" / "tool-headers"
+    sharer.mkdir()
+    (sharer / "Manifest").write_text((overlay / "app-clip" / "tool" / "Manifest").read_text())
+    (sharer / "tool-headers-1.0.ebuild").write_text('EAPI=8\nSRC_URI="clip-src-1.0.tar.gz"\n')
+    return sharer
+
+
+def test_a_distfile_two_packages_declare_keeps_its_pin(overlay):
+    _share(overlay)
+    dist = fetch.read_manifests(overlay)[DIST]
+    assert (dist.package, str(dist.pin)) == ("app-clip/tool", "clip-src=1.0-1 (binary)")
+    (overlay / "app-clip" / "tool" / "Manifest").write_text("")
+    with pytest.raises(InputError, match="is pinned but its package's Manifest has no DIST line for it"):
+        fetch.read_manifests(overlay)
+
+
+def test_a_pin_move_carries_the_packages_sharing_the_distfile(overlay, tmp_path, monkeypatch):
+    sharer = _share(overlay)
+    monkeypatch.setenv("CLIPBUILD_APT_SOURCES", str(make_archive(tmp_path / "archive", ["1.0-1", "1.1-1"])))
+    result = pinmove.move_pins(overlay, "app-clip/tool", [SUITE], "1.1-1", quiet)
+    assert result.shared == ["app-clip/tool-headers"]
+    assert result.renamed == [("tool-1.0.ebuild", "tool-1.1.ebuild"),
+                              ("tool-headers-1.0.ebuild", "tool-headers-1.1.ebuild")]
+    new_line = _manifest_line(DIST, _payload("1.1-1"))
+    assert (sharer / "Manifest").read_text() == (overlay / "app-clip" / "tool" / "Manifest").read_text() == \
+        new_line + "\n"
+    assert fetch.read_manifests(overlay)[DIST].hashes["SHA512"] == hashlib.sha512(_payload("1.1-1")).hexdigest()
+
+
 def write_client(tmp_path: Path, mirror: str, extra: str = "") -> str:
     """The project beside the overlay: the real base profile and jails, a client taking distfiles from
     `mirror` only."""
