@@ -164,3 +164,17 @@ def test_build_only_files_stay_out_of_the_deb(tmp_path):
     listing = run(["dpkg-deb", "--contents", deb]).stdout
     names = sorted(line.split()[-1] for line in listing.splitlines())
     assert names == ["./", "./usr/", "./usr/lib/", "./usr/lib/libc.so", "./usr/share/", "./usr/share/empty/"]
+
+
+def test_only_what_the_set_needs_at_run_time_is_packaged():
+    from clipbuild.stages.package import depends_names, runtime_closure
+
+    assert depends_names("zlib (>= 1.2.13), musl (>= 1.2.3)") == ["zlib", "musl"]
+    assert depends_names("a | b (>= 2), c") == ["a", "b", "c"]
+    assert depends_names("") == []
+    depends = {"clip-core-conf": ["busybox", "openssh", "absent"], "openssh": ["openssl", "zlib", "musl"],
+               "openssl": ["musl"], "zlib": ["musl"], "musl": [], "busybox": ["musl"], "linux-headers": [],
+               "orphan": ["musl"]}
+    assert runtime_closure(depends, ["clip-core-conf"]) == {"clip-core-conf", "busybox", "openssh", "openssl",
+                                                             "zlib", "musl"}
+    assert runtime_closure(depends, ["not-built"]) == set()
