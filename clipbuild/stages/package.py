@@ -49,7 +49,7 @@ class DebSet(StepKind):
                                         urgency=opts.urgency)
         read = [gpkg.read(path) for path in sorted((binpkgs / "binpkgs").glob("*/*/*.gpkg.tar"))]
         fields = {package.cpv: debpkg.control(package, deb_options, 0) for package, _ in read}
-        needed = runtime_closure({f["Package"]: depends_names(f["Depends"]) for f in fields.values()},
+        needed = runtime_closure({f["Package"]: depends_names(f.get("Depends", "")) for f in fields.values()},
                                  opts.roots or tuple(f["Package"] for f in fields.values()))
         rows = []
         for package, image in read:
