@@ -7,7 +7,7 @@
 # wanted, and each would add a library to the image. tc, bridge, devlink and the other tools are left out.
 EAPI=8
 
-inherit clip-toolchain
+inherit clip-selftest clip-toolchain
 
 DESCRIPTION="Kernel routing and traffic control utilities: ip (with ip xfrm) and ss"
 HOMEPAGE="https://wiki.linuxfoundation.org/networking/iproute2"
@@ -49,4 +49,6 @@ src_install() {
 	# without them, by number.
 	insinto /etc/iproute2
 	doins etc/iproute2/{rt_tables,rt_protos,rt_scopes,rt_realms,rt_dsfield,group,nl_protos}
+	# At boot: an ESP tunnel state and policy through ip xfrm into the kernel, in a namespace of its own.
+	clip-selftest_install
 }
