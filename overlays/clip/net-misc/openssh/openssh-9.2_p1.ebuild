@@ -37,7 +37,7 @@ src_configure() {
 	#
 	# Left out: PAM (none in the image yet), Kerberos, LDNS (DNSSEC SSHFP), libedit (sftp line editing), SELinux,
 	# Linux audit, FIDO/U2F security keys and PKCS#11 tokens (no helpers), and lastlog/utmp/wtmp, which musl
-	# only stubs. X11 forwarding is refused by the configuration; no xauth path is compiled in.
+	# only stubs. X11 forwarding is refused by the configuration (sshd_config).
 	local conf=(
 		--build=x86_64-pc-linux-gnu --host=x86_64-pc-linux-musl
 		--prefix=/usr --sbindir=/sbin --sysconfdir=/etc/ssh --libexecdir=/usr/lib/ssh --localstatedir=/var
