@@ -15,6 +15,35 @@ LICENSE="Apache-2.0"
 SLOT="0/3"
 KEYWORDS="amd64"
 
+# Debian's security fixes for the pinned 3.0.20-1~deb12u2, in the order of its debian/patches/series: its
+# bookworm-security upload of June 2026 fixes nine CVEs that upstream's 3.0.20 tarball does not (each patch
+# applies to it and changes the code), all in libcrypto. Each file's header says which CVE and what it fixes
+# (docs/building.md, "Security fixes from Debian"). Left out of Debian's series: its packaging patches (Debian's
+# Configure targets, man sections, no -Bsymbolic, 32-bit x86 assembler PIC, c_rehash, KTLS on non-Linux
+# targets, openssl.cnf's provider section), a thread-safety fix of conf_ssl.c (no CVE), and the test-only
+# patches (no-tests: the tests are not built).
+PATCHES=(
+	# CVE-2026-7383
+	"${FILESDIR}"/Reject-oversized-inputs-in-ASN1_mbstring_ncopy.patch
+	# CVE-2026-9076
+	"${FILESDIR}"/cms-kek_unwrap_key-Fix-out-of-bounds-read-in-check-byte-v.patch
+	# CVE-2026-34180
+	"${FILESDIR}"/Avoid-length-truncation-in-ASN1_STRING_set.patch
+	# CVE-2026-34182, with its prerequisite
+	"${FILESDIR}"/CMS-Produce-error-when-AEAD-algorithms-are-used-in-envelo.patch
+	"${FILESDIR}"/Reject-potentially-forged-encrypted-CMS-AuthEnvelopedData.patch
+	# CVE-2026-42766
+	"${FILESDIR}"/Fix-potential-NULL-dereference-processing-CMS-PasswordRec.patch
+	# CVE-2026-42770
+	"${FILESDIR}"/Match-the-local-q-DHX-parameter-against-the-peer-s-q.patch
+	# CVE-2026-45445
+	"${FILESDIR}"/Apply-the-buffered-IV-on-the-AES-OCB-EVP_Cipher-path.patch
+	# CVE-2026-45446
+	"${FILESDIR}"/Fix-handling-of-empty-ciphertext-messages-in-AES-SIV.patch
+	# CVE-2026-45447
+	"${FILESDIR}"/Fix-possible-use-after-free-in-OpenSSL-PKCS7_verify.patch
+)
+
 src_configure() {
 	# OpenSSL's own Configure (perl, not autoconf): it takes CC (the eclass's musl wrapper), CFLAGS, CPPFLAGS and
 	# LDFLAGS from the environment, and the profile's CFLAGS replace its own -O3; its cflags (-pthread -m64 and

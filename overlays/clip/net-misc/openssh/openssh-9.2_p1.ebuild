@@ -23,6 +23,33 @@ DEPEND="dev-libs/openssl sys-libs/zlib"
 # The privilege separation user sshd and its chroot /var/empty come with CLIP's base layout.
 RDEPEND=">=dev-libs/openssl-3.0.20 >=sys-libs/zlib-1.2.13"
 
+# Debian's security fixes for the pinned 1:9.2p1-2+deb12u10, in the order of its debian/patches/series, for the
+# code this package compiles (sshd, ssh-keygen, ssh, scp, sftp); each file's header says which CVE and what it
+# fixes (docs/building.md, "Security fixes from Debian"). Left out of Debian's series: its own features
+# (GSSAPI key exchange, whose gssapi.patch also carries the CVE-2026-3497 fix: no Kerberos here; TCP wrappers,
+# SELinux role, systemd, the Debian banner, configuration defaults, documentation); the fixes for code not built
+# here (CVE-2023-38408 ssh-agent/PKCS#11 and CVE-2023-51384 ssh-agent, CVE-2023-28531 ssh-add smartcards);
+# the sntrup761x25519-sha512 alias (a new algorithm name, not a fix); the regress/ test patches (not run).
+PATCHES=(
+	"${FILESDIR}"/CVE-2023-48795.patch
+	"${FILESDIR}"/CVE-2023-51385.patch
+	# CVE-2024-6387 (regreSSHion)
+	"${FILESDIR}"/Disable-async-signal-unsafe-code-from-the-sshsigdie-.patch
+	"${FILESDIR}"/CVE-2025-26465.patch
+	"${FILESDIR}"/incorrect-return-values.patch
+	# CVE-2025-32728
+	"${FILESDIR}"/fix-disable-forwarding.patch
+	"${FILESDIR}"/CVE-2025-61984.patch
+	"${FILESDIR}"/CVE-2025-61985.patch
+	"${FILESDIR}"/CVE-2026-35388.patch
+	"${FILESDIR}"/CVE-2026-35385.patch
+	"${FILESDIR}"/CVE-2026-35387.patch
+	"${FILESDIR}"/CVE-2026-35414.patch
+	"${FILESDIR}"/prohibit-comma-in-hostnames.patch
+	"${FILESDIR}"/CVE-2026-35386-1.patch
+	"${FILESDIR}"/CVE-2026-35386-2.patch
+)
+
 src_configure() {
 	# Autoconf, told it cross-compiles (host x86_64-pc-linux-musl): the programs it links against the ROOT's
 	# musl cannot run in the build root (no musl loader there), so its run tests (the OpenSSL header/library
