@@ -3,7 +3,8 @@
 The programs and libraries are hardened PIEs and shared objects on the set's musl, every NEEDED library is in
 the set's ROOT, the .debs depend on the packages of those libraries, and the programs run from the ROOT (as
 their /, under bubblewrap): `openssl` makes a key and a certificate, `sshd -t` accepts CLIP's configuration with
-a throwaway host key, `ssh -V` names the OpenSSL it runs with.
+a throwaway host key, `ssh -V` names the OpenSSL it runs with, and ssh and sshd behave as Debian's security fixes
+make them (regreSSHion, Terrapin).
 """
 
 from __future__ import annotations
@@ -107,6 +108,21 @@ def test_ssh_programs_run_from_the_root(root):
     assert not list((root / "etc" / "ssh").glob("ssh_host_*"))
 
 
+def test_sshd_carries_the_regresshion_fix(root):
+    """CVE-2024-6387 (regreSSHion): Debian's fix (files/Disable-async-signal-unsafe-code-from-the-sshsigdie-.patch)
+    makes sshd's LoginGraceTime SIGALRM handler exit without logging (syslog is not async-signal-safe). sshd in
+    inetd mode (-i) on a pipe that stays open and silent: after LoginGraceTime (1 s) it exits 1; it logged the
+    connection, but not "Timeout before authentication", which the unpatched sshd logs there (checked on the
+    build before the patch: "Timeout before authentication for UNKNOWN port 65535"), nor an end of input."""
+    out = _in_root(root, "/bin/sh", "-c",
+                   "ssh-keygen -q -t ed25519 -N '' -f /tmp/host && "
+                   "{ sleep 3 | /sbin/sshd -i -h /tmp/host -o LoginGraceTime=1 -E /tmp/log; echo sshd-exit=$?; } "
+                   "&& cat /tmp/log")
+    assert out.startswith(f"SSH-2.0-OpenSSH_{OPENSSH.split('p')[0]}") and "sshd-exit=1" in out, out
+    assert "Connection from UNKNOWN port 65535" in out, out  # it logs (LogLevel VERBOSE), to /tmp/log
+    assert "Timeout before authentication" not in out and "Connection closed" not in out, out
+
+
 LOGIN = """set -e
 ssh-keygen -q -t ed25519 -N '' -f /tmp/host
 ssh-keygen -q -t ed25519 -N '' -f /tmp/user
@@ -117,6 +133,7 @@ chmod 700 /home/admin/.ssh
 sleep 1
 ssh="ssh -i /tmp/user -p 2222 -o UserKnownHostsFile=/tmp/known -o BatchMode=yes"
 $ssh -o StrictHostKeyChecking=accept-new admin@127.0.0.1 'echo LOGIN uid=$(id -u)'
+$ssh -vvv admin@127.0.0.1 true 2>&1 | grep -o 'will use strict KEX ordering' || echo NO-STRICT-KEX
 $ssh -W 127.0.0.1:2222 admin@127.0.0.1 </dev/null || echo FORWARDING-REFUSED
 $ssh -o Ciphers=chacha20-poly1305@openssh.com admin@127.0.0.1 true || echo CHACHA-REFUSED
 $ssh -o PubkeyAuthentication=no root@127.0.0.1 true || echo ROOT-REFUSED
@@ -143,6 +160,8 @@ def test_a_key_login_over_loopback_and_what_sshd_refuses(root, tmp_path):
     out = ran.stdout + ran.stderr
     assert ran.returncode == 0, out
     assert "LOGIN uid=1000" in out and "Accepted publickey for admin from 127.0.0.1" in out
+    # Terrapin (CVE-2023-48795): both ends carry Debian's strict key exchange patch, so they agree on it.
+    assert "will use strict KEX ordering" in out and "NO-STRICT-KEX" not in out
     assert "administratively prohibited" in out and "FORWARDING-REFUSED" in out
     assert "no matching cipher found" in out and "CHACHA-REFUSED" in out
     assert "root@127.0.0.1: Permission denied (publickey)" in out and "ROOT-REFUSED" in out
