@@ -50,6 +50,8 @@ def test_client_builds_every_package_from_source(client):
         "build/clip-core sys-libs/musl-1.2.3": "built",
         f"build/clip-core sys-kernel/linux-headers-{KERNEL}": "built",
         "build/clip-core sys-libs/zlib-1.2.13": "built",
+        "build/clip-core dev-libs/openssl-3.0.20": "built",
+        "build/clip-core net-misc/openssh-9.2_p1": "built",
         "build/clip-core clip-layout/baselayout-clip-4.5.0": "built",
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core sys-apps/iproute2-6.1.0": "built",
@@ -261,7 +263,8 @@ def test_packages_are_reproducible(project, client, tmp_path):
                                                   "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
                                                   f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
                                                   "clip-update-keys_4.5.0_amd64.deb", "iproute2_6.1.0_amd64.deb",
-                                                  "musl_1.2.3_amd64.deb", "zlib_1.2.13_amd64.deb"]
+                                                  "musl_1.2.3_amd64.deb", "openssh_9.2p1_amd64.deb",
+                                                  "openssl_3.0.20_amd64.deb", "zlib_1.2.13_amd64.deb"]
     # The kernel headers are build-only (a DEPEND of every compiled package, no RDEPEND of any): built into the
     # set's ROOT, never packaged (CLIP has no -dev packages).
     assert "linux-headers" not in " ".join(name for names in first.values() for name in names)
@@ -299,6 +302,7 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
         "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
         "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
         "clip-update-keys_4.5.0_amd64.deb", "iproute2_6.1.0_amd64.deb", "musl_1.2.3_amd64.deb",
+        "openssh_9.2p1_amd64.deb", "openssl_3.0.20_amd64.deb",
         "zlib_1.2.13_amd64.deb"]  # pinned by clip-core-conf: the build-only linux-headers is not
     # Debian's own indexer reads the same packages and agrees on every field it writes.
     from debian.deb822 import Packages

@@ -30,7 +30,7 @@ def test_apps_parts_install_below_usr_local_with_their_own_use(project):
     assert 'CPREFIX="/usr/local"' in make_conf and 'DEB_PRIORITY="Important"' in make_conf
     assert 'DEB_DISTRIBUTION="rm"' in make_conf
     use = next(line for line in make_conf.splitlines() if line.startswith("USE="))
-    assert use.endswith(' core-rm clip-x11 X clip-rm"') and "hardened" in use
+    assert use.endswith(' core-rm clip-x11 X clip-ssh-client clip-rm"') and "hardened" in use
 
 
 def test_species_use_differs(project):

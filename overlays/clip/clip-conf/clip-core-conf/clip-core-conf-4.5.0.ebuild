@@ -15,6 +15,8 @@ RDEPEND="
 	=clip-layout/baselayout-clip-4.5.0
 	=sys-libs/musl-1.2.3
 	=sys-libs/zlib-1.2.13
+	=dev-libs/openssl-3.0.20
+	=net-misc/openssh-9.2_p1
 	=sys-apps/busybox-1.35.0
 	=sys-apps/iproute2-6.1.0
 	=app-clip/clip-sysinfo-1.0.0
@@ -23,6 +25,7 @@ RDEPEND="
 	=sys-kernel/clip-kernel-6.1.192
 	core-rm? ( =clip-layout/baselayout-clip-4.5.0[core-rm] )
 	clip-gtw? ( =clip-layout/baselayout-clip-4.5.0[clip-gtw] )
+	core-rm? ( =net-misc/openssh-9.2_p1[clip-ssh-client] )
 "
 
 src_install() {

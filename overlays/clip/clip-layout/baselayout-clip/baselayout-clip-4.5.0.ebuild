@@ -32,6 +32,9 @@ src_install() {
 		keepdir /vservers/rm_h /vservers/rm_b
 	fi
 	fperms 1777 /tmp
+	# The empty, root-owned chroot of sshd's unprivileged child (privilege separation user sshd, in passwd).
+	keepdir /var/empty
+	fperms 0755 /var/empty
 
 	insinto /etc
 	doins "${FILESDIR}"/{passwd,group,inittab}
