@@ -152,6 +152,19 @@ def _write_config(target: Path, opts: EmergeOptions) -> Path:
     return target
 
 
+# The overlay's profiles/ files that describe the overlay without changing what any package build produces: the
+# list of valid categories and the descriptions of USE flags. Adding a category or describing a flag rebuilds
+# nothing; the profile's make.defaults, package.* files, eapi and the rest still key every package.
+PROFILE_BOOKKEEPING = ("profiles/categories", "profiles/use.desc")
+
+
+def profile_digest(overlay: Path) -> str:
+    """The digest of the overlay's profiles/ that keys every package (PROFILE_BOOKKEEPING left out)."""
+    files = [p for p in (overlay / "profiles").rglob("*")
+             if p.relative_to(overlay).as_posix() not in PROFILE_BOOKKEEPING]
+    return tree_digest(files, overlay)
+
+
 def _key_packages(emerge: Emerge, opts: EmergeOptions, overlay: Path, sdk: BuildRoot,
                   extra: dict[str, str]) -> list[binpkgs.PackageKey]:
     """Each package's key; `extra` digests (the rendered jails, the trust store) count only for packages
@@ -160,7 +173,7 @@ def _key_packages(emerge: Emerge, opts: EmergeOptions, overlay: Path, sdk: Build
     items = emerge.merge_list(opts.atoms)
     meta = emerge.metadata([i.cpv for i in items])
     shared = {
-        "profile": tree_digest(list((overlay / "profiles").rglob("*")), overlay),
+        "profile": profile_digest(overlay),
         "make_conf": _build_digest(opts.config["make.conf/00-profile.conf"]),
         "package_config": _build_digest("".join(
             v for k, v in sorted(opts.config.items()) if k.startswith("package."))),

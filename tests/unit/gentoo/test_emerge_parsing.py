@@ -54,3 +54,20 @@ def test_failure_without_the_summary_line():
     assert failure == parse_failure(ToolError("x", stderr_tail=tail))
     assert (failure.cpv, failure.phase, failure.log) == (
         "app-clip/broken-tool-1.0", "compile", "/var/log/portage/build/app-clip:broken-tool-1.0:1.log")
+
+
+def test_the_profile_key_ignores_the_overlay_s_bookkeeping(tmp_path):
+    """A new category or a flag's description changes no build: the packages' keys stay; make.defaults does not."""
+    from clipbuild.stages.build import profile_digest
+
+    profiles = tmp_path / "profiles"
+    (profiles / "clip-build" / "amd64").mkdir(parents=True)
+    (profiles / "categories").write_text("sys-libs\n")
+    (profiles / "use.desc").write_text("clip - Generic CLIP support\n")
+    (profiles / "clip-build" / "amd64" / "make.defaults").write_text('ELIBC="musl"\n')
+    before = profile_digest(tmp_path)
+    (profiles / "categories").write_text("sys-libs\nnet-vpn\n")
+    (profiles / "use.desc").write_text("clip - Generic CLIP support\nclip-ssh-client - the SSH client\n")
+    assert profile_digest(tmp_path) == before
+    (profiles / "clip-build" / "amd64" / "make.defaults").write_text('ELIBC="glibc"\n')
+    assert profile_digest(tmp_path) != before
