@@ -32,6 +32,8 @@ PATCHES=(
 	"${FILESDIR}"/0013-pkcs5-pkcs7-Avoid-NULL-pointer-dereference-when-veri.patch
 	"${FILESDIR}"/0014-constraints-Case-insensitive-matching-and-reject-exc.patch
 	"${FILESDIR}"/0016-identification-Fix-double-free-when-cloning-empty-ID.patch
+	# CLIP's: prototypes for capget()/capset(), which --with-capabilities=native calls undeclared.
+	"${FILESDIR}"/${P}-capabilities-declare.patch
 )
 
 src_configure() {
@@ -95,9 +97,8 @@ src_configure() {
 		# No backtraces and no leak detective: musl has no backtrace(); they are debugging aids anyway.
 	)
 	echo ./configure "${conf[@]}"
+	# (configure ends by listing the plugins it will build, in the build log)
 	./configure "${conf[@]}" || die "configure failed"
-	# The plugin list configure settled on, in the build log.
-	grep -E '^#define PLUGINS ' config.h || die
 }
 
 src_compile() {
@@ -110,6 +111,10 @@ src_install() {
 	rm -r "${ED}"/usr/share/man "${ED}"/usr/share/strongswan || die
 	# libtool archives: nothing links against these libraries with libtool.
 	find "${ED}" -name '*.la' -delete || die
+	# xfrmi, a helper that creates XFRM interfaces, built with kernel-netlink: iproute2 does the same
+	# (`ip link add NAME type xfrm if_id N`), and it links the kernel-netlink plugin as a library, through a
+	# run path to /usr/lib/ipsec/plugins, the only one the package would carry.
+	rm "${ED}"/usr/libexec/ipsec/xfrmi || die
 
 	# CLIP's settings, then the species' role and connection template in place of upstream's swanctl.conf
 	# (all comments).
