@@ -15,6 +15,7 @@ RDEPEND="
 	=clip-layout/baselayout-clip-4.5.0
 	=sys-libs/musl-1.2.3
 	=sys-libs/zlib-1.2.13
+	=dev-libs/openssl-3.0.20
 	=sys-apps/busybox-1.35.0
 	=app-clip/clip-sysinfo-1.0.0
 	=clip-layout/clip-jails-4.5.0
