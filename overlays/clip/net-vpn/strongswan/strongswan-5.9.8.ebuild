@@ -128,11 +128,12 @@ src_install() {
 		insinto /etc/swanctl
 		newins "${FILESDIR}/swanctl-${role}.conf" swanctl.conf
 	fi
-	# The folders swanctl reads credentials from stay, empty (keys: root only, as make creates them); the ones
-	# for what is not built (BLISS keys, attribute certificates and their authorities, OCSP signers) go.
-	rmdir "${ED}"/etc/swanctl/{bliss,x509aa,x509ac,x509ocsp} || die
-	keepdir /etc/swanctl/{conf.d,x509,x509ca,x509crl,pubkey,private,rsa,ecdsa,pkcs8,pkcs12}
-	fperms 0750 /etc/swanctl/{private,rsa,ecdsa,pkcs8,pkcs12}
+	# The folders `swanctl --load-all` reads credentials from stay, empty, keys readable by root only (as make
+	# creates them). All of them, even those for what is not used here (BLISS keys, attribute certificates):
+	# swanctl opens each one and reports a missing one as an error on every load.
+	keepdir /etc/swanctl/{conf.d,x509,x509ca,x509aa,x509ac,x509ocsp,x509crl,pubkey}
+	keepdir /etc/swanctl/{private,rsa,ecdsa,bliss,pkcs8,pkcs12}
+	fperms 0750 /etc/swanctl/{private,rsa,ecdsa,bliss,pkcs8,pkcs12}
 	# 0640 as upstream installs it: a later conf.d/ file may hold a secrets section.
 	fperms 0640 /etc/swanctl/swanctl.conf
 }
