@@ -49,6 +49,8 @@ def test_client_builds_every_package_from_source(client):
         "build/clip-core clip-layout/baselayout-clip-4.5.0": "built",
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
+        "build/clip-core dev-libs/openssl-3.0.20": "built",
+        "build/clip-core net-vpn/strongswan-5.9.8": "built",
         "build/clip-core clip-layout/clip-jails-4.5.0": "built",
         "build/clip-core clip-conf/clip-update-keys-4.5.0": "built",
         f"build/clip-core sys-kernel/clip-kernel-{KERNEL}": "built",
@@ -220,6 +222,7 @@ def test_packages_are_reproducible(project, client, tmp_path):
                                                   "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
                                                   f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
                                                   "clip-update-keys_4.5.0_amd64.deb", "musl_1.2.3_amd64.deb",
+                                                  "openssl_3.0.20_amd64.deb", "strongswan_5.9.8_amd64.deb",
                                                   "zlib_1.2.13_amd64.deb"]
     _package(project, tmp_path / "again")
     for step in first:
@@ -254,7 +257,8 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     assert sorted(p.name for p in (core / "pool").iterdir()) == [
         "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
         "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
-        "clip-update-keys_4.5.0_amd64.deb", "musl_1.2.3_amd64.deb", "zlib_1.2.13_amd64.deb"]
+        "clip-update-keys_4.5.0_amd64.deb", "musl_1.2.3_amd64.deb", "openssl_3.0.20_amd64.deb",
+        "strongswan_5.9.8_amd64.deb", "zlib_1.2.13_amd64.deb"]
     # Debian's own indexer reads the same packages and agrees on every field it writes.
     from debian.deb822 import Packages
 
