@@ -82,6 +82,13 @@ src_configure() {
 		# CLIP's proposals needs it; kept for what asks for true randomness, e.g. generated keys); nonce makes
 		# IKE nonces.
 		--enable-openssl --enable-random --enable-nonce
+		# kdf: IKEv2's prf and prf+ (RFC 7296) computed with OpenSSL's HMAC. The openssl plugin offers them
+		# through OpenSSL's HKDF, but the KDF_PRF constructor's self-check sets an empty HKDF salt, which
+		# recent OpenSSL 3.0 releases refuse (EVP_PKEY_CTX_set1_hkdf_salt(ctx, NULL, 0) returns 0: checked on
+		# Debian's 3.0.19; strongSwan adapted after 5.9.8, upstream pull request 2829). Without this plugin
+		# the first IKE_SA fails, "KDF_PRF with PRF_HMAC_SHA2_384 not supported" (seen here, between two
+		# charons of this package). configure adds kdf by itself only when no openssl plugin is built.
+		--enable-kdf
 		# Credentials: X.509 certificates and CRLs, PEM, PKCS#1 and PKCS#8 keys, raw public keys; X.509 name
 		# and policy constraints; revocation (CRLs from /etc/swanctl/x509crl, and OCSP/CRL fetching would
 		# need a fetcher plugin, left out: the gateway refuses a client whose CRL says revoked).
