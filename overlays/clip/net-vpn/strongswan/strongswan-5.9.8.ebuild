@@ -77,10 +77,9 @@ src_configure() {
 		# interface. Not built: stroke and the ipsec starter/script (swanctl is the interface), pki, the
 		# scripts, charon-cmd, charon-systemd (no systemd), conftest.
 		--enable-charon --enable-ikev2 --enable-swanctl --enable-vici
-		# Crypto: OpenSSL 3 alone (ciphers, AEADs, hashes, PRFs, KDFs, ECDH, signatures, its RNG); no gmp,
-		# no software AES/SHA/HMAC duplicates. random adds /dev/random as the RNG_TRUE source (nothing in
-		# CLIP's proposals needs it; kept for what asks for true randomness, e.g. generated keys); nonce makes
-		# IKE nonces.
+		# Crypto: OpenSSL 3 alone (ciphers, AEADs, hashes, HMAC, ECDH, signatures); no gmp, no software
+		# AES/SHA/HMAC duplicates. random: the kernel's generator (/dev/urandom, and /dev/random for TRUE) for
+		# RNG_STRONG and RNG_TRUE, which charon chooses over OpenSSL's for secrets; nonce makes IKE nonces.
 		--enable-openssl --enable-random --enable-nonce
 		# kdf: IKEv2's prf and prf+ (RFC 7296) computed with OpenSSL's HMAC. The openssl plugin offers them
 		# through OpenSSL's HKDF, but the KDF_PRF constructor's self-check sets an empty HKDF salt, which
