@@ -23,6 +23,12 @@ from tests.e2e.support import Project, kernel_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 KERNEL = kernel_version()
+# The core set's packages: clip-core-conf and what it pins (the build-only linux-headers is not packaged).
+CORE_DEBS = sorted(["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
+                    "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
+                    "clip-update-keys_4.5.0_amd64.deb", "iproute2_6.1.0_amd64.deb", "musl_1.2.3_amd64.deb",
+                    "openssh_9.2p1_amd64.deb", "openssl_3.0.20_amd64.deb", "strongswan_5.9.8_amd64.deb",
+                    "zlib_1.2.13_amd64.deb"])
 
 
 def statuses(report: dict) -> dict[str, str]:
@@ -56,6 +62,7 @@ def test_client_builds_every_package_from_source(client):
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core sys-apps/iproute2-6.1.0": "built",
         "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
+        "build/clip-core net-vpn/strongswan-5.9.8": "built",
         "build/clip-core clip-layout/clip-jails-4.5.0": "built",
         "build/clip-core clip-conf/clip-update-keys-4.5.0": "built",
         f"build/clip-core sys-kernel/clip-kernel-{KERNEL}": "built",
@@ -259,12 +266,7 @@ def _package(project: Project, workdir: Path) -> dict[str, list[str]]:
 def test_packages_are_reproducible(project, client, tmp_path):
     project.env["SOURCE_DATE_EPOCH"] = "1700000000"
     first = _package(project, project.workdir)
-    assert sorted(first["package/clip-core"]) == ["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb",
-                                                  "clip-core-conf_4.5.0_amd64.deb", "clip-jails_4.5.0_amd64.deb",
-                                                  f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
-                                                  "clip-update-keys_4.5.0_amd64.deb", "iproute2_6.1.0_amd64.deb",
-                                                  "musl_1.2.3_amd64.deb", "openssh_9.2p1_amd64.deb",
-                                                  "openssl_3.0.20_amd64.deb", "zlib_1.2.13_amd64.deb"]
+    assert sorted(first["package/clip-core"]) == CORE_DEBS
     # The kernel headers are build-only (a DEPEND of every compiled package, no RDEPEND of any): built into the
     # set's ROOT, never packaged (CLIP has no -dev packages).
     assert "linux-headers" not in " ".join(name for names in first.values() for name in names)
@@ -298,12 +300,7 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     published = project.clipbuild("repo", "publish", *batches, "--policy", policy, "--out", str(repo))
     assert published.returncode == 0, published.stderr
     core = repo / "clip" / "clip-core-conf"
-    assert sorted(p.name for p in (core / "pool").iterdir()) == [
-        "baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
-        "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
-        "clip-update-keys_4.5.0_amd64.deb", "iproute2_6.1.0_amd64.deb", "musl_1.2.3_amd64.deb",
-        "openssh_9.2p1_amd64.deb", "openssl_3.0.20_amd64.deb",
-        "zlib_1.2.13_amd64.deb"]  # pinned by clip-core-conf: the build-only linux-headers is not
+    assert sorted(p.name for p in (core / "pool").iterdir()) == CORE_DEBS  # what clip-core-conf pins
     # Debian's own indexer reads the same packages and agrees on every field it writes.
     from debian.deb822 import Packages
 

@@ -23,8 +23,9 @@ RDEPEND="
 	=clip-layout/clip-jails-4.5.0
 	=clip-conf/clip-update-keys-4.5.0
 	=sys-kernel/clip-kernel-6.1.192
-	core-rm? ( =clip-layout/baselayout-clip-4.5.0[core-rm] )
-	clip-gtw? ( =clip-layout/baselayout-clip-4.5.0[clip-gtw] )
+	=net-vpn/strongswan-5.9.8
+	core-rm? ( =clip-layout/baselayout-clip-4.5.0[core-rm] =net-vpn/strongswan-5.9.8[core-rm] )
+	clip-gtw? ( =clip-layout/baselayout-clip-4.5.0[clip-gtw] =net-vpn/strongswan-5.9.8[clip-gtw] )
 	core-rm? ( =net-misc/openssh-9.2_p1[clip-ssh-client] )
 "
 
