@@ -9,7 +9,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from portage.versions import catpkgsplit
 
+from clipbuild.core.run import run
 from tests.conftest import ROOT
 
 OVERLAY = ROOT / "overlays" / "clip"
@@ -53,18 +55,28 @@ def test_every_package_has_metadata_and_known_licences(package: Path):
             assert (OVERLAY / "eclass" / f"{eclass}.eclass").is_file(), f"{ebuild_path.name}: no eclass {eclass}"
 
 
+def _src_uri(ebuild_path: Path) -> str:
+    """SRC_URI as bash reads it: the ebuild's global assignments (MY_P=${PN}-${PV/_p/p} ...) evaluated with P, PN
+    and PV set as Portage sets them."""
+    pkgsplit = catpkgsplit(f"{ebuild_path.parent.parent.name}/{ebuild_path.stem}")
+    assert pkgsplit, ebuild_path
+    _, pn, pv, _ = pkgsplit
+    text = ebuild_path.read_text()
+    helpers = re.findall(r"^MY_\w+=.*$", text, re.M)  # the MY_P=... convention
+    src_uri = re.search(r'^SRC_URI="[^"]*"', text, re.M)
+    script = "\n".join([f"P={pn}-{pv} PN={pn} PV={pv}", *helpers, src_uri.group(0) if src_uri else "SRC_URI=",
+                        'printf %s "$SRC_URI"'])
+    return run(["bash", "-c", script]).stdout
+
+
 @pytest.mark.parametrize("package", PACKAGES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_distfile_is_in_the_manifest(package: Path):
     manifest = package / "Manifest"
     listed = set(re.findall(r"^DIST (\S+) ", manifest.read_text(), re.M)) if manifest.is_file() else set()
     for ebuild_path in package.glob("*.ebuild"):
-        pf = ebuild_path.stem
-        pv = pf.split("-", 1)[1] if "-" in pf else ""
-        words = [w for w in _variable(ebuild_path.read_text(), "SRC_URI").split()
-                 if w not in ("(", ")") and not w.endswith("?")]
+        words = [w for w in _src_uri(ebuild_path).split() if w not in ("(", ")") and not w.endswith("?")]
         # "URI -> NAME" stores the file as NAME
-        names = [words[i + 2] if words[i + 1:i + 2] == ["->"] else w for i, w in enumerate(words)
-                 if w != "->" and (i == 0 or words[i - 1] != "->")]
-        for uri in names:
-            name = uri.rsplit("/", 1)[-1].replace("${P}", pf).replace("${PV}", pv).replace("${PN}", package.name)
-            assert name in listed, f"{ebuild_path.name}: distfile {name} has no Manifest entry"
+        names = {words[i + 2] if words[i + 1:i + 2] == ["->"] else w.rsplit("/", 1)[-1]
+                 for i, w in enumerate(words) if w != "->" and (i == 0 or words[i - 1] != "->")}
+        assert names <= listed, f"{ebuild_path.name}: distfiles {sorted(names - listed)} have no Manifest entry"
+        assert listed <= names, f"{package.name}/Manifest: {sorted(listed - names)} is no distfile of the ebuild"
