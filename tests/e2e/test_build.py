@@ -198,6 +198,22 @@ def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
     assert "build/clip-core: cached, 11 packages unchanged" in explained.stdout
 
 
+def test_editing_a_library_rebuilds_it_and_what_links_it_only(project, client):
+    """zlib changed: zlib, and the packages built against it (DEPEND: clip-sysinfo, OpenSSH), are rebuilt, each
+    saying why; nothing else (OpenSSL, strongSwan, the kernel...) is."""
+    ebuild = project.root / "overlays" / "clip" / "sys-libs" / "zlib" / "zlib-1.2.13.ebuild"
+    ebuild.write_text(ebuild.read_text() + f"\n# edited by a test at {time.time_ns()}\n")
+    report = project.build("client")
+    built = {k for k, v in statuses(report).items() if v == "built"}
+    assert built == {"build/clip-core sys-libs/zlib-1.2.13", "build/clip-core app-clip/clip-sysinfo-1.0.0",
+                     "build/clip-core net-misc/openssh-9.2_p1"}
+    reasons = {r["cpv"]: r["reason"] for e in report["sets"] for r in e["packages"] if r["status"] == "built"}
+    assert reasons["sys-libs/zlib-1.2.13"] == "ebuild or its files changed"
+    assert reasons["net-misc/openssh-9.2_p1"] == "dependency sys-libs/zlib-1.2.13 changed"
+    explained = project.clipbuild("build", "client", "--explain")
+    assert explained.returncode == 0 and "cached" in explained.stdout
+
+
 def test_editing_a_jail_rebuilds_the_jails_package_only(project, client):
     user = project.root / "jails" / "user.yaml"
     user.write_text(user.read_text() + "hostname: user-edited\n")
