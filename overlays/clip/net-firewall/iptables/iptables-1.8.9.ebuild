@@ -24,6 +24,16 @@ LICENSE="GPL-2"
 SLOT="0/12"
 KEYWORDS="amd64"
 
+src_prepare() {
+	default
+	# The extension plugins are compiled with "-fPIC ${CFLAGS}": the profile's -fPIE, later on the line, wins,
+	# and a shared object made of PIE code does not link ("relocation R_X86_64_PC32 against symbol
+	# `xt_params' can not be used when making a shared object"). -fPIC goes after CFLAGS. (libtool already
+	# puts its -fPIC last for libxtables, libip4tc and libip6tc; the program's objects keep -fPIE.)
+	sed -i 's/-DPIC -fPIC ${CFLAGS}/-DPIC ${CFLAGS} -fPIC/' extensions/GNUmakefile.in || die
+	grep -qF -- '-DPIC ${CFLAGS} -fPIC' extensions/GNUmakefile.in || die "extensions/GNUmakefile.in: -fPIC not moved"
+}
+
 src_configure() {
 	local myconf=(
 		--libdir=/usr/lib
@@ -47,7 +57,12 @@ src_configure() {
 	# configure finds libnfnetlink through pkg-config to build nfnl_osf (OS fingerprint loader): not wanted,
 	# and pkg-config only sees the ROOT's .pc files (clip-toolchain.eclass), where there is none. The kernel
 	# headers it needs are its own copies (include/linux) and the ROOT's (sys-kernel/linux-headers).
-	econf "${myconf[@]}"
+	# --host names the C library the programs are for: they run on musl's loader (/lib/ld-musl-x86_64.so.1),
+	# which the build root does not have, so autoconf must not try to run what it compiles ("cannot run C
+	# compiled programs" with host = build = the profile's x86_64-pc-linux-gnu). With host != build it
+	# cross-compiles: no test program is run, and the binutils without a host prefix (ar, ranlib, strip) are
+	# taken with a warning, Debian having no x86_64-pc-linux-musl-ar. econf puts this after its own --host.
+	econf --build="${CBUILD:-${CHOST}}" --host=x86_64-pc-linux-musl "${myconf[@]}"
 	# Nothing optional may have been picked up: each of these automake conditionals must be off ("#").
 	local cond
 	for cond in ENABLE_NFTABLES ENABLE_STATIC ENABLE_DEVEL ENABLE_BPFC ENABLE_SYNCONF HAVE_LIBNFNETLINK \
