@@ -56,7 +56,7 @@ src_configure() {
 		# No libpcap: no BPF compiler (nfbpf_compile), no SYNPROXY configuration tool (nfsynproxy).
 		--disable-bpf-compiler
 		--disable-nfsynproxy
-		# connlabel's names come from libnetfilter_conntrack (absent): the match still works by number.
+		# The connlabel match's plugin needs libnetfilter_conntrack (absent, for the label names): not built.
 		--disable-connlabel
 		# libipq, the library of the long-gone ip_queue: not built.
 		--disable-libipq
