@@ -17,7 +17,7 @@ import pytest
 from clipbuild.core.errors import ToolError
 from clipbuild.core.run import run
 from clipbuild.formats import gpkg
-from clipbuild.image import install
+from clipbuild.image import elfcheck, install
 from clipbuild.signing import trust, truststore
 from tests.e2e.support import Project, kernel_version
 
@@ -26,9 +26,9 @@ KERNEL = kernel_version()
 # The core set's packages: clip-core-conf and what it pins (the build-only linux-headers is not packaged).
 CORE_DEBS = sorted(["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
                     "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
-                    "clip-update-keys_4.5.0_amd64.deb", "iproute2_6.1.0_amd64.deb", "musl_1.2.3_amd64.deb",
-                    "openssh_9.2p1_amd64.deb", "openssl_3.0.20_amd64.deb", "strongswan_5.9.8_amd64.deb",
-                    "zlib_1.2.13_amd64.deb"])
+                    "clip-update-keys_4.5.0_amd64.deb", "iproute2_6.1.0_amd64.deb", "iptables_1.8.9_amd64.deb",
+                    "musl_1.2.3_amd64.deb", "openssh_9.2p1_amd64.deb", "openssl_3.0.20_amd64.deb",
+                    "strongswan_5.9.8_amd64.deb", "zlib_1.2.13_amd64.deb"])
 
 
 def statuses(report: dict) -> dict[str, str]:
@@ -61,6 +61,7 @@ def test_client_builds_every_package_from_source(client):
         "build/clip-core clip-layout/baselayout-clip-4.5.0": "built",
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core sys-apps/iproute2-6.1.0": "built",
+        "build/clip-core net-firewall/iptables-1.8.9": "built",
         "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
         "build/clip-core net-vpn/strongswan-5.9.8": "built",
         "build/clip-core clip-layout/clip-jails-4.5.0": "built",
@@ -91,9 +92,13 @@ def _needed(dynamic: str) -> set[str]:
     return {line.split("[", 1)[1].rstrip("]") for line in dynamic.splitlines() if "(NEEDED)" in line}
 
 
+IPTABLES_LIBRARIES = {"libc.so", "libxtables.so.12", "libip4tc.so.2", "libip6tc.so.2"}
+
+
 @pytest.mark.parametrize(("binary", "libraries"), [("bin/busybox", {"libc.so"}),
                                                    ("usr/bin/clip-sysinfo", {"libc.so", "libz.so.1"}),
-                                                   ("sbin/ip", {"libc.so"}), ("sbin/ss", {"libc.so"})])
+                                                   ("sbin/ip", {"libc.so"}), ("sbin/ss", {"libc.so"}),
+                                                   ("usr/sbin/xtables-legacy-multi", IPTABLES_LIBRARIES)])
 def test_programs_are_hardened_pie_on_the_pipeline_s_musl(project, client, binary, libraries):
     """Dynamically linked against the C library and zlib the pipeline built (never the build root's glibc):
     musl's loader as interpreter, every NEEDED library in the set's ROOT, PIE, RELRO, BIND_NOW, stack protector."""
@@ -150,6 +155,48 @@ def test_the_network_tools_run_from_the_set_s_root(project, client, argv, expect
     assert expected in ran.stdout + ran.stderr
 
 
+# iptables (legacy xtables): the program and its links run from the ROOT, and find their extensions, plugins
+# dlopen()ed from /usr/lib/xtables (a match or target's options are listed only when its plugin loaded).
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["/usr/sbin/iptables", "-V"], "iptables v1.8.9 (legacy)"),
+    (["/usr/sbin/iptables-legacy", "-V"], "iptables v1.8.9 (legacy)"),
+    (["/usr/sbin/ip6tables", "-V"], "ip6tables v1.8.9 (legacy)"),
+    (["/usr/sbin/iptables-restore", "-V"], "iptables-restore v1.8.9 (legacy)"),
+    (["/usr/sbin/iptables", "-m", "policy", "--help"], "policy match options:"),
+    (["/usr/sbin/iptables", "-p", "udp", "-m", "multiport", "--help"], "multiport match options:"),
+    (["/usr/sbin/iptables", "-m", "conntrack", "--help"], "conntrack match options:"),
+    (["/usr/sbin/ip6tables", "-j", "REJECT", "--help"], "REJECT target options:"),
+])
+def test_iptables_runs_from_the_set_s_root_and_loads_its_extensions(project, client, argv, expected):
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    ran = run(["bwrap", "--ro-bind", root, "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all", "--",
+               *argv], check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert expected in ran.stdout
+
+
+def test_iptables_libraries_and_extensions_are_hardened(project, client):
+    """The shared libraries and every extension plugin: position-independent shared objects (no interpreter),
+    RELRO and BIND_NOW, linked against the set's musl and libxtables only, and accepted by the image's own ELF
+    check (clipbuild.image.elfcheck: hardening, stack protector heuristic, NEEDED resolvable in the tree)."""
+    root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
+    plugins = sorted(p for p in (root / "usr" / "lib" / "xtables").glob("*.so") if not p.is_symlink())
+    names = {p.name for p in plugins}
+    assert {"libxt_policy.so", "libxt_multiport.so", "libxt_conntrack.so", "libxt_LOG.so", "libipt_REJECT.so",
+            "libip6t_REJECT.so", "libxt_standard.so", "libxt_udp.so", "libxt_esp.so"} <= names
+    assert len(plugins) > 50
+    libraries = [root / "usr" / "lib" / name for name in ("libxtables.so.12", "libip4tc.so.2", "libip6tc.so.2")]
+    for path in [*libraries, *plugins]:
+        header, dynamic, segments = _elf(path)
+        assert "DYN (Shared object file)" in header, path.name
+        assert "BIND_NOW" in dynamic and "GNU_RELRO" in segments and "INTERP" not in segments, path.name
+        assert "libc.so" in _needed(dynamic) <= {"libc.so", "libxtables.so.12"}, path.name
+        checked, failures = elfcheck.check_file(root, str(path.relative_to(root)))
+        assert checked is not None and checked.kind == "shared-library" and failures == [], (path.name, failures)
+    assert all("libxtables.so.12" in _needed(_elf(p)[1]) for p in plugins)
+    assert os.readlink(root / "usr" / "sbin" / "iptables") == "xtables-legacy-multi"
+
+
 def test_the_c_tool_runs_and_the_layout_is_clip(project, client):
     root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
     loader = root / MUSL_LOADER.lstrip("/")  # the host has no musl: run it with the set's own loader
@@ -182,6 +229,7 @@ def test_gateway_shares_what_it_can(project, client):
     assert gateway["build/clip-core sys-apps/busybox-1.35.0"] == "reused"
     assert gateway["build/clip-core app-clip/clip-sysinfo-1.0.0"] == "reused"
     assert gateway["build/clip-core sys-apps/iproute2-6.1.0"] == "reused"  # same USE for both species
+    assert gateway["build/clip-core net-firewall/iptables-1.8.9"] == "reused"
     assert gateway["build/clip-core clip-layout/baselayout-clip-4.5.0"] == "built"  # USE clip-gtw
     assert not any(key.startswith("build/rm-") for key in gateway)
 
@@ -195,7 +243,7 @@ def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
     row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.0.0")
     assert row["reason"] == "ebuild or its files changed"
     explained = project.clipbuild("build", "client", "--explain")
-    assert "build/clip-core: cached, 11 packages unchanged" in explained.stdout
+    assert "build/clip-core: cached, 15 packages unchanged" in explained.stdout
 
 
 def test_editing_a_library_rebuilds_it_and_what_links_it_only(project, client):
@@ -328,7 +376,8 @@ def test_sign_countersign_publish_and_install(project, client, tmp_path):
     assert ours["clip-core-conf"]["Release-Date"] and ours["busybox"]["Distribution"] == "clip"
     # The run-time dependencies the .debs carry (RDEPEND, clip-toolchain.eclass), and no build-only file.
     assert ours["clip-sysinfo"]["Depends"] == "zlib (>= 1.2.13), musl (>= 1.2.3)"
-    assert ours["busybox"]["Depends"] == "musl (>= 1.2.3)" == ours["iproute2"]["Depends"]
+    assert ours["busybox"]["Depends"] == "musl (>= 1.2.3)" == ours["iproute2"]["Depends"] == \
+        ours["iptables"]["Depends"]
     listing = run(["dpkg-deb", "--contents", core / "pool" / "musl_1.2.3_amd64.deb"]).stdout
     assert "./usr/lib/libc.so" in listing and "include" not in listing and ".a\n" not in listing
     # dpkg installs the countersigned packages as they are, dependencies checked.

@@ -19,6 +19,7 @@ RDEPEND="
 	=net-misc/openssh-9.2_p1
 	=sys-apps/busybox-1.35.0
 	=sys-apps/iproute2-6.1.0
+	=net-firewall/iptables-1.8.9
 	=app-clip/clip-sysinfo-1.0.0
 	=clip-layout/clip-jails-4.5.0
 	=clip-conf/clip-update-keys-4.5.0
