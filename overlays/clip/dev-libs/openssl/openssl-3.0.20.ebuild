@@ -86,7 +86,11 @@ src_configure() {
 src_compile() {
 	# The libraries and the openssl program only: no modules (no-dso), no perl scripts (c_rehash, CA.pl:
 	# the system has no perl), no manual pages.
-	emake build_libs build_programs
+	# One target per make: each of build_libs and build_programs runs `make depend && make _build_...` in a
+	# sub-make of its own, so `make -j2 build_libs build_programs` runs two sub-makes building the same
+	# objects at once (seen: "mv: cannot stat 'providers/common/der/libcommon-lib-der_ec_key.d.tmp'").
+	emake build_libs
+	emake build_programs
 }
 
 src_install() {
