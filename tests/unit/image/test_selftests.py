@@ -31,3 +31,17 @@ def test_every_shipped_self_test_must_report_ok():
     assert selftests.missing(["openssh", "nftables", "iproute2"], outcomes) == [
         "self-test nftables failed: no table", "self-test iproute2 did not report"]
     assert selftests.missing([], []) == []
+
+
+def test_a_qcow2_copy_without_its_manifest_is_refused(tmp_path):
+    """The host must know which self-tests to require: a qcow2 copy has no GPT to read them from, so the manifest
+    published beside it is needed, and its absence stops the check instead of expecting nothing."""
+    import pytest
+
+    from clipbuild.cli.image import expected_selftests
+    from clipbuild.core.errors import InputError
+
+    copy = tmp_path / "client-4.5.0-dev.qcow2"
+    copy.write_bytes(b"QFI\xfb")
+    with pytest.raises(InputError, match=r"client-4\.5\.0-dev\.manifest\.json: missing"):
+        expected_selftests(copy)
