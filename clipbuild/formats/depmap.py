@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -87,3 +88,15 @@ def split_pf(pf: str, category: str) -> tuple[str, str]:
     """(PN, PVR) of a PF."""
     _category, pn, version, revision = catpkgsplit(f"{category}/{pf}")
     return pn, version if revision == "r0" else f"{version}-{revision}"
+
+
+def relation_names(field: str) -> list[list[str]]:
+    """A Debian relation field read back (Depends, Pre-Depends, Provides): per comma-separated clause, the package
+    names of its alternatives, version and architecture qualifiers dropped; empty clauses left out.
+    "a (>= 1), b:amd64 | c" -> [["a"], ["b", "c"]]."""
+    clauses = []
+    for clause in field.split(","):
+        names = [re.split(r"[\s(:]", alt.strip(), maxsplit=1)[0] for alt in clause.split("|")]
+        if names := [n for n in names if n]:
+            clauses.append(names)
+    return clauses

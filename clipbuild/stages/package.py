@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,8 +48,9 @@ class DebSet(StepKind):
                                         urgency=opts.urgency)
         read = [gpkg.read(path) for path in sorted((binpkgs / "binpkgs").glob("*/*/*.gpkg.tar"))]
         fields = {package.cpv: debpkg.control(package, deb_options, 0) for package, _ in read}
-        needed = runtime_closure({f["Package"]: depends_names(f.get("Depends", "")) for f in fields.values()},
-                                 opts.roots or tuple(f["Package"] for f in fields.values()))
+        depends = {f["Package"]: [name for clause in depmap.relation_names(f.get("Depends", "")) for name in clause]
+                   for f in fields.values()}
+        needed = runtime_closure(depends, opts.roots or tuple(depends))
         rows = []
         for package, image in read:
             if fields[package.cpv]["Package"] not in needed:
@@ -62,12 +62,6 @@ class DebSet(StepKind):
             rows.append({"file": deb.name, "cpv": package.cpv,
                          "sha256": hashlib.sha256(deb.read_bytes()).hexdigest()})
         (ctx.out / "debs.json").write_text(json.dumps(rows, indent=2) + "\n")
-
-
-def depends_names(depends: str) -> list[str]:
-    """The package names of a Depends field, alternatives included: "a (>= 1), b | c" -> [a, b, c]."""
-    return [re.split(r"[\s(]", choice.strip(), maxsplit=1)[0] for relation in depends.split(",") if relation.strip()
-            for choice in relation.split("|")]
 
 
 def runtime_closure(depends: Mapping[str, Sequence[str]], roots: Sequence[str]) -> set[str]:

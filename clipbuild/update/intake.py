@@ -20,6 +20,7 @@ from pathlib import Path
 
 from clipbuild.core import safefile
 from clipbuild.core.errors import ImageError, NotAFile, RepositoryError
+from clipbuild.formats.depmap import relation_names
 from clipbuild.update.releasemeta import Entry, Repository, Statement
 from clipbuild.update.repository import CONF, Package, decompress_index, parse_packages, pins, pool_file, read_package
 
@@ -157,14 +158,13 @@ def undeclared_dependencies(packages: list[Package], statement: Statement,
                             installed: Collection[str] = ()) -> list[str]:
     """Each Depends or Pre-Depends of an update's package that neither a package of the signed release nor one
     the device has installed provides (extraneous dependencies: an update pulls in nothing else)."""
-    listed = statement.names() | set(installed) | {alt.strip().split(" ")[0] for package in packages
-                                  for alt in package.fields.get("Provides", "").split(",") if alt.strip()}
+    listed = statement.names() | set(installed) | {name for package in packages
+                                  for clause in relation_names(package.fields.get("Provides", "")) for name in clause}
     reasons = []
     for package in packages:
         for field in ("Pre-Depends", "Depends"):
             for clause in package.fields.get(field, "").split(","):
-                names = [alt.strip().split(" ")[0].split(":")[0].split("(")[0] for alt in clause.split("|")]
-                names = [n for n in names if n]
+                names = [n for alternatives in relation_names(clause) for n in alternatives]
                 if names and not any(n in listed for n in names):
                     reasons.append(f"{package.path.name}: {field} {clause.strip()}: no package of the signed release "
                                    f"metadata or installed provides it (extraneous dependency)")

@@ -167,11 +167,12 @@ def test_build_only_files_stay_out_of_the_deb(tmp_path):
 
 
 def test_only_what_the_set_needs_at_run_time_is_packaged():
-    from clipbuild.stages.package import depends_names, runtime_closure
+    from clipbuild.formats.depmap import relation_names
+    from clipbuild.stages.package import runtime_closure
 
-    assert depends_names("zlib (>= 1.2.13), musl (>= 1.2.3)") == ["zlib", "musl"]
-    assert depends_names("a | b (>= 2), c") == ["a", "b", "c"]
-    assert depends_names("") == []
+    assert relation_names("zlib (>= 1.2.13), musl (>= 1.2.3)") == [["zlib"], ["musl"]]
+    assert relation_names("a | b(>= 2), c:amd64,\n d (<< 3) ,") == [["a", "b"], ["c"], ["d"]]
+    assert relation_names("") == []
     depends = {"clip-core-conf": ["busybox", "openssh", "absent"], "openssh": ["openssl", "zlib", "musl"],
                "openssl": ["musl"], "zlib": ["musl"], "musl": [], "busybox": ["musl"], "linux-headers": [],
                "orphan": ["musl"]}
