@@ -66,7 +66,8 @@ TREE_OPS_ALLOWED = {
     ("image/fsimage.py", "tree.rglob"): "sizes and listings: lstat and names only, nothing opened",
     ("image/contents.py", "folder.mkdir"): "the empty folder debugfs dumps an image's ext4 partition into",
     ("image/inspection.py", "mirror.mkdir"): "the empty folder debugfs copies an image's mirror into",
-    ("stages/image.py", "trees[name].mkdir"): "an RM partition's empty tree root, made before dpkg runs",
+    ("stages/image.py", "trees[name].mkdir"): "a shared partition's empty tree root (RM, /home), made before "
+                                             "dpkg or split_shared fills it",
     ("update/apply.py", "mounts.copy"): "imageedit.Ext4.copy: debugfs dumps one file out of the image's ext4 "
                                         "partition into scratch; no host path in a tree is opened",
 }

@@ -14,7 +14,7 @@ from clipbuild.cli.context import Options, emit_json, json_option, signing_optio
 from clipbuild.core.errors import ClipbuildError, InputError, VmCheckError
 from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
-from clipbuild.image import contents, inspection, vm
+from clipbuild.image import contents, inspection, jailproof, vm
 from clipbuild.image.manifest import check_shape, image_name
 from clipbuild.image.publish import Published, publish
 from clipbuild.signing import devpki, trust
@@ -216,23 +216,38 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
     if not check:
         sys.exit(vm.boot(path, memory))
     log_path = log_path or opts.workdir / "vm" / f"{path.name}.console.log"
-    result = vm.check(path, log_path, timeout=timeout, memory_mib=memory, expected=expected_selftests(path))
+    slots = slot_expectations(path)
+    result = vm.check(path, log_path, timeout=timeout, memory_mib=memory,
+                      expected={name: info.get("selftests") for name, info in slots.items()},
+                      jails={name: [jailproof.Expected.from_dict(j) for j in info["jails"]] if "jails" in info
+                             else None for name, info in slots.items()})
     if as_json:
         emit_json(result.to_dict())
     elif result.ok:
         click.echo(f"boot ok in {result.seconds:.1f} s: {result.marker}")
         for test in result.selftests:
             click.echo(f"  self-test {test.name}: {'ok' if test.ok else 'FAILED'} in {test.seconds} s: {test.output}")
+        for jail in result.jails:
+            click.echo(f"  jail {jail.name}: {jail_line(jail)}")
         click.echo(f"console log: {result.log}")
     if not result.ok:
         raise VmCheckError(f"boot check of {path.name} failed after {result.seconds:.1f} s: {result.reason}; "
                            f"console log: {result.log}")
 
 
-def expected_selftests(path: Path) -> dict[str, list[str] | None]:
-    """The self-tests each slot of the image ships: from the image's own manifest (a raw image, as updates leave
-    it), or from the manifest published beside a qcow2 copy (the same image, converted). None for a slot whose
-    manifest predates self-tests."""
+def jail_line(jail: jailproof.Report) -> str:
+    if jail.state == "idle":
+        return f"not started: {jail.detail.lstrip(': ')}"
+    if jail.state != "ok":
+        return f"FAILED: {jail.detail}"
+    rules = [r["rule"] for r in jail.rules if r["result"] == "ok"]
+    return f"running, proven from inside ({len(rules)} rules: {', '.join(rules)})"
+
+
+def slot_expectations(path: Path) -> dict[str, dict]:
+    """What each slot of the image ships (its self-tests and jails): from the image's own manifest (a raw image,
+    as updates leave it), or from the manifest published beside a qcow2 copy (the same image, converted). A
+    slot whose manifest predates self-tests or jails lacks those keys."""
     if path.suffix == ".qcow2":
         sidecar = path.with_name(f"{path.stem}.manifest.json")
         if not sidecar.is_file():
@@ -241,7 +256,7 @@ def expected_selftests(path: Path) -> dict[str, list[str] | None]:
         manifest = check_shape(json.loads(sidecar.read_text()), str(sidecar))
     else:
         manifest = inspection.read(path).manifest
-    return {name: info.get("selftests") for name, info in manifest["slots"].items()}
+    return dict(manifest["slots"])
 
 
 COMMANDS = (image_cmd, inspect_cmd, vm_cmd)

@@ -192,6 +192,21 @@ def split_core(tree: Path, mounts: Path, log: Path) -> None:
     beneath.mkdir(mounts, "var/log")
 
 
+def split_shared(tree: Path, partitions: Mapping[str, Path]) -> list[str]:
+    """What the core's packages install under a shared partition's mount point (the jails' trees under
+    /vservers/rm_h, /home/user) moved onto that partition's tree, where the booted system sees it; the root
+    keeps the empty mount point. The partitions' trees exist. Returns the mount points that held something."""
+    moved = []
+    for mount, target in sorted(partitions.items()):
+        relative = mount.strip("/")
+        if not relative or not beneath.is_dir(tree, relative) or not beneath.entries(tree, relative):
+            continue
+        move_contents(tree, relative, target, "")
+        beneath.mkdir(tree, relative)
+        moved.append(mount)
+    return moved
+
+
 def normalise_tree(tree: Path, date: int) -> None:
     """Every path's mtime set to `date` (ownership is set by the filesystem builders)."""
     for path in [*tree.rglob("*"), tree]:

@@ -66,7 +66,8 @@ _PARTITION = {"number": int, "label": PLAIN, "name": str, "slot": str, "role": s
               "guid": str}
 _SLOT = {"version": str, "fs": str, "root_partition": PLAIN, "verity_partition": PLAIN, "root_hash": HEX64,
          "salt": re.compile(r"[0-9a-f]{1,256}"), "data_blocks": int, "kernel_sha256?": HEX64,
-         "packages?": [_PACKAGE], "release?": str, "cmdline?": str, "selftests?": [PLAIN]}
+         "packages?": [_PACKAGE], "release?": str, "cmdline?": str, "selftests?": [PLAIN],
+         "jails?": [{"name": PLAIN, "start": bool, "nsopts": [str], "idle": str}]}
 SHAPE = {"species": PLAIN, "version": str, "release": str, "signing": str, "source_date_epoch": int,
          "partitions": [_PARTITION], "slots": {"*": _SLOT}, "packages": [_PACKAGE], "signers": [dict]}
 

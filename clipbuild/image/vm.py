@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipbuild.core.run import run, run_watch
+from clipbuild.image import jailproof
 from clipbuild.image.selftests import Outcome, missing, parse
 
 OK_MARKER = "CLIP_BOOT_OK"
@@ -51,10 +52,12 @@ class CheckResult:
     marker: str = ""
     slot: str = ""
     selftests: list[Outcome] = field(default_factory=list)
+    jails: list[jailproof.Report] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {"ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 1), "log": self.log,
-                "marker": self.marker, "slot": self.slot, "selftests": [t.to_dict() for t in self.selftests]}
+                "marker": self.marker, "slot": self.slot, "selftests": [t.to_dict() for t in self.selftests],
+                "jails": [j.to_dict() for j in self.jails]}
 
 
 def _menu_enter() -> Callable[[bytes], bytes | None]:
@@ -72,17 +75,20 @@ def _menu_enter() -> Callable[[bytes], bytes | None]:
 
 
 def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int = 512,
-          expected: Mapping[str, list[str] | None] | None = None) -> CheckResult:
+          expected: Mapping[str, list[str] | None] | None = None,
+          jails: Mapping[str, list[jailproof.Expected] | None] | None = None) -> CheckResult:
     """Boot headless until the marker; the console is saved to `log_path`. `expected`: the self-tests each slot
-    ships (None for a slot whose manifest does not say)."""
+    ships, `jails`: the jails each slot starts (None for a slot whose manifest does not say)."""
     seen: dict[str, str] = {}
     outcomes: list[Outcome] = []
+    lines: list[str] = []
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with log_path.open("w", encoding="utf-8") as log:
         def on_line(raw: str) -> bool:
             line = ANSI.sub("", raw)
             log.write(line + "\n")
+            lines.append(line)
             outcome = parse(line)
             if outcome is not None:
                 outcomes.append(outcome)
@@ -96,13 +102,14 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
         outcome, status = run_watch(qemu_command(image, memory_mib=memory_mib), on_line, timeout=timeout,
                                     keys=_menu_enter())
     seconds = time.monotonic() - started
+    reports = jailproof.collect(lines)
     if OK_MARKER in seen:
         found = re.search(r"slot=(\S+)", seen[OK_MARKER])
         slot = found.group(1) if found else ""
         problems = missing((expected or {}).get(slot) or [], outcomes)
-        if problems:
-            return CheckResult(False, "; ".join(problems), seconds, str(log_path), seen[OK_MARKER], slot, outcomes)
-        return CheckResult(True, "the system is up", seconds, str(log_path), seen[OK_MARKER], slot, outcomes)
+        problems += jailproof.problems((jails or {}).get(slot) or [], reports)
+        return CheckResult(not problems, "; ".join(problems) or "the system is up", seconds, str(log_path),
+                           seen[OK_MARKER], slot, outcomes, list(reports.values()))
     if FAILED_MARKER in seen:
         reason = seen[FAILED_MARKER].removeprefix(FAILED_MARKER).strip() or "the boot check failed"
     elif PANIC in seen:
@@ -111,4 +118,5 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
         reason = f"QEMU exited (status {status}) before the system came up"
     else:
         reason = f"no {OK_MARKER} within {timeout:g} s"
-    return CheckResult(False, reason, seconds, str(log_path), seen.get(FAILED_MARKER, ""), selftests=outcomes)
+    return CheckResult(False, reason, seconds, str(log_path), seen.get(FAILED_MARKER, ""), selftests=outcomes,
+                       jails=list(reports.values()))

@@ -63,6 +63,8 @@ class Mount:
     dst: str = spec(PATH_TEXT, "Destination inside the jail.", required=True)
     type: str = spec(Text("a filesystem type", r"[a-z0-9]+"), "Filesystem type (none for bind).", default="none")
     options: tuple[str, ...] = spec(ListOf(WORD), "Mount options.", default=())
+    kind: str = spec(Text("dir or file", r"dir|file"), "What the bind mounts: a directory, or a file (its mount "
+                     "point in the jail is then an empty file). Not written to fstab.", default="dir")
 
     @property
     def flags(self) -> Flags:
@@ -101,7 +103,11 @@ class Jail:
                            required=True)
     priv: str = spec(PATH_TEXT, "The jail's private writable tree.", default="", required=True)
     addr: tuple[str, ...] = spec(ListOf(ADDR), "Network addresses, 1 to 4.", default=())
-    cmd: str = spec(Text("a command", r"<invalid>|" + PATH), "The jail's init command.", default="<invalid>")
+    cmd: str = spec(Text("a command", r"<invalid>|" + PATH + r"( [!-~]+)*", "<invalid>, or a path and its arguments "
+                         "separated by single spaces"), "The command clip-jail's init runs in the jail.",
+                    default="<invalid>")
+    idle: str = spec(Text("a reason", r"([A-Za-z0-9(][A-Za-z0-9 ,.:;()/_-]*)?", "letters, digits, spaces and "
+                          ",.:;()/_-"), "Non-empty: rendered but not started at boot, and why.", default="")
     hostname: str = spec(Text("a host name", r"[a-z0-9][a-z0-9_-]*"), "Host name.", default="")
     bcaps: tuple[str, ...] = spec(ListOf(CAP), "Capability bounding set.", default=())
     ccaps: tuple[str, ...] = spec(ListOf(WORD), "Context capabilities (util-vserver keywords).", default=())
@@ -218,9 +224,40 @@ def _render(project: Project, jails: list[Jail], species: str) -> Rendered:
             files[f"etc/jails/{jail.name}/{name}"] = env.get_template(f"{name}.j2").render(jail=jail)
         for tree in (jail.root, jail.root_source, jail.priv, f"{jail.priv}/var", f"{jail.priv}/dev"):
             directories.add(tree.lstrip("/"))
+        skeleton(jail, files, directories)
     files["etc/conf.d/jail-net"] = env.get_template("jail-net.j2").render(jails=jails, species=species)
+    files["etc/conf.d/jails"] = env.get_template("jails.j2").render(jails=jails, species=species)
     directories.add("mounts/viewers")
     return Rendered(dict(sorted(files.items())), tuple(sorted(directories)))
+
+
+# The writable /var every jail starts with (in its priv tree): sshd's empty privilege-separation directory,
+# crond's spool, the usual places for state and logs.
+VAR_SKELETON = ("empty", "lib", "log", "run", "spool/cron/crontabs")
+
+
+def skeleton(jail: Jail, files: dict[str, str], directories: set[str]) -> None:
+    """What the jail's mounts need to exist, so clip-jail never creates anything at boot: each bind's source, and
+    each mount point inside the tree mounted above it when that tree is the jail's own (root_source or priv).
+    A mount point inside a core tree (/usr/local in /usr) is the core's; clip-jail reports it if missing."""
+    own = (jail.root_source, jail.priv)
+    directories.update(f"{jail.priv}/var/{sub}".lstrip("/") for sub in VAR_SKELETON)
+    directories.add(f"{jail.root_source}/proc".lstrip("/"))
+    for index, mount in enumerate(jail.mounts):
+        if mount.src.startswith("/") and mount.kind == "dir":
+            directories.add(mount.src.lstrip("/"))
+        if index == 0:
+            continue
+        above = max((m for m in jail.mounts[:index] if (mount.dst + "/").startswith(m.dst.rstrip("/") + "/")),
+                    key=lambda m: len(m.dst))
+        base = above.src if above.src.startswith("/") else ""
+        if not any(base == tree or base.startswith(tree + "/") for tree in own):
+            continue
+        point = f"{base}{mount.dst[len(above.dst.rstrip('/')):]}".lstrip("/")
+        if mount.kind == "file":
+            files[point] = ""
+        else:
+            directories.add(point)
 
 
 def write(rendered: Rendered, out: Path) -> None:

@@ -28,18 +28,24 @@ def stage(jail: Jail, rendered: Rendered, target: Path, userland: Path | None = 
     """The system tree the jail is assembled from: rendered files, mount sources, a userland in its root."""
     write(rendered, target)
     root = target / jail.root_source.lstrip("/")
-    if userland is not None:
-        shutil.copytree(userland, root, symlinks=True, dirs_exist_ok=True)
-    else:
-        (root / "bin").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(shutil.which("busybox") or "/bin/busybox", root / "bin" / "busybox")
+    # The userland goes where the image has it, the staged system's own /bin (and /lib, /usr with --userland),
+    # which the jail binds read-only; and into the jail's root too, for a jail that binds none of them.
+    for tree in (target, root):
+        if userland is not None:
+            shutil.copytree(userland, tree, symlinks=True, dirs_exist_ok=True)
+            continue
+        (tree / "bin").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(shutil.which("busybox") or "/bin/busybox", tree / "bin" / "busybox")
         for applet in APPLETS:
-            (root / "bin" / applet).unlink(missing_ok=True)
-            (root / "bin" / applet).symlink_to("busybox")
+            (tree / "bin" / applet).unlink(missing_ok=True)
+            (tree / "bin" / applet).symlink_to("busybox")
     for sub in ("etc", "proc"):
         (root / sub).mkdir(exist_ok=True)
     for index, mount in enumerate(jail.mounts):
-        if mount.src.startswith("/"):
+        if mount.src.startswith("/") and mount.kind == "file":
+            (target / mount.src.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (target / mount.src.lstrip("/")).touch()
+        elif mount.src.startswith("/"):
             (target / mount.src.lstrip("/")).mkdir(parents=True, exist_ok=True)
         # A mount point must exist in whatever is mounted above it: the closest earlier mount containing it.
         parent = max((m for m in jail.mounts[:index] if m.src.startswith("/") and
@@ -47,7 +53,12 @@ def stage(jail: Jail, rendered: Rendered, target: Path, userland: Path | None = 
                      default=None)
         base = target / (parent.src if parent else jail.root_source).lstrip("/")
         inside = mount.dst[len(parent.dst.rstrip("/")):] if parent else mount.dst
-        (base / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        point = base / inside.lstrip("/")
+        if mount.kind == "file":
+            point.parent.mkdir(parents=True, exist_ok=True)
+            point.touch()
+        else:
+            point.mkdir(parents=True, exist_ok=True)
 
 
 def script(jail: Jail, staged: Path, command: Sequence[str]) -> str:

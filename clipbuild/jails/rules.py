@@ -25,6 +25,7 @@ import yaml
 
 from clipbuild.core.errors import InputError, Issue
 from clipbuild.core.project import Project
+from clipbuild.jails import realisable
 from clipbuild.jails.definitions import PSEUDO_SOURCES, Jail, Mount
 from clipbuild.jails.mountopts import Flags, contradictions, inside, normal_path, overlap
 
@@ -43,7 +44,7 @@ OWN_TREES = ("root", "root_source", "priv")
 HOST_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
              "/mounts", "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
              "/vservers")
-POLICY_KEYS = ("deny_caps", "jail_trees", "source_trees", "grants", "internal_trees")
+POLICY_KEYS = ("deny_caps", "jail_trees", "source_trees", "read_only_trees", "grants", "internal_trees")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class JailPolicy:
     deny_caps: tuple[str, ...]
     jail_trees: dict[str, tuple[str, ...]]  # root, root_source, priv -> the trees allowed ({name} = the jail's)
     source_trees: tuple[str, ...]  # fstab.external sources any jail may use
+    read_only_trees: tuple[str, ...]  # sources (the core's verity trees) a jail may only bind read-only
     grants: dict[str, tuple[str, ...]]  # jail -> further fstab.external sources only it may use
     internal_trees: tuple[str, ...]  # fstab.internal sources (inside the jail's root)
 
@@ -85,7 +87,7 @@ def load_policy(project: Project) -> JailPolicy:
         raise InputError(f"{where}: jail_trees: needs exactly {', '.join(OWN_TREES)}")
     grants = _mapping(data, "grants", where)
     return JailPolicy(deny_caps, {k: _paths(jail_trees, k, f"{where}: jail_trees.") for k in OWN_TREES},
-                      _paths(data, "source_trees", f"{where}: "),
+                      _paths(data, "source_trees", f"{where}: "), _paths(data, "read_only_trees", f"{where}: "),
                       {k: _paths(grants, k, f"{where}: grants.") for k in grants},
                       _paths(data, "internal_trees", f"{where}: "))
 
@@ -144,6 +146,7 @@ def check(jails: list[Jail], policy: JailPolicy) -> tuple[list[Issue], list[Exec
         issues += found
         exceptions += allowed
         issues += _capabilities(jail, policy)
+        issues += realisable.check(jail)
         if not 1 <= len(jail.addr) <= 4:
             issues.append(_issue(jail, "addr", f"{len(jail.addr)} addresses; vsctl takes 1 to 4"))
     return issues, exceptions
@@ -304,16 +307,21 @@ def _mount_source(jail: Jail, where: str, mount: Mount, policy: JailPolicy, is_r
                              f"{'' if 'bind' in mount.options else ' and no bind'}: the host would mount what it "
                              "holds (a device's filesystem), not bind the tree",
                              "a path source is a bind: type none, options [bind, ...]"))
-    return issues if is_root else issues + _source_allowed(jail, where, normal_path(mount.src), policy)
+    return issues if is_root else issues + _source_allowed(jail, where, mount, policy)
 
 
-def _source_allowed(jail: Jail, where: str, source: str, policy: JailPolicy) -> list[Issue]:
+def _source_allowed(jail: Jail, where: str, mount: Mount, policy: JailPolicy) -> list[Issue]:
+    source = normal_path(mount.src)
     if where.startswith("internal"):
         trees, rule = _named(policy.internal_trees, jail.name), "internal_trees"
     else:
         own = _normal(jail.priv)
         trees, rule = (*policy.sources(jail.name), *([own] if own else [])), "source_trees, grants"
     if any(inside(source, tree) for tree in trees):
+        core = next((tree for tree in policy.read_only_trees if inside(source, tree)), None)
+        if core and mount.writable:
+            return [_issue(jail, where, f"{source} is mounted writable, but it lies in the core's {core}",
+                           f"add ro: the core's trees are read-only in every jail (jails/{POLICY}: read_only_trees)")]
         return []
     return [_issue(jail, f"{where}.src", f"source {source} lies outside the trees jail {jail.name} may mount",
                    f"allowed: {', '.join(trees) or 'none'} (jails/{POLICY}: {rule})")]

@@ -27,7 +27,7 @@ from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import InputError, StepError
 from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
 from clipbuild.core.project import Project
-from clipbuild.image import bootloader, fsimage, gpt, install, selftests, slot
+from clipbuild.image import bootloader, fsimage, gpt, install, jailproof, selftests, slot
 from clipbuild.image.manifest import EMBEDDED_MANIFEST, MANIFEST, describe, image_name
 from clipbuild.signing import trust, truststore
 from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
@@ -136,6 +136,15 @@ class Assembly:
             self.ctx.progress(f"dpkg --root: {len(rm)} rm packages into {name}")
             install.install(rm, trees[name], self.scratch / f"dpkg-{name}.log", allow)
             slot.checked(trees[name], f"rm ({name})", self.ctx.progress)
+        for part in self.slices:  # shared partitions mounted over the root: /home, /vservers/rm_h, ...
+            if not part.slot and part.fs == "ext4" and part.mount and self._tree_for(part, trees) is None:
+                name = part.name
+                trees[name] = self.scratch / name
+                trees[name].mkdir()
+        moved = install.split_shared(trees["root"], {p.mount: trees[p.name] for p in self.slices
+                                                     if not p.slot and p.name in trees and p.mount})
+        for mount in moved:
+            self.ctx.progress(f"{mount}: what the packages install there goes onto its partition")
         slot.add_mirror(trees["mounts"], debs)
         slot.configure_root(trees["root"], self.slices, mode=self.opts.mode, species=self.opts.species,
                             version=self.opts.version)
@@ -165,6 +174,7 @@ class Assembly:
         for info in slots.values():
             info["kernel_sha256"] = kernel
             info["selftests"] = selftests.shipped(trees["root"])
+            info["jails"] = [jail.to_dict() for jail in jailproof.shipped(trees["root"])]
         return files, slots
 
     def _root_fs(self, part: gpt.Slice, tree: Path, files: dict[str, Path]) -> Path:

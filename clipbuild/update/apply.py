@@ -29,7 +29,7 @@ from clipbuild.core import beneath, safefile
 from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import ClipbuildError, ImageError, InputError, UpdateRefused
 from clipbuild.core.run import run
-from clipbuild.image import bootloader, fsimage, inspection, install, selftests, slot
+from clipbuild.image import bootloader, fsimage, inspection, install, jailproof, selftests, slot
 from clipbuild.signing import trust, truststore
 from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.spec import cmdline
@@ -427,6 +427,7 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     info["packages"] = imageedit.package_entries(pool)
     info["release"] = slot.release(trees["root"])
     info["selftests"] = selftests.shipped(trees["root"])
+    info["jails"] = [jail.to_dict() for jail in jailproof.shipped(trees["root"])]
     return _Built(files, info, kernel, info["release"])
 
 

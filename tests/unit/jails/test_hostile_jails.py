@@ -53,7 +53,7 @@ def _contradictions() -> list[Case]:
         for first, second in (pair, pair[::-1]):
             options = ["bind", *(h for h in HARDENED if h not in pair), first, second]
             cases.append(Case(f"options-{first}-{second}", _mount("/mounts/usr", "/x", options), FIRST + 1,
-                              "mounts[4].options", f"[{', '.join(options)}]: {second} contradicts {first}"))
+                              "mounts[10].options", f"[{', '.join(options)}]: {second} contradicts {first}"))
     implied = [
         (["bind", *HARDENED, "defaults"], "rw (from defaults) contradicts ro; suid (from defaults) contradicts "
          "nosuid; dev (from defaults) contradicts nodev; exec (from defaults) contradicts noexec"),
@@ -62,9 +62,9 @@ def _contradictions() -> list[Case]:
     ]
     for options, message in implied:
         cases.append(Case(f"options-{options[-1]}", _mount("/mounts/usr", "/x", options), FIRST + 1,
-                          "mounts[4].options", f"[{', '.join(options)}]: {message}"))
+                          "mounts[10].options", f"[{', '.join(options)}]: {message}"))
     cases.append(Case("options-rbind", _mount("/mounts/usr", "/x", ["rbind", *HARDENED]), FIRST + 1,
-                      "mounts[4].options", "rbind also mounts every mount below the source"))
+                      "mounts[10].options", "rbind also mounts every mount below the source"))
     return cases
 
 
@@ -74,19 +74,19 @@ def _spellings() -> list[Case]:
     for spelling, normal in (("/.", "/"), ("//", "/"), ("/./", "/"), ("///.//", "/"), ("/usr/local/", "/usr/local"),
                              ("/usr//local", "/usr/local"), ("/usr/./local", "/usr/local")):
         cases.append(Case(f"dst-{spelling}", _mount("/mounts/usr", spelling, ["bind", *HARDENED]), FIRST + 1,
-                          "mounts[4].dst", f"'{spelling}' is {normal} written another way: write {normal}",
+                          "mounts[10].dst", f"'{spelling}' is {normal} written another way: write {normal}",
                           schema=True))
     for key, value in (("root_source", "/mounts/evil_root/"), ("priv", "/mounts/./evil_priv"), ("root", "//evil")):
         normal = "/" + value.replace("/./", "/").strip("/").replace("//", "/")
         cases.append(Case(f"{key}-spelled", f"{key}: {value}\n", FIRST, key,
                           f"'{value}' is {normal} written another way: write {normal}", schema=True))
-    for key, value in (("mounts[4].dst", "/tmp/../etc"), ("mounts[4].src", "/mounts/usr/../../etc")):
+    for key, value in (("mounts[10].dst", "/tmp/../etc"), ("mounts[10].src", "/mounts/usr/../../etc")):
         src, dst = (value, "/x") if key.endswith("src") else ("/mounts/usr", value)
         cases.append(Case(f"dotdot-{key}", _mount(src, dst, ["bind", *HARDENED]), FIRST + 1, key,
                           "'..' is not allowed in a path", schema=True))
     cases.append(Case("allow_exec-spelled", "allow_exec: {/var/pkg/.: scripts}\n", FIRST, "allow_exec./var/pkg/.",
                       "'/var/pkg/.' is /var/pkg written another way: write /var/pkg", schema=True))
-    cases.append(Case("source-none", _mount("none", "/sys", ["ro"], ", type: sysfs"), FIRST + 1, "mounts[4].src",
+    cases.append(Case("source-none", _mount("none", "/sys", ["ro"], ", type: sysfs"), FIRST + 1, "mounts[10].src",
                       "'none' is not a mount source", schema=True))
     return cases
 
@@ -110,13 +110,13 @@ def _sources() -> list[Case]:
     for src in ("/", "/etc", "/etc/shadow", "/mounts", "/mounts/admin_priv", "/mounts/admin_priv/etc.admin",
                 "/mounts/admin_root", "/update_root", "/var/log", "/home", "/home/user", "/vservers/rm_h/home",
                 "/etc/admin/ike2", "/mounts/evil_root"):
-        cases.append(Case(f"source-{src}", _mount(src, "/x", ["bind", *HARDENED]), FIRST + 1, "mounts[4].src",
+        cases.append(Case(f"source-{src}", _mount(src, "/x", ["bind", *HARDENED]), FIRST + 1, "mounts[10].src",
                           f"source {src} lies outside the trees jail {NAME} may mount"))
     for fstype, options in (("ext4", ["bind", *HARDENED]), ("devtmpfs", ["bind", *HARDENED]), ("none", HARDENED)):
         bind = "" if "bind" in options else " and no bind"
         cases.append(Case(f"source-type-{fstype}-{len(options)}",
                           _mount("/mounts/evil_priv/dev/sda", "/x", options, f", type: {fstype}"), FIRST + 1,
-                          "mounts[4]", f"source /mounts/evil_priv/dev/sda is mounted with type {fstype}{bind}: the "
+                          "mounts[10]", f"source /mounts/evil_priv/dev/sda is mounted with type {fstype}{bind}: the "
                           "host would mount what it holds"))
     cases.append(Case("internal-source", "internal:\n  - {src: /etc, dst: /x, options: [bind, ro]}\n", FIRST + 1,
                       "internal[0].src", f"source /etc lies outside the trees jail {NAME} may mount"))
@@ -142,9 +142,9 @@ def _shadowing() -> list[Case]:
         Case("root-internal", "internal:\n  - {src: /x, dst: /, options: [bind, rw]}\n", FIRST + 1, "internal[0].dst",
              "/ is the jail's /: this mount would shadow its read-only root"),
         Case("shadow-var", _mount("/mounts/evil_priv/v2", "/var", ["bind", "rw", "nosuid", "nodev", "noexec"]),
-             FIRST + 1, "mounts[4].dst", "/var is already mounted by mounts[2]"),
-        Case("shadow-dev", _mount("/mounts/evil_priv/d2", "/dev", ["bind", *HARDENED]), FIRST + 1, "mounts[4].dst",
-             "/dev is already mounted by mounts[1]"),
+             FIRST + 1, "mounts[10].dst", "/var is already mounted by mounts[8]"),
+        Case("shadow-dev", _mount("/mounts/evil_priv/d2", "/dev", ["bind", *HARDENED]), FIRST + 1, "mounts[10].dst",
+             "/dev is already mounted by mounts[7]"),
     ]
 
 
@@ -191,7 +191,7 @@ def test_hostile_jail_is_refused(hostile, case: Case):
 def test_a_jail_named_after_another_jails_tree_is_refused(hostile):
     (hostile.root / "jails" / "update_root.yaml").write_text(BASE)
     refusals = _refusals(hostile, ("update", "update_root"))
-    assert any(r.startswith("jails/_defaults.yaml:5: jail update_root: root: /update_root overlaps jail update's "
+    assert any(r.startswith("jails/_defaults.yaml:6: jail update_root: root: /update_root overlaps jail update's "
                             "root_source /update_root") for r in refusals), refusals
 
 

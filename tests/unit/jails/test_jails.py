@@ -70,7 +70,7 @@ def test_unique_contexts_and_addresses(scratch):
 def test_writable_mounts_are_nosuid_nodev_noexec(scratch):
     _write(scratch, "one", BASE + "mounts:\n  - {src: /mounts/one_priv/data, dst: /data, options: [bind, rw]}\n")
     assert _problems(scratch, "one") == [
-        "jails/one.yaml:5: jail one: mounts[4]: writable mount /data lacks nosuid, nodev, noexec (every writable "
+        "jails/one.yaml:5: jail one: mounts[10]: writable mount /data lacks nosuid, nodev, noexec (every writable "
         "mount is nosuid, nodev and noexec (an exception for noexec needs an allow_exec entry with its reason))"]
 
 
@@ -82,7 +82,7 @@ allow_exec: {/pkg: scripts run from there, /bin2: also, /gone: nothing there}
 """)
     problems = _problems(scratch, "one")
     assert problems == [
-        "jails/one.yaml:6: jail one: mounts[5]: writable mount /bin2 lacks nodev (every writable mount is "
+        "jails/one.yaml:6: jail one: mounts[11]: writable mount /bin2 lacks nodev (every writable mount is "
         "nosuid, nodev and noexec (an exception for noexec needs an allow_exec entry with its reason))",
         "jails/one.yaml:7: jail one: allow_exec./gone: allows /gone to be executable, but no writable mount there "
         "needs it (remove the entry)"]
@@ -101,7 +101,7 @@ def test_the_jail_root_is_read_only(scratch):
 
 def test_capabilities(scratch):
     _write(scratch, "one", BASE + "bcaps: [CHOWN, SYS_ADMN, SYS_ADMIN, NET_ADMIN]\n"
-                                  "justify: {NET_ADMIN: routes, SYS_TIME: clocks}\n")
+                                  "justify: {NET_ADMIN: routes, SYS_TIME: clocks}\nnflags: !replace [hide_netif]\n")
     assert _problems(scratch, "one") == [
         "jails/one.yaml:4: jail one: bcaps[1]: SYS_ADMN is not a Linux capability (did you mean SYS_ADMIN?)",
         "jails/one.yaml:4: jail one: bcaps[2]: SYS_ADMIN is on the deny list (drop it, or say why the jail needs "
@@ -116,10 +116,11 @@ def test_mount_sources_stay_in_the_allowed_trees(scratch):
   - {src: tmpfs, dst: /run, type: none, options: [rw, nosuid, nodev, noexec]}
 """)
     problems = _problems(scratch, "one")
-    assert problems[0].endswith("mounts[4].src: source /etc/shadow lies outside the trees jail one may mount "
-                                "(allowed: /mounts/usr, /mounts/var/pkg, /mounts/xauth, /vservers/one/home, "
-                                "/mounts/one_priv (jails/_policy.yaml: source_trees, grants))")
-    assert problems[1].endswith("mounts[5]: source tmpfs with type none (a tmpfs mount has type tmpfs)")
+    assert problems[0].endswith("mounts[10].src: source /etc/shadow lies outside the trees jail one may mount "
+                                "(allowed: /mounts/usr, /mounts/var/pkg, /mounts/xauth, /vservers/one/home, /bin, "
+                                "/sbin, /lib, /usr, /etc/passwd, /etc/group, /mounts/one_priv (jails/_policy.yaml: "
+                                "source_trees, grants))")
+    assert problems[1].endswith("mounts[11]: source tmpfs with type none (a tmpfs mount has type tmpfs)")
 
 
 @pytest.mark.parametrize(("mount", "key", "hint"), [
@@ -130,7 +131,7 @@ def test_a_path_with_dotdot_is_a_schema_error(scratch, mount, key, hint):
     with pytest.raises(ProfileError) as exc:
         definitions.load(scratch.project, "one")
     assert [str(i) for i in exc.value.issues] == [
-        f"jails/one.yaml:5: one: mounts[4].{key}: '..' is not allowed in a path ({hint})"]
+        f"jails/one.yaml:5: one: mounts[10].{key}: '..' is not allowed in a path ({hint})"]
 
 
 def test_newlines_cannot_reach_a_line_oriented_file(scratch):

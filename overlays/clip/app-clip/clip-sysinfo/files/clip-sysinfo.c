@@ -8,8 +8,10 @@
  * under /etc/jails, and the version of the zlib it runs with (libz.so.1, loaded from the system by musl's
  * dynamic loader). With --check it exits 1 unless the root is read-only on an intact verity target, the slot
  * is known, jails are configured, the zlib loaded is the one it was built against and every package self-test
- * clip-selftest ran at boot passed (its summary, /run/clip/selftest/summary, must exist and list no failure);
- * it prints CLIP_BOOT_OK when all holds, with the number of self-tests passed and the KEY=VALUE words the tests
+ * clip-selftest ran at boot passed (its summary, /run/clip/selftest/summary, must exist and list no failure),
+ * and every configured jail is either running and proven from inside or rendered idle (clip-jails' summary,
+ * /run/clip/jails/summary); it prints CLIP_BOOT_OK when all holds, with the number of self-tests passed, the
+ * jails proven out of those configured (jails=7/8) and the KEY=VALUE words the tests
  * asked for (/run/clip/selftest/marker, e.g. the IPsec stack), else CLIP_BOOT_FAILED and why.
  */
 #define _GNU_SOURCE
@@ -130,6 +132,44 @@ static int count_jails(void)
 	return n;
 }
 
+#define JAILS_SUMMARY "/run/clip/jails/summary"
+
+/* Reads clip-jails' summary: the number of jails running and proven from inside ("ok NAME"), with *idle the
+ * number rendered but not started ("idle NAME"); -1 with `why` set when the summary is missing, names a failed
+ * jail, or does not account for every configured jail. */
+static int jails_proven(int configured, int *idle, char *why, size_t len)
+{
+	char line[LINE];
+	int ok = 0;
+	*idle = 0;
+	FILE *f = fopen(JAILS_SUMMARY, "re");
+	if (!f) {
+		snprintf(why, len, "the jails were not started (no %s)", JAILS_SUMMARY);
+		return -1;
+	}
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = '\0';
+		if (strncmp(line, "ok ", 3) == 0) {
+			ok++;
+		} else if (strncmp(line, "idle ", 5) == 0) {
+			(*idle)++;
+		} else {
+			if (strncmp(line, "failed ", 7) == 0)
+				snprintf(why, len, "jail %.300s", line + 7);
+			else
+				snprintf(why, len, "%s: unexpected line \"%.200s\"", JAILS_SUMMARY, line);
+			fclose(f);
+			return -1;
+		}
+	}
+	fclose(f);
+	if (ok + *idle != configured) {
+		snprintf(why, len, "%d jails configured under /etc/jails, %d reported by clip-jails", configured, ok + *idle);
+		return -1;
+	}
+	return ok;
+}
+
 #define SELFTEST_DIR "/run/clip/selftest"
 
 /* Reads clip-selftest's summary: the number of tests passed, or -1 with `why` set (no summary: the tests did
@@ -220,16 +260,19 @@ int main(int argc, char **argv)
 		why = "no jails under /etc/jails";
 	else if (strcmp(zlibVersion(), ZLIB_VERSION) != 0)
 		why = "the zlib loaded is not the one clip-sysinfo was built against";
-	char selftest_why[LINE] = "", words[LINE];
+	char selftest_why[LINE] = "", jails_why[LINE] = "", words[LINE];
 	int passed = why ? 0 : selftests_passed(selftest_why, sizeof(selftest_why));
 	if (passed < 0)
 		why = selftest_why;
+	int idle = 0, proven = why ? 0 : jails_proven(jails, &idle, jails_why, sizeof(jails_why));
+	if (proven < 0)
+		why = jails_why;
 	if (why) {
 		printf("CLIP_BOOT_FAILED %s\n", why);
 		return 1;
 	}
 	selftest_words(words, sizeof(words));
-	printf("CLIP_BOOT_OK slot=%s release=\"%s\" roothash=%s zlib=%s selftests=%d%s\n", slot, release, root_hash,
-	       zlibVersion(), passed, words);
+	printf("CLIP_BOOT_OK slot=%s release=\"%s\" roothash=%s zlib=%s selftests=%d jails=%d/%d%s\n", slot, release,
+	       root_hash, zlibVersion(), passed, proven, jails, words);
 	return 0;
 }

@@ -1,0 +1,117 @@
+"""The jails at boot: which ones a slot starts, and what each proved from inside the booted system.
+
+A slot's root holds the rendered jails (/etc/conf.d/jails: `start NAME` in CLIP's order or `idle NAME REASON`;
+/etc/jails/NAME/nsopts). At boot clip-jails starts them with clip-jail and runs its probe in each; every jail
+prints `CLIP_JAIL NAME ok pid=N ns=mnt:ID,pid:ID,... rules=K/K` or `CLIP_JAIL NAME FAILED ...` on the console,
+and `CLIP_JAIL NAME idle: WHY` for one rendered but not started. The image manifest lists each slot's jails
+(`jails`), so the host requires every jail meant to start to report ok, and checks again what each reported:
+no two jails share a namespace they are meant to own (mount, IPC, UTS and cgroup always; PID and network as
+their nsopts say).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipbuild.core import beneath
+
+CONF = "etc/conf.d/jails"
+ALWAYS_OWN = ("mnt", "ipc", "uts", "cgroup")
+LINE = re.compile(r"CLIP_JAIL (?P<name>[a-z0-9_]+) (?P<state>ok|FAILED|idle:?)(?P<rest>.*)$")
+NS = re.compile(r"\bns=(?P<ns>\S+)")
+RULE = re.compile(r"CLIP_JAIL_RULE (?P<name>[a-z0-9_]+) (?P<rule>[a-z-]+) (?P<result>ok|FAILED|skipped):? ?"
+                  r"(?P<detail>.*)$")
+
+
+@dataclass(frozen=True)
+class Expected:
+    name: str
+    start: bool
+    nsopts: tuple[str, ...] = ()
+    idle: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "start": self.start, "nsopts": list(self.nsopts), "idle": self.idle}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Expected:
+        return cls(str(data["name"]), bool(data["start"]), tuple(data.get("nsopts", ())), str(data.get("idle", "")))
+
+
+@dataclass
+class Report:
+    name: str
+    state: str  # ok, FAILED, idle
+    detail: str
+    namespaces: dict[str, str] = field(default_factory=dict)
+    rules: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def shipped(root: Path) -> list[Expected]:
+    """The jails a slot's root starts (in order) or leaves idle, with the namespaces each asks for."""
+    if not beneath.exists(root, CONF):
+        return []
+    out = []
+    for line in beneath.read_text(root, CONF).splitlines():
+        words = line.split(maxsplit=2)
+        if len(words) < 2 or words[0] not in ("start", "idle"):
+            continue
+        nsopts = f"etc/jails/{words[1]}/nsopts"
+        opts = tuple(w for w in (beneath.read_text(root, nsopts).split() if beneath.exists(root, nsopts) else [])
+                     if not w.startswith("#"))
+        out.append(Expected(words[1], words[0] == "start", opts, words[2] if len(words) > 2 else ""))
+    return out
+
+
+def collect(lines: Iterable[str]) -> dict[str, Report]:
+    """Every jail's report from console lines (the last one of a jail wins), with its rule lines."""
+    reports: dict[str, Report] = {}
+    rules: dict[str, list[dict[str, str]]] = {}
+    for line in lines:
+        rule = RULE.search(line)
+        if rule:
+            rules.setdefault(rule["name"], []).append({k: rule[k] for k in ("rule", "result", "detail")})
+            continue
+        found = LINE.search(line)
+        if not found:
+            continue
+        state = found["state"].rstrip(":")
+        ns = NS.search(found["rest"])
+        namespaces = dict(part.split(":", 1) for part in ns["ns"].split(",") if ":" in part) if ns else {}
+        reports[found["name"]] = Report(found["name"], state, found["rest"].strip(), namespaces)
+    for name, report in reports.items():
+        report.rules = rules.get(name, [])
+    return reports
+
+
+def problems(expected: Iterable[Expected], reports: Mapping[str, Report]) -> list[str]:
+    """What keeps the slot's jails from counting as running and proven isolated, one phrase each."""
+    out = []
+    own: dict[str, dict[str, str]] = {}
+    for jail in expected:
+        report = reports.get(jail.name)
+        if not jail.start:
+            continue
+        if report is None:
+            out.append(f"jail {jail.name} did not report")
+            continue
+        if report.state != "ok":
+            out.append(f"jail {jail.name} {report.state}: {report.detail}")
+            continue
+        kinds = ALWAYS_OWN + tuple(k for k in ("pid", "net") if k in jail.nsopts)
+        for kind in kinds:
+            ident = report.namespaces.get(kind)
+            if not ident:
+                out.append(f"jail {jail.name} reported no {kind} namespace")
+            elif ident in own.setdefault(kind, {}):
+                out.append(f"jail {jail.name} shares its {kind} namespace {ident} with jail {own[kind][ident]}")
+            else:
+                own[kind][ident] = jail.name
+    return out
