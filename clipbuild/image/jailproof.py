@@ -1,7 +1,7 @@
 """The jails at boot: which ones a slot starts, and what each proved from inside the booted system.
 
-A slot's root holds the rendered jails (/etc/conf.d/jails: `start NAME` in CLIP's order or `idle NAME REASON`;
-/etc/jails/NAME/nsopts). At boot clip-jails starts them with clip-jail and runs its probe in each; every jail
+A slot's root holds the rendered jails (/etc/conf.d/jails: CLIP_JAILS_START in CLIP's order, CLIP_JAILS_IDLE and
+CLIP_JAIL_IDLE_<name> for those rendered but not started; /etc/jails/NAME/nsopts). At boot clip-jails starts them with clip-jail and runs its probe in each; every jail
 prints `CLIP_JAIL NAME ok pid=N ns=mnt:ID,pid:ID,... rules=K/K` or `CLIP_JAIL NAME FAILED ...` on the console,
 and `CLIP_JAIL NAME idle: WHY` for one rendered but not started. The image manifest lists each slot's jails
 (`jails`), so the host requires every jail meant to start to report ok, and checks again what each reported:
@@ -20,6 +20,7 @@ from typing import Any
 from clipbuild.core import beneath
 
 CONF = "etc/conf.d/jails"
+VARIABLE = re.compile(r'^([A-Za-z_][A-Za-z0-9_]*)="([^"\n]*)"$', re.M)
 ALWAYS_OWN = ("mnt", "ipc", "uts", "cgroup")
 LINE = re.compile(r"CLIP_JAIL (?P<name>[a-z0-9_]+) (?P<state>ok|FAILED|idle:?)(?P<rest>.*)$")
 NS = re.compile(r"\bns=(?P<ns>\S+)")
@@ -58,15 +59,14 @@ def shipped(root: Path) -> list[Expected]:
     """The jails a slot's root starts (in order) or leaves idle, with the namespaces each asks for."""
     if not beneath.exists(root, CONF):
         return []
+    values = dict(VARIABLE.findall(beneath.read_text(root, CONF)))
     out = []
-    for line in beneath.read_text(root, CONF).splitlines():
-        words = line.split(maxsplit=2)
-        if len(words) < 2 or words[0] not in ("start", "idle"):
-            continue
-        nsopts = f"etc/jails/{words[1]}/nsopts"
-        opts = tuple(w for w in (beneath.read_text(root, nsopts).split() if beneath.exists(root, nsopts) else [])
-                     if not w.startswith("#"))
-        out.append(Expected(words[1], words[0] == "start", opts, words[2] if len(words) > 2 else ""))
+    for start, key in ((True, "CLIP_JAILS_START"), (False, "CLIP_JAILS_IDLE")):
+        for name in values.get(key, "").split():
+            nsopts = f"etc/jails/{name}/nsopts"
+            text = beneath.read_text(root, nsopts) if beneath.exists(root, nsopts) else ""
+            opts = tuple(w for line in text.splitlines() if not line.startswith("#") for w in line.split())
+            out.append(Expected(name, start, opts, values.get(f"CLIP_JAIL_IDLE_{name}", "")))
     return out
 
 
