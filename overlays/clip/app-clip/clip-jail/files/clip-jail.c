@@ -325,13 +325,12 @@ static void l_fstab(struct jail *j, const char *f, int l, char *t)
 			}
 		if (done)
 			continue;
-		if (!strcmp(o, "bind"))
-			done = bind++ == 0;
-		else if (!strcmp(o, "ro"))
-			done = ro++ == 0;
-		else if (!strcmp(o, "rw"))
-			done = rw++ == 0;
-		else if (m->tmpfs && (!strncmp(o, "size=", 5) || !strncmp(o, "mode=", 5))) {
+		int *seen = !strcmp(o, "bind") ? &bind : !strcmp(o, "ro") ? &ro : !strcmp(o, "rw") ? &rw : NULL;
+		if (seen && (*seen)++)
+			CFG(j, f, l, "option '%s' repeated", o);
+		if (seen)
+			continue;
+		if (m->tmpfs && (!strncmp(o, "size=", 5) || !strncmp(o, "mode=", 5))) {
 			const char *v = o + 5;
 			size_t k = strspn(v, o[0] == 's' ? "0123456789" : "01234567");
 			int ok = o[0] == 's' ? k > 0 && k < 12 && (!v[k] || (strchr("kmg", v[k]) && !v[k + 1]))
@@ -343,10 +342,6 @@ static void l_fstab(struct jail *j, const char *f, int l, char *t)
 			strcat(m->data, o);
 			continue;
 		}
-		if (done)
-			continue;
-		if (bind || ro || rw)
-			CFG(j, f, l, "option '%s' repeated", o);
 		if (!strcmp(o, "nolock"))
 			CFG(j, f, l, "'nolock': no Linux bind mount can disable locks; remove it");
 		if (!strcmp(o, "rbind"))
