@@ -55,16 +55,19 @@ CLIENT = {
     "audit": (503, "/audit", "/mounts/audit_root", "/mounts/audit_priv", "127.53.0.1", "/sbin/sshd",
               "NET_BIND_SERVICE SETGID SETUID SYS_CHROOT",
               ["/var/log /var/log none bind,ro,nosuid,nodev,noexec 0 0"], "pid\nnet\n", "127.53.0.1 23"),
-    "ike": (404, "/ike", "/ike_root", "/mounts/ike_priv", "127.44.0.1", "/usr/sbin/charon", "NET_ADMIN NET_BIND_SERVICE",
-            ["/etc/admin/ike2 /etc/ipsec.d none bind,ro,nosuid,nodev,noexec 0 0"], "pid\n", None),
-    "user": (502, "/user", "/mounts/user_root", "/mounts/user_priv", "127.52.0.1", "<invalid>", "", [], "pid\nnet\n", None),
+    "ike": (404, "/ike", "/ike_root", "/mounts/ike_priv", "127.44.0.1", "/usr/sbin/charon",
+            "NET_ADMIN NET_BIND_SERVICE", ["/etc/admin/ike2 /etc/ipsec.d none bind,ro,nosuid,nodev,noexec 0 0"], "pid\n", None),
+    "user": (502, "/user", "/mounts/user_root", "/mounts/user_priv", "127.52.0.1", "<invalid>", "", [],
+             "pid\nnet\n", None),
     "x11": (505, "/x11", "/x11_root", "/mounts/x11_priv", "127.55.0.1", "<invalid>", "", [], "pid\nnet\n", None),
     "rm_h": (1001, "/vservers/rm_h/root", "/vservers/rm_h/user_root", "/vservers/rm_h/user_priv", "127.101.0.1",
              "<invalid>", "", ["/vservers/rm_h/home/user /home/user none bind,rw,nosuid,nodev,noexec 0 0",
-                               "/mounts/xauth /var/run/xauth none bind,ro,nosuid,nodev,noexec 0 0"], "pid\nnet\n", None),
+                               "/mounts/xauth /var/run/xauth none bind,ro,nosuid,nodev,noexec 0 0"],
+             "pid\nnet\n", None),
     "rm_b": (1002, "/vservers/rm_b/root", "/vservers/rm_b/user_root", "/vservers/rm_b/user_priv", "127.102.0.1",
              "<invalid>", "", ["/vservers/rm_b/home/user /home/user none bind,rw,nosuid,nodev,noexec 0 0",
-                               "/mounts/xauth /var/run/xauth none bind,ro,nosuid,nodev,noexec 0 0"], "pid\nnet\n", None),
+                               "/mounts/xauth /var/run/xauth none bind,ro,nosuid,nodev,noexec 0 0"],
+             "pid\nnet\n", None),
 }
 
 
@@ -210,7 +213,8 @@ def test_missing_mandatory_file_and_bad_name(bins, tmp_path):
     files["addr"] = None
     d = write_jail(tmp_path, "update", files)
     r = run(bins, tmp_path, "update", "check")
-    assert (r.returncode, r.stderr) == (2, f"clip-jail: {d}/addr:0: missing or empty (mandatory: 1..4 a.b.c.d/m.m.m.m)\n")
+    assert r.returncode == 2
+    assert r.stderr == f"clip-jail: {d}/addr:0: missing or empty (mandatory: 1..4 a.b.c.d/m.m.m.m)\n"
     r = run(bins, tmp_path, "Update", "check")
     assert r.returncode == 2 and "a jail name is 1..32 of [a-z0-9_]" in r.stderr
     r = run(bins, tmp_path, "nosuch", "check")
@@ -227,11 +231,14 @@ def userns_ok() -> bool:
     return r.returncode == 0
 
 
-def busybox_jail(tmp: Path, name: str, context: int, addr: str, cmd: str, shared_home: Path | None = None) -> None:
+def busybox_jail(tmp: Path, name: str, context: int, addr: str, cmd: str, shared_home: Path | None = None,
+                 extra: str = "") -> None:
     base = tmp / name
     src, priv, home = base / "rootsrc", base / "priv", shared_home or base / "home"
-    for d in ("bin", "proc", "dev", "var", "tmp", "home/user", "etc"):
+    for d in ("bin", "proc", "dev", "var", "tmp", "home/user", "etc", "mnt"):
         (src / d).mkdir(parents=True, exist_ok=True)
+    (src / "etc" / "motd").write_text("")  # a file mount point, for a file bind
+    (base / "motd").write_text(f"welcome to {name}\n")
     (priv / "var").mkdir(parents=True)
     home.mkdir(exist_ok=True)
     (base / "root").mkdir()
@@ -245,7 +252,9 @@ def busybox_jail(tmp: Path, name: str, context: int, addr: str, cmd: str, shared
         "nscleanup": "*/home/user\n", "ssh": None if cmd == "<invalid>" else f"{addr} 22 /etc/ssh/key\n",
         "fstab.external": f"{src} / none bind,ro,nodev 0 0\n{priv}/var /var none bind,rw,nosuid,nodev,noexec 0 0\n"
                           "tmpfs /tmp tmpfs rw,nosuid,nodev,size=1m,mode=1777 0 0\n"
-                          f"{home} /home/user none bind,rw,nosuid,nodev,noexec 0 0\n",
+                          f"{home} /home/user none bind,rw,nosuid,nodev,noexec 0 0\n"
+                          f"{base}/motd /etc/motd none bind,ro,nosuid,nodev,noexec 0 0\n" + extra,
+        "fstab.internal": "/bin /mnt none bind,ro,nosuid,nodev,nosymfollow 0 0\n",
     })
 
 
@@ -264,7 +273,7 @@ mount -t cgroup2 none {tmp_path}/cg || exit 99
 for j in one two; do {cj} $j start; echo "start $j=$?"; done
 {cj} one status; echo "status=$?"
 {cj} one start; echo "again=$?"
-{cj} one enter -- /bin/sh -c 'hostname; cat /proc/uptime; ls /proc | grep -c "^[0-9]"'; echo "enter=$?"
+{cj} one enter -- /bin/sh -c 'hostname; cat /proc/uptime; cat /etc/motd; ls /mnt/busybox'; echo "enter=$?"
 for j in one two; do {cj} $j probe --mark; echo "mark $j=$?"; done
 for j in one two; do {cj} $j probe; echo "probe $j=$?"; done
 for j in one two; do {cj} $j stop; echo "stop $j=$?"; done
@@ -278,7 +287,7 @@ for j in one two; do {cj} $j stop; echo "stop $j=$?"; done
     assert "already running" in r.stderr and "again=1" in out
     up = re.search(r"^one-host\n(\S+) ", out, re.M)
     assert up and float(up.group(1)) < 30, out  # virt_uptime: the jail's boot time starts near 0
-    assert "enter=0" in out
+    assert "welcome to one\n/mnt/busybox\nenter=0" in out  # the file bind, and fstab.internal's bind
     for j in ("one", "two"):
         assert f"mark {j}=0" in out and f"probe {j}=0" in out, out
         summary = re.search(rf"^CLIP_JAIL {j} ok pid=\d+ ns=mnt:\d+,pid:\d+,net:\d+,ipc:\d+,uts:\d+,cgroup:\d+ "
@@ -302,7 +311,8 @@ def test_probe_sees_a_shared_home_and_start_reports_failures(bins, tmp_path):
     busybox_jail(tmp_path, "one", 1001, "127.60.0.1", "<invalid>", shared)
     busybox_jail(tmp_path, "two", 1002, "127.60.0.2", "<invalid>", shared)
     busybox_jail(tmp_path, "bad", 1003, "127.60.0.3", "/sbin/nosuchd -D")
-    (tmp_path / "bad" / "etc").mkdir(exist_ok=True)
+    busybox_jail(tmp_path, "nodir", 1004, "127.60.0.4", "<invalid>",
+                 extra=f"{tmp_path}/nodir/motd /etc/nosuchdir/x none bind,ro,nosuid,nodev,noexec 0 0\n")
     (tmp_path / "cg").mkdir()
     cj = f"{bins['clip-jail']} --etc {tmp_path}/etc --run {tmp_path}/run --cgroup {tmp_path}/cg/clip-jails"
     script = f"""
@@ -311,6 +321,7 @@ for j in one two; do {cj} $j start; done
 for j in one two; do {cj} $j probe --mark; done
 {cj} two probe; echo "probe two=$?"
 {cj} bad start; echo "bad=$?"
+{cj} nodir start; echo "nodir=$?"
 ls {tmp_path}/cg/clip-jails
 """
     r = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--cgroup",
@@ -321,4 +332,6 @@ ls {tmp_path}/cg/clip-jails
     assert "probe two=1" in out
     assert "clip-jail: bad: cmd /sbin/nosuchd: No such file or directory" in r.stderr
     assert "bad=1" in out
+    assert "clip-jail: nodir: mount point /etc/nosuchdir/x (fstab.external:6): No such file or directory" in r.stderr
+    assert "nodir=1" in out
     assert out.rstrip().endswith("one\ntwo")  # the failed jail's cgroup is removed

@@ -44,6 +44,9 @@
 #ifndef SYS_openat2
 #define SYS_openat2 437
 #endif
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
 #ifndef PR_CAP_AMBIENT
 #define PR_CAP_AMBIENT 47
 #define PR_CAP_AMBIENT_CLEAR_ALL 4
@@ -1070,6 +1073,8 @@ static void cmd_enter(const struct jail *j, char **args)
 	if (c == 0) {
 		TRY(chdir("/"), "chdir /: %s", strerror(errno));
 		drop_privs(j);
+		/* none of the caller's descriptors but stdin, stdout and stderr follow it into the jail */
+		TRY(syscall(SYS_close_range, 3U, ~0U, 0U), "close_range: %s", strerror(errno));
 		execve(av[0], av, clean_env);
 		fail("exec %s: %s", av[0], strerror(errno));
 	}
@@ -1261,6 +1266,7 @@ static void cmd_probe(const struct jail *j, int mark)
 int main(int argc, char **argv)
 {
 	int i = 1;
+	umask(022); /* the pid and log files, the cgroup directory: not writable by others whatever the caller's */
 	for (; i + 1 < argc && argv[i][0] == '-' && argv[i][1] == '-'; i += 2) {
 		if (!strcmp(argv[i], "--etc"))
 			etc = argv[i + 1];
