@@ -1086,9 +1086,16 @@ static void cmd_probe(const struct jail *j, int mark)
 {
 	char *av[256], buf[65536], hex[32], a[40];
 	int ac = 0;
-	static char pool[16384];
+	static char pool[1 << 18];
 	size_t used = 0;
-#define ARG(...) (av[ac++] = pool + used, used += (size_t)snprintf(pool + used, sizeof pool - used, __VA_ARGS__) + 1)
+#define ARG(...)                                                                                                       \
+	do {                                                                                                           \
+		int len_ = snprintf(pool + used, sizeof pool - used, __VA_ARGS__);                                     \
+		if (len_ < 0 || (size_t)len_ >= sizeof pool - used || ac >= 250)                                       \
+			fail("probe arguments: too many or too long");                                                 \
+		av[ac++] = pool + used;                                                                                \
+		used += (size_t)len_ + 1;                                                                              \
+	} while (0)
 	ARG("probe");
 	ARG("--name");
 	ARG("%s", j->name);
