@@ -234,7 +234,7 @@ def userns_ok() -> bool:
 
 
 def busybox_jail(tmp: Path, name: str, context: int, addr: str, cmd: str, shared_home: Path | None = None,
-                 extra: str = "") -> None:
+                 extra: str = "", nsopts: str = "pid\nnet\n") -> None:
     base = tmp / name
     src, priv, home = base / "rootsrc", base / "priv", shared_home or base / "home"
     for d in ("bin", "proc", "dev", "var", "tmp", "home/user", "etc", "mnt"):
@@ -250,7 +250,7 @@ def busybox_jail(tmp: Path, name: str, context: int, addr: str, cmd: str, shared
     write_jail(tmp / "etc", name, {
         "context": f"{context}\n", "root": f"{base}/root\n", "addr": f"{addr}/255.255.255.255\n",
         "cmd": f"{cmd}\n", "hostname": f"{name}-host\n", "bcaps": "CAP_NET_BIND_SERVICE\nCAP_SETUID\n",
-        "ccaps": "", "cflags": STD, "nflags": "hide_netif\nno_sp\n", "nsopts": "pid\nnet\n",
+        "ccaps": "", "cflags": STD, "nflags": "hide_netif\nno_sp\n" if "net" in nsopts else "no_sp\n", "nsopts": nsopts,
         "nscleanup": "*/home/user\n", "ssh": None if cmd == "<invalid>" else f"{addr} 22 /etc/ssh/key\n",
         "fstab.external": f"{src} / none bind,ro,nodev 0 0\n{priv}/var /var none bind,rw,nosuid,nodev,noexec 0 0\n"
                           "tmpfs /tmp tmpfs rw,nosuid,nodev,size=1m,mode=1777 0 0\n"
@@ -298,7 +298,7 @@ for j in one two; do {cj} $j stop; echo "stop $j=$?"; done
     for rule in ("namespaces", "processes", "root-readonly", "noexec", "capabilities", "no-new-privs", "mounts",
                  "hostname", "network", "homes"):
         assert re.search(rf"^CLIP_JAIL_RULE one {rule} ok: ", out, re.M), rule
-    assert "network ok: 1 own address(es), 2 endpoint(s) as expected" in out
+    assert "network ok: 1 own address(es) on the jail's lo, 2 endpoint(s) as expected" in out
     assert "stop one=0" in out and "stop two=0" in out
     assert out.rstrip().endswith("one stopped\nstatus=3")
     assert not list((tmp_path / "run").glob("*.pid"))
@@ -313,6 +313,7 @@ def test_probe_sees_a_shared_home_and_start_reports_failures(bins, tmp_path):
     busybox_jail(tmp_path, "one", 1001, "127.60.0.1", "<invalid>", shared)
     busybox_jail(tmp_path, "two", 1002, "127.60.0.2", "<invalid>", shared)
     busybox_jail(tmp_path, "bad", 1003, "127.60.0.3", "/sbin/nosuchd -D")
+    busybox_jail(tmp_path, "hostnet", 1005, "127.60.0.5", "<invalid>", nsopts="pid\n")
     busybox_jail(tmp_path, "nodir", 1004, "127.60.0.4", "<invalid>",
                  extra=f"{tmp_path}/nodir/motd /etc/nosuchdir/x none bind,ro,nosuid,nodev,noexec 0 0\n")
     (tmp_path / "cg").mkdir()
@@ -324,7 +325,10 @@ for j in one two; do {cj} $j probe --mark; done
 {cj} two probe; echo "probe two=$?"
 {cj} bad start; echo "bad=$?"
 {cj} nodir start; echo "nodir=$?"
-ls {tmp_path}/cg/clip-jails
+for d in {tmp_path}/cg/clip-jails/*/; do basename $d; done
+{cj} hostnet start; ip -o -4 addr show dev lo | grep -o "127.60.0.5/32.*lo:1005_0"
+{cj} hostnet probe | grep -E "^CLIP_JAIL (hostnet|.*processes|.*network)"
+{cj} hostnet stop; ip -o -4 addr show dev lo | grep -c 127.60.0.5
 """
     r = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--cgroup",
                         "--mount-proc", "sh", "-c", script], capture_output=True, text=True, timeout=120)
@@ -336,4 +340,8 @@ ls {tmp_path}/cg/clip-jails
     assert "bad=1" in out
     assert "clip-jail: nodir: mount point /etc/nosuchdir/x (fstab.external:6): No such file or directory" in r.stderr
     assert "nodir=1" in out
-    assert out.rstrip().endswith("one\ntwo")  # the failed jail's cgroup is removed
+    assert "nodir=1\none\ntwo\n" in out, out  # the failed jails' cgroups are removed
+    # a jail on the host's network: its address on the host's lo while it runs, removed by stop
+    assert re.search(r"^127.60.0.5/32 scope host lo:1005_0$", out, re.M), out
+    assert re.search(r"^CLIP_JAIL hostnet ok pid=\d+ ns=.* rules=10/10$", out, re.M), out
+    assert out.rstrip().endswith("stopped\n0")
