@@ -1,6 +1,7 @@
 # CLIP's jail manager (util-vserver's vsctl role) on Linux namespaces, and its in-jail probe: two small C
 # programs in files/, written for CLIP (no upstream tarball), built with the profile's hardened flags
-# (clip-toolchain.eclass: musl, PIE, RELRO, BIND_NOW, stack protector) as dynamically linked PIEs on musl.
+# (clip-toolchain.eclass: musl, PIE, RELRO, BIND_NOW, stack protector): the manager a PIE on musl, the probe
+# static-pie (below).
 # Security-critical code: every warning is an error, on top of the profile's CFLAGS.
 EAPI=8
 
@@ -18,12 +19,15 @@ src_unpack() {
 }
 
 src_compile() {
-	local p
+	local p link
 	for p in clip-jail probe; do
+		# The probe is static-pie: the manager executes the host's probe file inside a jail (execveat), so
+		# it must not need a loader or libc in the jail's root. The manager is an ordinary PIE on musl.
 		# The probe's path is compiled into the manager (CLIP_JAIL_PROBE): no run-time option chooses which
 		# binary root executes inside a jail; the default is the path src_install uses.
-		echo ${CC} ${CFLAGS} -Wall -Wextra -Werror ${CPPFLAGS} ${LDFLAGS} -o ${p} ${p}.c
-		${CC} ${CFLAGS} -Wall -Wextra -Werror ${CPPFLAGS} ${LDFLAGS} -o ${p} ${p}.c || die "compile ${p} failed"
+		link=; [[ ${p} == probe ]] && link=-static-pie
+		echo ${CC} ${CFLAGS} -Wall -Wextra -Werror ${CPPFLAGS} ${LDFLAGS} ${link} -o ${p} ${p}.c
+		${CC} ${CFLAGS} -Wall -Wextra -Werror ${CPPFLAGS} ${LDFLAGS} ${link} -o ${p} ${p}.c || die "compile ${p} failed"
 	done
 }
 
