@@ -2,6 +2,9 @@
  * Reads /etc/jails/NAME/ (as rendered by clipbuild), refuses anything it cannot realise exactly (fail closed),
  * and starts, stops, enters, reports on and probes one jail. Only musl, no other library.
  * Usage: clip-jail [--etc DIR] [--run DIR] [--cgroup DIR] NAME check|start|stop|status|enter|probe [-- ARGS]
+ * --etc (default /etc), --run (/run/clip/jails), --cgroup (/sys/fs/cgroup/clip-jails) exist so that the unit
+ * tests can run jails on the build machine inside a user namespace; the image uses the defaults.
+ * Exit: 0 ok, 1 runtime failure, 2 configuration or usage error, 3 not running (status, enter, probe).
  * SPDX-License-Identifier: LGPL-2.1-or-later */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
