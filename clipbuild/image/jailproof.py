@@ -1,12 +1,12 @@
 """The jails at boot: which ones a slot starts, and what each proved from inside the booted system.
 
 A slot's root holds the rendered jails (/etc/conf.d/jails: CLIP_JAILS_START in CLIP's order, CLIP_JAILS_IDLE and
-CLIP_JAIL_IDLE_<name> for those rendered but not started; /etc/jails/NAME/nsopts). At boot clip-jails starts them with clip-jail and runs its probe in each; every jail
-prints `CLIP_JAIL NAME ok pid=N ns=mnt:ID,pid:ID,... rules=K/K` or `CLIP_JAIL NAME FAILED ...` on the console,
-and `CLIP_JAIL NAME idle: WHY` for one rendered but not started. The image manifest lists each slot's jails
-(`jails`), so the host requires every jail meant to start to report ok, and checks again what each reported:
-no two jails share a namespace they are meant to own (mount, IPC, UTS and cgroup always; PID and network as
-their nsopts say).
+CLIP_JAIL_IDLE_<name> for those rendered but not started; /etc/jails/NAME/nsopts). At boot clip-jails starts them
+with clip-jail and runs its probe in each; every jail prints `CLIP_JAIL NAME ok pid=N ns=mnt:ID,pid:ID,...
+rules=K/K` or `CLIP_JAIL NAME FAILED ...` on the console, and `CLIP_JAIL NAME idle: WHY` for one rendered but not
+started. The image manifest lists each slot's jails (`jails`), so the host requires every jail meant to start to
+report ok, and checks again what each reported: no two jails share a namespace they are meant to own (mount, IPC,
+UTS and cgroup always; PID and network as their nsopts say).
 """
 
 from __future__ import annotations

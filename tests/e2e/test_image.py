@@ -50,6 +50,10 @@ def test_the_client_image_boots_to_its_marker(project, client):
     assert " zlib=1.2.13 " in check["marker"]  # clip-sysinfo ran on musl with libz.so.1 from the image
     assert "EXT4-fs (vda" in console  # fstab mounted the mounts, home, log and RM partitions
     assert_selftests_passed(check, manifest(client))
+    assert_jails_proven(check, manifest(client), ["update", "admin", "audit", "user", "ike", "rm_h", "rm_b"])
+    homes = {j["name"]: {r["rule"]: r for r in j["rules"]} for j in check["jails"]}
+    for level in ("rm_h", "rm_b"):  # each level's home mark is absent from everything the other can reach
+        assert homes[level]["homes"]["result"] == "ok", homes[level]["homes"]
 
 
 def assert_selftests_passed(check: dict, built: dict) -> None:
@@ -57,6 +61,24 @@ def assert_selftests_passed(check: dict, built: dict) -> None:
     shipped = built["slots"][check["slot"]]["selftests"]
     assert sorted(t["name"] for t in check["selftests"] if t["ok"]) == shipped
     assert f" selftests={len(shipped)}" in check["marker"]
+
+
+RULES = ("namespaces", "processes", "root-readonly", "noexec", "capabilities", "no-new-privs", "mounts", "hostname",
+         "network")
+
+
+def assert_jails_proven(check: dict, built: dict, started: list[str]) -> None:
+    """Every jail the slot starts is running and passed every rule from inside; x11 is rendered but idle."""
+    expected = built["slots"][check["slot"]]["jails"]
+    assert [j["name"] for j in expected if j["start"]] == started
+    reports = {j["name"]: j for j in check["jails"]}
+    assert reports["x11"]["state"] == "idle" and "no graphics stack" in reports["x11"]["detail"]
+    for name in started:
+        assert reports[name]["state"] == "ok", reports[name]
+        results = {r["rule"]: r["result"] for r in reports[name]["rules"]}
+        assert all(results.get(rule) in ("ok", "skipped") for rule in RULES), (name, results)
+        assert results["root-readonly"] == results["noexec"] == results["capabilities"] == "ok", (name, results)
+    assert f" jails={len(started)}/{len(expected)}" in check["marker"]
 
 
 def test_the_manifest_and_the_layout_are_clip_s(client):
@@ -254,6 +276,8 @@ def test_the_gateway_image_boots_too(project):
     assert 'release="CLIP-GTW 4.5.0"' in check["marker"]
     assert "CLIP: species gateway" in Path(check["log"]).read_text()
     assert_selftests_passed(check, json.loads(Path(gateway["manifest"]).read_text()))
+    assert_jails_proven(check, json.loads(Path(gateway["manifest"]).read_text()),
+                        ["update", "admin", "audit", "user", "ike"])
 
 
 PLANTED_HEADER = ('EAPI=8\nDESCRIPTION="planted by a test"\nHOMEPAGE="https://example.invalid"\nS="${WORKDIR}"\n'
