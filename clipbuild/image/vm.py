@@ -107,9 +107,12 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
         found = re.search(r"slot=(\S+)", seen[OK_MARKER])
         slot = found.group(1) if found else ""
         problems = missing((expected or {}).get(slot) or [], outcomes)
-        problems += jailproof.problems((jails or {}).get(slot) or [], reports)
+        expected_jails = (jails or {}).get(slot) or []
+        problems += jailproof.problems(expected_jails, reports)
+        order = {jail.name: index for index, jail in enumerate(expected_jails)}
+        listed = sorted(reports.values(), key=lambda r: order.get(r.name, len(order)))
         return CheckResult(not problems, "; ".join(problems) or "the system is up", seconds, str(log_path),
-                           seen[OK_MARKER], slot, outcomes, list(reports.values()))
+                           seen[OK_MARKER], slot, outcomes, listed)
     if FAILED_MARKER in seen:
         reason = seen[FAILED_MARKER].removeprefix(FAILED_MARKER).strip() or "the boot check failed"
     elif PANIC in seen:

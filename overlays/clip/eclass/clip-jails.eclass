@@ -10,6 +10,12 @@ clip-jails_src_install() {
 	[[ -n ${CLIP_JAILS_TREE} && -d ${CLIP_JAILS_TREE}/etc/jails ]] ||
 		die "CLIP_JAILS_TREE is not set: build this package with clipbuild build (it renders the jails)"
 	cp -R --preserve=mode "${CLIP_JAILS_TREE}"/. "${ED}"/ || die "copying the rendered jails failed"
+	# The jails' skeletons are mostly empty directories (mount points, sshd's /var/empty): Portage merges only
+	# what holds a file, so each one is kept the Portage way (keepdir's .keep file).
+	local dir
+	while IFS= read -r -d '' dir; do
+		keepdir "${dir#"${ED%/}"}"
+	done < <(find "${ED}" -mindepth 1 -type d -empty -print0)
 }
 
 EXPORT_FUNCTIONS src_install
