@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from clipbuild.core import beneath
+from clipbuild.jails.rules import KERNEL_CAPS
 
 CONF = "etc/conf.d/jails"
 VARIABLE = re.compile(r'^([A-Za-z_][A-Za-z0-9_]*)="([^"\n]*)"$', re.M)
+CAPS = re.compile(r"CapEff=CapPrm=CapBnd=(?P<mask>[0-9a-f]+) CapAmb=(?P<ambient>[0-9a-f]+)")
 ALWAYS_OWN = ("mnt", "ipc", "uts", "cgroup")
 LINE = re.compile(r"CLIP_JAIL (?P<name>[a-z0-9_]+) (?P<state>ok|FAILED|idle:?)(?P<rest>.*)$")
 NS = re.compile(r"\bns=(?P<ns>\S+)")
@@ -34,13 +36,16 @@ class Expected:
     start: bool
     nsopts: tuple[str, ...] = ()
     idle: str = ""
+    caps: str = ""  # the bounding set its rendered bcaps give, in hex as /proc/PID/status shows it
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "start": self.start, "nsopts": list(self.nsopts), "idle": self.idle}
+        return {"name": self.name, "start": self.start, "nsopts": list(self.nsopts), "idle": self.idle,
+                "caps": self.caps}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Expected:
-        return cls(str(data["name"]), bool(data["start"]), tuple(data.get("nsopts", ())), str(data.get("idle", "")))
+        return cls(str(data["name"]), bool(data["start"]), tuple(data.get("nsopts", ())), str(data.get("idle", "")),
+                   str(data.get("caps", "")))
 
 
 @dataclass
@@ -63,11 +68,16 @@ def shipped(root: Path) -> list[Expected]:
     out = []
     for start, key in ((True, "CLIP_JAILS_START"), (False, "CLIP_JAILS_IDLE")):
         for name in values.get(key, "").split():
-            nsopts = f"etc/jails/{name}/nsopts"
-            text = beneath.read_text(root, nsopts) if beneath.exists(root, nsopts) else ""
-            opts = tuple(w for line in text.splitlines() if not line.startswith("#") for w in line.split())
-            out.append(Expected(name, start, opts, values.get(f"CLIP_JAIL_IDLE_{name}", "")))
+            opts = _words(root, f"etc/jails/{name}/nsopts")
+            mask = sum(1 << KERNEL_CAPS.index(c.removeprefix("CAP_")) for c in _words(root, f"etc/jails/{name}/bcaps")
+                       if c.removeprefix("CAP_") in KERNEL_CAPS)
+            out.append(Expected(name, start, opts, values.get(f"CLIP_JAIL_IDLE_{name}", ""), f"{mask:x}"))
     return out
+
+
+def _words(root: Path, path: str) -> tuple[str, ...]:
+    text = beneath.read_text(root, path) if beneath.exists(root, path) else ""
+    return tuple(w for line in text.splitlines() if not line.startswith("#") for w in line.split())
 
 
 def collect(lines: Iterable[str]) -> dict[str, Report]:
@@ -88,6 +98,9 @@ def collect(lines: Iterable[str]) -> dict[str, Report]:
         reports[found["name"]] = Report(found["name"], state, found["rest"].strip(), namespaces)
     for name, report in reports.items():
         report.rules = rules.get(name, [])
+        if not report.namespaces:  # a FAILED line has no ns=: the namespaces rule's detail has the ids
+            detail = next((r["detail"] for r in report.rules if r["rule"] == "namespaces"), "")
+            report.namespaces = dict(part.split(":", 1) for part in detail.split(" ")[0].split(",") if ":" in part)
     return reports
 
 
@@ -104,14 +117,31 @@ def problems(expected: Iterable[Expected], reports: Mapping[str, Report]) -> lis
             continue
         if report.state != "ok":
             out.append(f"jail {jail.name} {report.state}: {report.detail}")
-            continue
+        # The host's own reading of what the jail reported, whatever its verdict: a broken manager may also
+        # have broken the probe's verdict, not the facts it read.
+        out += _capabilities(jail, report)
         kinds = ALWAYS_OWN + tuple(k for k in ("pid", "net") if k in jail.nsopts)
         for kind in kinds:
             ident = report.namespaces.get(kind)
             if not ident:
-                out.append(f"jail {jail.name} reported no {kind} namespace")
+                if report.state == "ok":
+                    out.append(f"jail {jail.name} reported no {kind} namespace")
             elif ident in own.setdefault(kind, {}):
                 out.append(f"jail {jail.name} shares its {kind} namespace {ident} with jail {own[kind][ident]}")
             else:
                 own[kind][ident] = jail.name
     return out
+
+
+def _capabilities(jail: Expected, report: Report) -> list[str]:
+    """The capability sets the probe read, against the bounding set the slot's rendered bcaps give."""
+    rule = next((r for r in report.rules if r["rule"] == "capabilities"), None)
+    found = CAPS.search(rule["detail"]) if rule else None
+    if not jail.caps:  # a manifest from before the jails recorded their bounding set
+        return []
+    if found is None:
+        return [f"jail {jail.name} reported no capability sets"] if report.state == "ok" else []
+    if int(found["mask"], 16) != int(jail.caps, 16) or found["ambient"] != "0":
+        return [f"jail {jail.name} holds capabilities {found['mask']} (ambient {found['ambient']}), its rendered "
+                f"bcaps give {jail.caps}"]
+    return []

@@ -25,6 +25,7 @@ from clipbuild.image import jailproof
 from clipbuild.image.selftests import Outcome, missing, parse
 
 OK_MARKER = "CLIP_BOOT_OK"
+SYSINFO = "clip-sysinfo: "  # its report line, printed before the marker
 FAILED_MARKER = "CLIP_BOOT_FAILED"
 PANIC = "Kernel panic"
 MENU_MARKER = b"Automatic boot in"  # the countdown SYSLINUX's menu.c32 prints under the menu (bootloader.slot_config)
@@ -102,24 +103,25 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
         outcome, status = run_watch(qemu_command(image, memory_mib=memory_mib), on_line, timeout=timeout,
                                     keys=_menu_enter())
     seconds = time.monotonic() - started
+    # The booted slot, from the marker or from clip-sysinfo's report line before a failed check.
+    found = re.search(r"\bslot=(\S+)", seen.get(OK_MARKER) or next((x for x in lines if x.startswith(SYSINFO)), ""))
+    slot = found.group(1) if found else ""
+    expected_jails = (jails or {}).get(slot) or []
     reports = jailproof.collect(lines)
+    order = {jail.name: index for index, jail in enumerate(expected_jails)}
+    listed = sorted(reports.values(), key=lambda r: order.get(r.name, len(order)))
+    jail_problems = jailproof.problems(expected_jails, reports)  # the host's own reading, in every outcome
     if OK_MARKER in seen:
-        found = re.search(r"slot=(\S+)", seen[OK_MARKER])
-        slot = found.group(1) if found else ""
-        problems = missing((expected or {}).get(slot) or [], outcomes)
-        expected_jails = (jails or {}).get(slot) or []
-        problems += jailproof.problems(expected_jails, reports)
-        order = {jail.name: index for index, jail in enumerate(expected_jails)}
-        listed = sorted(reports.values(), key=lambda r: order.get(r.name, len(order)))
+        problems = missing((expected or {}).get(slot) or [], outcomes) + jail_problems
         return CheckResult(not problems, "; ".join(problems) or "the system is up", seconds, str(log_path),
                            seen[OK_MARKER], slot, outcomes, listed)
     if FAILED_MARKER in seen:
         reason = seen[FAILED_MARKER].removeprefix(FAILED_MARKER).strip() or "the boot check failed"
+        reason = "; ".join([reason, *(p for p in jail_problems if not reason.startswith(p))])
     elif PANIC in seen:
         reason = seen[PANIC] + (f" ({seen['corrupted']})" if "corrupted" in seen else "")
     elif outcome == "exited":
         reason = f"QEMU exited (status {status}) before the system came up"
     else:
         reason = f"no {OK_MARKER} within {timeout:g} s"
-    return CheckResult(False, reason, seconds, str(log_path), seen.get(FAILED_MARKER, ""), selftests=outcomes,
-                       jails=list(reports.values()))
+    return CheckResult(False, reason, seconds, str(log_path), seen.get(FAILED_MARKER, ""), slot, outcomes, listed)

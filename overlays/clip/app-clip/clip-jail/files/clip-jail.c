@@ -537,6 +537,22 @@ static void fail(const char *fmt, ...)
 			fail(__VA_ARGS__);                                                                             \
 	} while (0)
 
+/* Reads from fd until end of file or len - 1 bytes, retrying on EINTR; the text is NUL-terminated. Returns its
+ * length (a read error ends it early: what was read so far is kept). */
+static size_t read_all(int fd, char *buf, size_t len)
+{
+	size_t got = 0;
+	ssize_t n;
+	while (got < len - 1 && (n = read(fd, buf + got, len - 1 - got)) != 0) {
+		if (n < 0 && errno != EINTR)
+			break;
+		if (n > 0)
+			got += (size_t)n;
+	}
+	buf[got] = 0;
+	return got;
+}
+
 static int write_file(const char *path, const char *s)
 {
 	int fd = open(path, O_WRONLY | O_CLOEXEC);
@@ -971,15 +987,7 @@ static void cmd_start(const struct jail *j)
 		goto failed;
 	}
 	close(go[1]);
-	memset(msg, 0, sizeof msg);
-	size_t got = 0;
-	ssize_t n;
-	while (got < sizeof msg - 1 && (n = read(rep[0], msg + got, sizeof msg - 1 - got)) != 0) {
-		if (n < 0 && errno != EINTR)
-			break;
-		if (n > 0)
-			got += (size_t)n;
-	}
+	read_all(rep[0], msg, sizeof msg);
 	close(rep[0]);
 	if (strcmp(msg, "OK")) {
 		if (!msg[0])
@@ -1196,15 +1204,7 @@ static void cmd_probe(const struct jail *j, int mark)
 		fail("exec %s: %s", CLIP_JAIL_PROBE, strerror(errno));
 	}
 	close(out[1]);
-	size_t got = 0;
-	ssize_t n;
-	while (got < sizeof buf - 1 && (n = read(out[0], buf + got, sizeof buf - 1 - got)) != 0) {
-		if (n < 0 && errno != EINTR)
-			break;
-		if (n > 0)
-			got += (size_t)n;
-	}
-	buf[got] = 0;
+	size_t got = read_all(out[0], buf, sizeof buf);
 	int st = wait_child(c);
 	/* namespaces: compare the probe's ids with the host's and the other jails' */
 	unsigned long id[6];
