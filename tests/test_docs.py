@@ -64,3 +64,19 @@ def test_architecture_names_every_module():
     modules = sorted(p.relative_to(package).with_suffix("").as_posix() for p in package.rglob("*.py")
                      if not p.stem.startswith("_"))
     assert [m for m in modules if f"`{m}`" not in text] == []
+
+
+def test_the_jail_rules_table_lists_every_rule_the_boot_proves():
+    """docs/jails.md shows each rule with its render-time check and its probe: the table's rules are exactly
+    those the manager (namespaces) and its probe (the others) report at boot, and the e2e boot tests require."""
+    import re
+
+    from tests.e2e.test_image import RULES
+
+    text = (ROOT / "docs" / "jails.md").read_text()
+    table = text[text.index("| rule | render time"):].split("\n\n")[0]
+    documented = [m.group(1) for m in re.finditer(r"^\| `([a-z-]+)` \|", table, re.M)]
+    sources = ROOT / "overlays" / "clip" / "app-clip" / "clip-jail" / "files"
+    probed = {"namespaces"} | set(re.findall(r'\brule\("([a-z-]+)"', (sources / "probe.c").read_text()))
+    assert sorted(documented) == sorted(probed)
+    assert set(RULES) | {"homes"} == probed
