@@ -180,6 +180,19 @@ def run_bytes(args: Sequence[str | os.PathLike[str]], data: bytes, *, timeout: f
     return proc.stdout
 
 
+def spawn(args: Sequence[str | os.PathLike[str]], log_path: Path, *, env: Mapping[str, str] | None = None) -> int:
+    """Start a program in the background, in its own session, its output appended to `log_path`; its pid.
+    The caller owns it from then on (it outlives clipbuild): give it a bounded life (e.g. under timeout(1))."""
+    cmd = _prepare(args, None, env, None)
+    try:
+        with log_path.open("ab") as out:
+            proc = subprocess.Popen(cmd.full, env=cmd.env, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+    except OSError as exc:
+        raise ToolError(f"cannot run {cmd.full[0]}: {exc.strerror}", command=cmd.shown) from None
+    return proc.pid
+
+
 def run_streaming(args: Sequence[str | os.PathLike[str]], on_line: Callable[[str], None], *,
                   sandbox: Sandbox | None = None, env: Mapping[str, str] | None = None,
                   cwd: Path | str | None = None, tail_lines: int = STDERR_TAIL_LINES) -> Result:

@@ -22,6 +22,7 @@ RDEPEND="
 	=net-firewall/iptables-1.8.9
 	=app-clip/clip-sysinfo-1.0.0
 	=app-clip/clip-jail-1.0.0
+	=app-clip/clip-net-1.0.0
 	=clip-layout/clip-jails-4.5.0
 	=clip-conf/clip-update-keys-4.5.0
 	=sys-kernel/clip-kernel-6.1.192

@@ -1,0 +1,185 @@
+"""`clipbuild lab up|status|check|down`: the lab's machines as background QEMU processes with a bounded life.
+
+State lives in WORKDIR/lab/: lab.json (machines, pids, ports, images, provisioning disks, deadline), each
+machine's console log and provisioning disk. Every QEMU runs under timeout(1), so the lab stops by itself at
+its deadline even if nobody calls `down`. `check` reads the consoles: what the machines prove about themselves
+(boot marker, tunnel, the levels' reachability) is printed by them at boot, and the host only reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipbuild.core.errors import InputError, VmCheckError
+from clipbuild.core.run import require, spawn
+from clipbuild.core.safefile import write_atomic
+from clipbuild.lab.topology import Machine, plan, qemu_command
+
+STATE = "lab.json"
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f]")
+# What each role must print before the lab counts as up and working: (what, pattern), in order.
+PROOFS: dict[str, tuple[tuple[str, str], ...]] = {
+    "gateway": (("boot", r"CLIP_BOOT_OK"), ("outside network", r"CLIP_NET outside \S+ up"),
+                ("private host", r"CLIP_NET private host \S+ up"),
+                ("IPsec responder", r"CLIP_IPSEC loaded")),
+    "client": (("boot", r"CLIP_BOOT_OK"), ("outside network", r"CLIP_NET outside \S+ up"),
+               ("IPsec tunnel", r"CLIP_IPSEC established"),
+               ("RM_H reaches the private host", r"CLIP_LAB rm_h private ok"),
+               ("RM_B kept off the private network", r"CLIP_LAB rm_b private refused")),
+}
+
+
+@dataclass
+class Lab:
+    folder: Path
+    machines: list[Machine]
+    pids: dict[str, int]
+    ports: dict[str, tuple[int, int]]
+    images: dict[str, str]
+    started: float
+    deadline: float
+    consoles: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"machines": [m.to_dict() for m in self.machines], "pids": self.pids,
+                "ports": {k: list(v) for k, v in self.ports.items()}, "images": self.images,
+                "started": self.started, "deadline": self.deadline, "consoles": self.consoles}
+
+    @classmethod
+    def load(cls, folder: Path) -> Lab:
+        path = folder / STATE
+        if not path.is_file():
+            raise InputError(f"{path}: no lab here", hint="clipbuild lab up client gateway")
+        data = json.loads(path.read_text())
+        return cls(folder, [Machine(**m) for m in data["machines"]], data["pids"],
+                   {k: (v[0], v[1]) for k, v in data["ports"].items()}, data["images"], data["started"],
+                   data["deadline"], data["consoles"])
+
+    def save(self) -> None:
+        write_atomic(self.folder / STATE, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def up(folder: Path, species: list[str], images: dict[str, Path],
+       provision: Callable[[Machine, Path], None], *, lifetime: float) -> Lab:
+    """Boot the machines (the gateway first); returns at once, the machines boot on their own."""
+    require("qemu-system-x86_64", "timeout")
+    machines = plan(species)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / STATE).is_file():
+        running = [n for n, pid in Lab.load(folder).pids.items() if alive(pid)]
+        if running:
+            raise InputError(f"{folder}: a lab is running ({', '.join(running)})", hint="clipbuild lab down")
+    ports = {"gateway": (_free_udp_port(), _free_udp_port())}
+    lab = Lab(folder, machines, {}, {}, {}, time.time(), time.time() + lifetime)
+    for machine in machines:
+        if machine.role == "gateway":
+            lab.ports[machine.name] = ports["gateway"]
+        else:
+            lab.ports[machine.name] = (ports["gateway"][1], ports["gateway"][0])
+        disk = folder / f"{machine.name}.provision.img"
+        provision(machine, disk)
+        console = folder / f"{machine.name}.console.log"
+        console.write_text("")
+        image = images[machine.species]
+        lab.images[machine.name] = str(image)
+        lab.consoles[machine.name] = str(console)
+        command = ["timeout", "--signal=TERM", "--kill-after=10", f"{int(lifetime)}s",
+                   *qemu_command(machine, image, disk, console, lab.ports[machine.name])]
+        lab.pids[machine.name] = spawn(command, folder / f"{machine.name}.qemu.log")
+    lab.save()
+    return lab
+
+
+def down(folder: Path) -> list[str]:
+    """Stop every machine of the lab (their process groups); the names stopped."""
+    lab = Lab.load(folder)
+    stopped = []
+    for name, pid in lab.pids.items():
+        if alive(pid):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            stopped.append(name)
+    for name in stopped:
+        for _ in range(50):
+            if not alive(lab.pids[name]):
+                break
+            time.sleep(0.1)
+    return stopped
+
+
+@dataclass
+class MachineState:
+    name: str
+    running: bool
+    proofs: dict[str, str]  # what -> the console line that proves it
+    missing: list[str]
+    failed: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "running": self.running, "proofs": self.proofs, "missing": self.missing,
+                "failed": self.failed}
+
+
+def state(lab: Lab) -> list[MachineState]:
+    out = []
+    for machine in lab.machines:
+        text = Path(lab.consoles[machine.name]).read_text(errors="replace")
+        lines = [ANSI.sub("", line) for line in text.splitlines()]
+        proofs, missing = {}, []
+        for what, pattern in PROOFS[machine.role]:
+            found = next((line for line in lines if re.search(pattern, line)), None)
+            if found is None:
+                missing.append(what)
+            else:
+                proofs[what] = found.strip()
+        failed = next((line.strip() for line in lines if re.search(r"CLIP_BOOT_FAILED|Kernel panic|"
+                                                                   r"CLIP_(NET|IPSEC|LAB) .*FAILED", line)), "")
+        out.append(MachineState(machine.name, alive(lab.pids[machine.name]), proofs, missing, failed))
+    return out
+
+
+def check(folder: Path, *, timeout: float, poll: float = 2.0) -> tuple[list[MachineState], float]:
+    """Wait until every machine printed every proof its role owes; VmCheckError on a failure, a machine that
+    stopped, or the timeout. Returns the states and the seconds since `lab up`."""
+    lab = Lab.load(folder)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = state(lab)
+        failed = [f"{s.name}: {s.failed}" for s in states if s.failed]
+        if failed:
+            raise VmCheckError(f"lab check: {'; '.join(failed)}")
+        if all(not s.missing for s in states):
+            return states, time.time() - lab.started
+        stopped = [s.name for s in states if not s.running]
+        if stopped or time.monotonic() > deadline:
+            waiting = "; ".join(f"{s.name}: no {', '.join(s.missing)}" for s in states if s.missing)
+            why = f"{', '.join(stopped)} stopped" if stopped else f"not within {timeout:g} s"
+            raise VmCheckError(f"lab check: {why}: {waiting} (consoles: {folder})")
+        time.sleep(poll)
