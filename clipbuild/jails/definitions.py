@@ -244,8 +244,8 @@ def skeleton(jail: Jail, files: dict[str, str], directories: set[str]) -> None:
     directories.update(f"{jail.priv}/var/{sub}".lstrip("/") for sub in VAR_SKELETON)
     directories.add(f"{jail.root_source}/proc".lstrip("/"))
     for index, mount in enumerate(jail.mounts):
-        if mount.src.startswith("/") and mount.kind == "dir":
-            directories.add(mount.src.lstrip("/"))
+        if mount.src.startswith("/") and mount.kind == "dir" and not mount.src.startswith("/run/"):
+            directories.add(mount.src.lstrip("/"))  # /run is a tmpfs: what a jail binds from it is made at boot
         if index == 0:
             continue
         above = max((m for m in jail.mounts[:index] if (mount.dst + "/").startswith(m.dst.rstrip("/") + "/")),

@@ -45,8 +45,9 @@ def test_the_skeleton_holds_every_mount_point_and_source(project):
     rendered = definitions.render(project, jails, "client")
     dirs, files = set(rendered.directories), rendered.files
     assert {"mounts/admin_root/etc/ssh", "mounts/admin_root/etc/admin", "mounts/admin_priv/var/pkg",
-            "mounts/admin_priv/var/empty", "ike_root/run", "ike_root/etc/ipsec.d", "update_root/mounts/admin_root",
-            "vservers/rm_h/user_root/home/user", "vservers/rm_h/home/user", "home/user", "etc/admin/ike2"} <= dirs
+            "mounts/admin_priv/var/empty", "ike_root/run", "update_root/mounts/admin_root",
+            "vservers/rm_h/user_root/home/user", "vservers/rm_h/home/user", "home/user", "ike_root/etc/swanctl"} <= dirs
+    assert not any(d.startswith("run/") for d in dirs)  # /run is a tmpfs: made at boot
     assert files["mounts/admin_root/etc/passwd"] == "" and files["ike_root/etc/strongswan.conf"] == ""
     assert "usr/local" not in dirs  # inside the core's /usr: the core's own mount point
     assert files["etc/conf.d/jails"].splitlines()[2:] == [
