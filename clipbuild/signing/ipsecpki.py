@@ -220,7 +220,7 @@ def ensure_dev(directory: Path | None = None) -> Path:
 
 def ensure_dev_machine(name: str, species: str, directory: Path | None = None) -> Path:
     """A development machine certificate for NAME and SPECIES: issued when missing, of another species, revoked
-    or expiring within 30 days (the old one is kept aside, as machines/.NAME.old-TIME); returns the PKI folder."""
+    or expiring within 30 days (the old one is kept aside, as machines/.NAME.old-SERIAL); returns the PKI folder."""
     directory = ensure_dev(directory)
     cert_path, _ = machine_paths(directory, name)
     if cert_path.is_file():
@@ -228,7 +228,6 @@ def ensure_dev_machine(name: str, species: str, directory: Path | None = None) -
         if (machine.species == species and machine.revoked is None
                 and machine.not_after - dt.datetime.now(dt.UTC) > DEV_RENEW):
             return directory
-        stamp = int(dt.datetime.now().timestamp())
-        os.rename(cert_path.parent, cert_path.parent.with_name(f".{name}.old-{stamp}"))
+        os.rename(cert_path.parent, cert_path.parent.with_name(f".{name}.old-{machine.serial:x}"))
     issue(directory, name, species, devpki.SECRET)
     return directory
