@@ -112,8 +112,8 @@ def provision_cmd(name: str, species: str, pki_dir: Path | None, dev_pki: bool, 
     if as_json:
         emit_json(disk.to_dict(), sort_keys=False)
     else:
-        click.echo(f"{out}: {name} ({species}), certificate serial {disk.serial:x} until "
-                   f"{disk.not_after:%Y-%m-%d}, {len(disk.files)} files")
+        click.echo(f"{out}: {name} ({species}), certificate serial {disk.cert.serial_number:x} until "
+                   f"{disk.cert.not_valid_after_utc:%Y-%m-%d}, {len(disk.files)} files")
 
 
 COMMANDS = (provision_cmd,)

@@ -45,24 +45,23 @@ RESERVED = ("NAME", "SPECIES")  # written from the command's own arguments
 
 @dataclass(frozen=True)
 class Disk:
+    """What a provisioning disk holds, for the command's report."""
+
     path: Path
-    name: str
-    species: str
+    conf: tuple[tuple[str, str], ...]  # machine.conf's lines, NAME and SPECIES first
     files: tuple[str, ...]
-    serial: int
-    cert_sha256: str
-    ca_sha256: str
-    crl_number: int
-    not_after: dt.datetime
-    volume_id: str
+    cert: x509.Certificate
+    ca: x509.Certificate
+    crl: x509.CertificateRevocationList
     sha256: str
 
     def to_dict(self) -> dict[str, object]:
-        return {"disk": str(self.path), "name": self.name, "species": self.species, "files": list(self.files),
-                "volume_id": self.volume_id, "sha256": self.sha256,
-                "certificate": {"serial": f"{self.serial:x}", "sha256": self.cert_sha256,
-                                "not_after": self.not_after.isoformat()},
-                "ca": {"sha256": self.ca_sha256}, "crl": {"number": self.crl_number}}
+        conf = dict(self.conf)
+        return {"disk": str(self.path), "name": conf["NAME"], "species": conf["SPECIES"], "files": list(self.files),
+                "volume_id": volume_id(conf["NAME"]), "sha256": self.sha256,
+                "certificate": {"serial": f"{self.cert.serial_number:x}", "sha256": _fingerprint(self.cert),
+                                "not_after": self.cert.not_valid_after_utc.isoformat()},
+                "ca": {"sha256": _fingerprint(self.ca)}, "crl": {"number": pki.crl_number(self.crl)}}
 
 
 def parse_conf(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -135,12 +134,13 @@ def write(name: str, species: str, directory: Path, out: Path, conf: tuple[str, 
     it holds the machine's private key)."""
     pairs = parse_conf(conf)
     cert, ca, crl = _check(directory, name, species)
+    lines = (("NAME", name), ("SPECIES", species), *pairs)
     cert_path, key_path = ipsecpki.machine_paths(directory, name)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # 0700: nobody else reads the key
     try:
         conf_file = staging / CONF
-        conf_file.write_text("".join(f"{k}={v}\n" for k, v in [("NAME", name), ("SPECIES", species), *pairs]))
+        conf_file.write_text("".join(f"{k}={v}\n" for k, v in lines))
         files = {CONF: conf_file, f"ipsec/x509/{name}.pem": cert_path, f"ipsec/private/{name}.key": key_path,
                  "ipsec/x509ca/ca.pem": ipsecpki.ca_cert_path(directory),
                  "ipsec/x509crl/ca.crl": ipsecpki.crl_path(directory)}
@@ -151,6 +151,5 @@ def write(name: str, species: str, directory: Path, out: Path, conf: tuple[str, 
         os.replace(image, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Disk(out, name, species, tuple(sorted(files)), cert.serial_number, _fingerprint(cert), _fingerprint(ca),
-                pki.crl_number(crl), cert.not_valid_after_utc, volume_id(name), digest)
+    return Disk(out, lines, tuple(sorted(files)), cert, ca, crl, digest)
 
