@@ -22,7 +22,7 @@ policy_option = click.option("--policy", type=click.Path(path_type=Path, dir_oka
                              required=True, help="The trust policy file (clipbuild pki init writes one).")
 
 
-def _secret(passphrase_file: Path | None) -> bytes:
+def secret_of(passphrase_file: Path | None) -> bytes:
     secret = signer.passphrase(passphrase_file)
     if not secret:
         raise InputError(f"keys are written encrypted: give --passphrase-file FILE or set {signer.PASSPHRASE_ENV}")
@@ -45,7 +45,7 @@ def pki_group() -> None:
 @passphrase_option
 def pki_init(directory: Path, curve: str, digest: str, passphrase_file: Path | None) -> None:
     """Create both CAs, signers developer-1 and controller-1, empty CRLs and DIRECTORY/policy.yaml."""
-    files = pki.init(directory, _secret(passphrase_file), pki.PkiSettings(curve=curve, digest=digest))
+    files = pki.init(directory, secret_of(passphrase_file), pki.PkiSettings(curve=curve, digest=digest))
     for path in files:
         click.echo(path)
 
@@ -58,7 +58,7 @@ def pki_init(directory: Path, curve: str, digest: str, passphrase_file: Path | N
 @passphrase_option
 def pki_issue(directory: Path, role: str, name: str, days: int | None, passphrase_file: Path | None) -> None:
     """Issue a new signer certificate and key for ROLE."""
-    click.echo(pki.issue(directory, role, name, _secret(passphrase_file), days=days))
+    click.echo(pki.issue(directory, role, name, secret_of(passphrase_file), days=days))
 
 
 @pki_group.command("revoke")
@@ -67,7 +67,7 @@ def pki_issue(directory: Path, role: str, name: str, days: int | None, passphras
 @passphrase_option
 def pki_revoke(directory: Path, certificate: Path, passphrase_file: Path | None) -> None:
     """Revoke CERTIFICATE: its CA's CRL is re-issued with it."""
-    role = pki.revoke(directory, certificate, _secret(passphrase_file))
+    role = pki.revoke(directory, certificate, secret_of(passphrase_file))
     click.echo(f"revoked {certificate} ({role}); publish {directory / (role + '-ca.crl.pem')}")
 
 

@@ -92,10 +92,12 @@ def _normalise_ext4(image: Path, tree: Path | None, date: int) -> None:
         raise ImageError(f"debugfs could not normalise {image.name}: {errors[0]}")
 
 
-def vfat(out: Path, size: int, volume_id: str, label: str, files: dict[str, Path], date: int) -> None:
-    """A FAT16 image of `size` bytes with `files` (path in the image -> source), dates set to `date`."""
+def vfat(out: Path, size: int, volume_id: str, label: str, files: dict[str, Path], date: int, *,
+         fat: int = 16) -> None:
+    """A FAT16 (or `fat` 12, for images under about 9 MiB) image of `size` bytes with `files` (path in the
+    image -> source), dates set to `date`."""
     out.unlink(missing_ok=True)
-    run(["mkfs.vfat", "-C", "-i", volume_id, "--invariant", "-F", "16", "-n", label[:11].upper(), "-h", "0",
+    run(["mkfs.vfat", "-C", "--invariant", "-i", volume_id, "-F", str(fat), "-n", label[:11].upper(), "-h", "0",
          out, str(size // 1024)])
     env = {"SOURCE_DATE_EPOCH": str(date), "MTOOLS_SKIP_CHECK": "1"}
     made: set[str] = set()

@@ -7,6 +7,9 @@ keyUsage digitalSignature only, CRLs, and the trust policy that uses them.
 
 Every private key is written encrypted (PEM, PKCS#8, best available encryption) with the passphrase given
 by file or environment. Real deployments keep the two CAs apart, ideally offline.
+
+The building blocks (subjects, CA and leaf certificates, CRLs, key files) also make the IPsec PKI
+(signing/ipsecpki), which files its CA the same way under the role name `ipsec`.
 """
 
 from __future__ import annotations
@@ -43,51 +46,62 @@ class PkiSettings:
     leaf_days: int = 730
 
 
-def _name(common: str, organisation: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common)])
+def subject(common: str, organisation: str, unit: str | None = None) -> x509.Name:
+    """`CN=common,[OU=unit,]O=organisation` (RFC 4514 order, most specific first)."""
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation)]
+    if unit is not None:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    return x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
 
-def _key_usage(*, signer: bool) -> x509.KeyUsage:
+def organisation_of(cert: x509.Certificate) -> str:
+    return str(cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value)
+
+
+def key_usage(*, signer: bool) -> x509.KeyUsage:
+    """A leaf's digitalSignature only, or a CA's keyCertSign and cRLSign."""
     return x509.KeyUsage(digital_signature=signer, content_commitment=False, key_encipherment=False,
                          data_encipherment=False, key_agreement=False, key_cert_sign=not signer,
                          crl_sign=not signer, encipher_only=False, decipher_only=False)
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, secret: bytes) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.BestAvailableEncryption(secret))
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey, secret: bytes | None) -> None:
+    """PKCS#8 PEM, mode 0600, never over an existing file; encrypted with `secret`, or in the clear when it is
+    None (only for a machine key that a daemon loads at boot without a prompt)."""
+    encryption = (serialization.BestAvailableEncryption(secret) if secret is not None
+                  else serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as stream:
         stream.write(pem)
 
 
-def _write_pem(path: Path, obj: x509.Certificate | x509.CertificateRevocationList) -> None:
+def write_pem(path: Path, obj: x509.Certificate | x509.CertificateRevocationList) -> None:
     safefile.write_atomic(path, obj.public_bytes(serialization.Encoding.PEM))
 
 
-def _load_cert(path: Path) -> x509.Certificate:
+def load_cert(path: Path) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(safefile.read_regular(path))
     except ValueError as exc:
         raise InputError(f"{path}: not a PEM certificate ({exc})") from None
 
 
-def _load_crl(path: Path) -> x509.CertificateRevocationList:
+def load_crl(path: Path) -> x509.CertificateRevocationList:
     try:
         return x509.load_pem_x509_crl(safefile.read_regular(path))
     except ValueError as exc:
         raise InputError(f"{path}: not a PEM CRL ({exc})") from None
 
 
-def check_name(name: str) -> None:
-    """A signer's name is its file name in the PKI folder: a plain name, never a path."""
+def check_name(name: str, option: str = "--name", what: str = "a signer name") -> None:
+    """A signer's (or machine's) name is its file name in the PKI folder: a plain name, never a path."""
     if not NAME.fullmatch(name):
-        raise InputError(f"--name {name!r}: a signer name is letters, digits, '.', '_' and '-' (at most 64, "
+        raise InputError(f"{option} {name!r}: {what} is letters, digits, '.', '_' and '-' (at most 64, "
                          "starting with a letter or digit): it names files in the PKI folder, never a path")
 
 
-def _load_key(path: Path, secret: bytes) -> ec.EllipticCurvePrivateKey:
+def load_key(path: Path, secret: bytes) -> ec.EllipticCurvePrivateKey:
     try:
         key = serialization.load_pem_private_key(safefile.read_regular(path), password=secret)
     except (OSError, ValueError, TypeError):
@@ -97,23 +111,40 @@ def _load_key(path: Path, secret: bytes) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def _ca(directory: Path, role: str, settings: PkiSettings, secret: bytes, start: dt.datetime) -> None:
-    key = ec.generate_private_key(CURVES[settings.curve]())
-    name = _name(f"clipbuild {role} CA", settings.organisation)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+def self_signed_ca(key: ec.EllipticCurvePrivateKey, name: x509.Name, days: int, digest: hashes.HashAlgorithm,
+                   start: dt.datetime) -> x509.Certificate:
+    """A root CA: CA:TRUE with path length 0 (it issues leaves only), keyCertSign and cRLSign, both critical."""
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(start)
-            .not_valid_after(start + dt.timedelta(days=settings.ca_days))
+            .not_valid_after(start + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(signer=False), critical=True)
+            .add_extension(key_usage(signer=False), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, DIGESTS[settings.digest]()))
-    _write_key(directory / f"{role}-ca.key", key, secret)
-    _write_pem(directory / f"{role}-ca.pem", cert)
-    _write_crl(directory, role, key, cert, [], 1, start)
+            .sign(key, digest))
 
 
-def _write_crl(directory: Path, role: str, key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
-               revoked: list[x509.RevokedCertificate], number: int, start: dt.datetime) -> None:
+def leaf_builder(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, public_key: ec.EllipticCurvePublicKey,
+                 name: x509.Name, start: dt.datetime, lifetime: dt.timedelta) -> x509.CertificateBuilder:
+    """An end-entity certificate of `ca`: CA:FALSE and keyUsage digitalSignature only, both critical; the
+    caller adds its own extensions and signs with `sign_leaf`."""
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(ca.subject).public_key(public_key)
+            .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(start + lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(key_usage(signer=True), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False))
+
+
+def sign_leaf(builder: x509.CertificateBuilder, ca: x509.Certificate,
+              ca_key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """Signed over the CA's own digest."""
+    algorithm = ca.signature_hash_algorithm
+    assert algorithm is not None
+    return builder.sign(ca_key, algorithm)
+
+
+def sign_crl(key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, revoked: list[x509.RevokedCertificate],
+             number: int, start: dt.datetime) -> x509.CertificateRevocationList:
+    """A CRL of `ca` valid CRL_DAYS from `start` (nextUpdate set), numbered `number`, over the CA's digest."""
     builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(start)
                .next_update(start + dt.timedelta(days=CRL_DAYS))
                .add_extension(x509.CRLNumber(number), critical=False))
@@ -121,7 +152,35 @@ def _write_crl(directory: Path, role: str, key: ec.EllipticCurvePrivateKey, ca: 
         builder = builder.add_revoked_certificate(entry)
     algorithm = ca.signature_hash_algorithm
     assert algorithm is not None
-    _write_pem(directory / f"{role}-ca.crl.pem", builder.sign(key, algorithm))
+    return builder.sign(key, algorithm)
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
+def revoked_with(crl: x509.CertificateRevocationList, cert: x509.Certificate, what: object,
+                 now: dt.datetime) -> list[x509.RevokedCertificate]:
+    """The CRL's entries plus `cert`'s, revoked at `now`; refuses a certificate already in it."""
+    revoked = list(crl)
+    if any(r.serial_number == cert.serial_number for r in revoked):
+        raise InputError(f"{what} is already revoked")
+    return [*revoked,
+            x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build()]
+
+
+def _ca(directory: Path, role: str, settings: PkiSettings, secret: bytes, start: dt.datetime) -> None:
+    key = ec.generate_private_key(CURVES[settings.curve]())
+    cert = self_signed_ca(key, subject(f"clipbuild {role} CA", settings.organisation), settings.ca_days,
+                          DIGESTS[settings.digest](), start)
+    write_key(directory / f"{role}-ca.key", key, secret)
+    write_pem(directory / f"{role}-ca.pem", cert)
+    write_crl(directory, role, key, cert, [], 1, start)
+
+
+def write_crl(directory: Path, role: str, key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
+               revoked: list[x509.RevokedCertificate], number: int, start: dt.datetime) -> None:
+    write_pem(directory / f"{role}-ca.crl.pem", sign_crl(key, ca, revoked, number, start))
 
 
 def issue(directory: Path, role: str, name: str, secret: bytes, *, days: int | None = None,
@@ -133,52 +192,40 @@ def issue(directory: Path, role: str, name: str, secret: bytes, *, days: int | N
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     if cert_path.exists() or key_path.exists():
         raise InputError(f"{cert_path} already exists: choose another name")
-    ca = _load_cert(directory / f"{role}-ca.pem")
-    ca_key = _load_key(directory / f"{role}-ca.key", secret)
+    ca = load_cert(directory / f"{role}-ca.pem")
+    ca_key = load_key(directory / f"{role}-ca.key", secret)
     start = start or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     lifetime = dt.timedelta(days=days or PkiSettings().leaf_days)
     key = ec.generate_private_key(type(ca_key.curve)())
-    organisation = ca.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
-    algorithm = ca.signature_hash_algorithm
-    assert algorithm is not None
-    cert = (x509.CertificateBuilder().subject_name(_name(name, str(organisation))).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number()).not_valid_before(start)
-            .not_valid_after(start + lifetime)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(signer=True), critical=True)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, algorithm))
-    _write_key(key_path, key, secret)
-    _write_pem(cert_path, cert)
+    cert = sign_leaf(leaf_builder(ca, ca_key, key.public_key(), subject(name, organisation_of(ca)), start,
+                                  lifetime), ca, ca_key)
+    write_key(key_path, key, secret)
+    write_pem(cert_path, cert)
     return cert_path
 
 
 def revoke(directory: Path, cert_path: Path, secret: bytes) -> str:
     """Add a certificate to its CA's CRL (re-signed, numbered up); returns the role."""
-    cert = _load_cert(cert_path)
+    cert = load_cert(cert_path)
     for role in ROLES:
-        ca = _load_cert(directory / f"{role}-ca.pem")
+        ca = load_cert(directory / f"{role}-ca.pem")
         if cert.issuer == ca.subject:
             break
     else:
         raise InputError(f"{cert_path} was not issued by this PKI's CAs")
-    crl = _load_crl(directory / f"{role}-ca.crl.pem")
-    revoked = list(crl)
-    if any(r.serial_number == cert.serial_number for r in revoked):
-        raise InputError(f"{cert_path} is already revoked")
+    crl = load_crl(directory / f"{role}-ca.crl.pem")
     now = dt.datetime.now(dt.UTC)
-    revoked.append(x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build())
-    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
-    _write_crl(directory, role, _load_key(directory / f"{role}-ca.key", secret), ca, revoked, number, now)
+    revoked = revoked_with(crl, cert, cert_path, now)
+    write_crl(directory, role, load_key(directory / f"{role}-ca.key", secret), ca, revoked, crl_number(crl) + 1,
+               now)
     return role
 
 
 def refresh_crl(directory: Path, role: str, secret: bytes) -> x509.CertificateRevocationList:
     """Re-issue a role's CRL with the same entries, numbered up, valid from now for CRL_DAYS."""
-    ca = _load_cert(directory / f"{role}-ca.pem")
-    crl = _load_crl(directory / f"{role}-ca.crl.pem")
-    number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1
-    _write_crl(directory, role, _load_key(directory / f"{role}-ca.key", secret), ca, list(crl), number,
+    ca = load_cert(directory / f"{role}-ca.pem")
+    crl = load_crl(directory / f"{role}-ca.crl.pem")
+    write_crl(directory, role, load_key(directory / f"{role}-ca.key", secret), ca, list(crl), crl_number(crl) + 1,
                dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
     return x509.load_pem_x509_crl((directory / f"{role}-ca.crl.pem").read_bytes())
 

@@ -167,3 +167,13 @@ def test_a_release_plan_embeds_the_release_trust_store(clipbuild, tmp_path):
     missing = clipbuild("build", "client", "--release", "--offline")
     assert missing.code == 2 and "a release needs a trust policy: give --policy FILE" in missing.err
     assert clipbuild("build", "client", "--policy", policy).code == 2
+
+
+def test_machine_identities_are_on_the_command_line(clipbuild):
+    """`pki ipsec` sits beside the signing PKI, `provision` at the top (tests/unit/signing/test_ipsec.py)."""
+    assert "ipsec" in clipbuild("pki", "--help").out
+    ipsec = clipbuild("pki", "ipsec", "--help").out
+    assert all(f"  {command} " in ipsec for command in ("init", "issue", "revoke", "crl", "list"))
+    assert "provision" in clipbuild("--help").out
+    help_text = clipbuild("provision", "--help").out
+    assert "--conf KEY=VALUE" in help_text and "--dev-pki" in help_text

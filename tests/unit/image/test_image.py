@@ -168,10 +168,10 @@ def test_the_development_pki_signs_and_renews_its_crls(tmp_path):
     crl_path = tmp_path / "dev-pki" / "developer-ca.crl.pem"
     before = x509.load_pem_x509_crl(crl_path.read_bytes())
     # A CRL about to go stale is re-issued on the next use.
-    key = pki._load_key(tmp_path / "dev-pki" / "developer-ca.key", devpki.SECRET)
+    key = pki.load_key(tmp_path / "dev-pki" / "developer-ca.key", devpki.SECRET)
     ca = x509.load_pem_x509_certificate((tmp_path / "dev-pki" / "developer-ca.pem").read_bytes())
-    pki._write_crl(tmp_path / "dev-pki", "developer", key, ca, [], 7,
-                   dt.datetime.now(dt.UTC) - dt.timedelta(days=pki.CRL_DAYS - 1))
+    stale = pki.sign_crl(key, ca, [], 7, dt.datetime.now(dt.UTC) - dt.timedelta(days=pki.CRL_DAYS - 1))
+    pki.write_pem(tmp_path / "dev-pki" / "developer-ca.crl.pem", stale)
     devpki.ensure(tmp_path / "dev-pki")
     after = x509.load_pem_x509_crl(crl_path.read_bytes())
     assert after.next_update_utc > before.next_update_utc - dt.timedelta(days=1)
