@@ -60,7 +60,7 @@ class ImageOptions:
 
 class AssembleImage(StepKind):
     name = "assemble-image"
-    version = 5  # 5: whole-tree ELF and ownership checks after dpkg
+    version = 6  # 6: shared partitions get what the core installs there; jails in the manifest; FAT volume ids
     Options = ImageOptions
     outputs = (MANIFEST,)
     tools = ("dpkg", "dpkg-deb", "mksquashfs", "veritysetup", "mkfs.ext4", "debugfs", "mkfs.vfat", "mcopy",
