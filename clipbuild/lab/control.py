@@ -30,7 +30,8 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f]
 PROOFS: dict[str, tuple[tuple[str, str], ...]] = {
     "gateway": (("boot", r"CLIP_BOOT_OK"), ("outside network", r"CLIP_NET outside \S+ up"),
                 ("private host", r"CLIP_NET private host \S+ up"),
-                ("IPsec responder", r"CLIP_IPSEC loaded")),
+                ("IPsec responder", r"CLIP_IPSEC loaded"),
+                ("ESP traffic through the tunnel", r"CLIP_IPSEC esp .*: [1-9][0-9]*\(bytes\)")),
     "client": (("boot", r"CLIP_BOOT_OK"), ("outside network", r"CLIP_NET outside \S+ up"),
                ("IPsec tunnel", r"CLIP_IPSEC established"),
                ("RM_H reaches the private host", r"CLIP_LAB rm_h private ok"),
