@@ -32,6 +32,9 @@ src_install() {
 		keepdir /vservers/rm_h /vservers/rm_b
 	fi
 	fperms 1777 /tmp
+	# /var/run is /run (FHS 3.0): programs built with /var/run paths (iproute2's named network namespaces) find
+	# the tmpfs the boot mounts.
+	dosym ../run /var/run
 	# The empty, root-owned chroot of sshd's unprivileged child (privilege separation user sshd, in passwd).
 	keepdir /var/empty
 	fperms 0755 /var/empty
