@@ -278,3 +278,16 @@ def test_the_development_pki_is_made_on_demand(cli, tmp_path, monkeypatch):
     assert _cert(ipsecpki.machine_paths(directory, "client")[0]) != first
     ipsecpki.ensure_dev_machine("client", "gateway")
     assert ipsecpki.load_machine(directory, "client")[0].species == "gateway"
+
+
+def test_crls_name_their_authority_key(tmp_path):
+    """RFC 5280 wants the authority key identifier in every CRL, and strongSwan looks a CA's CRL up by it."""
+    from cryptography import x509
+
+    from clipbuild.signing import ipsecpki
+
+    directory = ipsecpki.ensure_dev(tmp_path / "pki")
+    crl = x509.load_pem_x509_crl(ipsecpki.crl_path(directory).read_bytes())
+    ca = x509.load_pem_x509_certificate(ipsecpki.ca_cert_path(directory).read_bytes())
+    aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    assert aki.key_identifier == x509.SubjectKeyIdentifier.from_public_key(ca.public_key()).digest
