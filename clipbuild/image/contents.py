@@ -3,17 +3,19 @@ results of the whole-tree checks (clipbuild.image.elfcheck).
 
 The active slot's tree is rebuilt in a scratch folder as the slot runs it: its root filesystem extracted
 (unsquashfs, or fsck.erofs for an erofs root), its mounts partition's `usr/` put back on /usr/local and `var/`
-on /var (dpkg's database with it). Each RM partition (/vservers/...) is read as its own tree. Extraction writes
-links as links, and the checks read the trees only through clipbuild.core.beneath.
+on /var (dpkg's database with it), the rest on /mounts. Each RM partition (/vservers/...) is read as its own
+tree. Extraction writes links as links, and the checks read the trees only through clipbuild.core.beneath.
 """
 
 from __future__ import annotations
 
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clipbuild.core import beneath
 from clipbuild.core.errors import ClipbuildError
 from clipbuild.core.run import run
 from clipbuild.image import elfcheck, gpt, inspection, install
@@ -37,30 +39,39 @@ def _extract_root(found: inspection.Inspection, slot: str, scratch: Path) -> Pat
     return tree
 
 
-def _extract_ext4(found: inspection.Inspection, label: str, scratch: Path, paths: tuple[str, ...]) -> Path:
-    """`paths` of an ext4 partition (top-level names, those present) dumped into a new folder, links as links."""
+def _extract_ext4(found: inspection.Inspection, label: str, scratch: Path) -> Path:
+    """An ext4 partition's top-level entries (but lost+found) dumped into a new folder, links as links."""
     entry = found.entry(label)
     part = scratch / f"{label}.img"
     gpt.copy_out(found.image, entry.start, entry.size, part)
     folder = scratch / label
     folder.mkdir()
     try:
-        for path in paths:
-            run(["debugfs", "-R", f"rdump /{path} {folder}", part])
+        # `ls -p`: one /inode/mode/uid/gid/name/size/ line per entry
+        listing = run(["debugfs", "-R", "ls -p /", part]).stdout
+        names = [line.split("/")[5] for line in listing.splitlines() if line.count("/") >= 6]
+        for name in names:
+            if name not in (".", "..", "lost+found") and "/" not in name:
+                run(["debugfs", "-R", f"rdump /{name} {folder}", part])
     finally:
         part.unlink()
     return folder
 
 
 def slot_tree(found: inspection.Inspection, slot: str, scratch: Path) -> Path | None:
-    """The slot's root with its mounts partition's usr/ on /usr/local and var/ on /var, or None when the
-    manifest's root does not fit its partition."""
+    """The slot's root as it runs: its mounts partition on /mounts, with the partition's usr/ on /usr/local and
+    var/ on /var; or None when the manifest's root does not fit its partition."""
     tree = _extract_root(found, slot, scratch)
     if tree is None:
         return None
-    mounts = _extract_ext4(found, f"mounts_{slot}", scratch, ("usr", "var"))
+    mounts = _extract_ext4(found, f"mounts_{slot}", scratch)
     install.move_contents(mounts, "usr", tree, "usr/local")
     install.move_contents(mounts, "var", tree, "var")
+    for name, mode in beneath.entries(mounts, "."):  # the rest is CLIP's /mounts (the jails' trees)
+        if stat.S_ISDIR(mode):
+            install.move_contents(mounts, name, tree, f"mounts/{name}")
+        else:
+            beneath.replace(mounts, name, tree, f"mounts/{name}")
     return tree
 
 
@@ -92,7 +103,7 @@ def installed(found: inspection.Inspection) -> list[dict[str, Any]]:
         for part in found.manifest["partitions"]:
             if (part.get("mount") or "").startswith("/vservers/") and part.get("fs") == "ext4":
                 trees.append((f"{part['label']} ({part['mount']})",
-                              lambda label=part["label"]: _extract_ext4(found, label, scratch, ("",))))
+                              lambda label=part["label"]: _extract_ext4(found, label, scratch)))
         for name, extract in trees:
             try:
                 tree = extract()
