@@ -15,7 +15,7 @@ from clipbuild.core.run import run
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "clipbuild"
 # Lowest first: a module may import its own package's modules and those of the packages before it.
-LAYERS = ("core", "formats", "spec", "gentoo", "signing", "jails", "image", "update", "stages", "cli")
+LAYERS = ("core", "formats", "spec", "gentoo", "signing", "jails", "image", "update", "lab", "stages", "cli")
 
 
 def module_name(path: Path) -> str:
