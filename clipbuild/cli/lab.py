@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import click
@@ -10,7 +11,7 @@ from clipbuild.cli.context import Options, emit_json, json_option
 from clipbuild.cli.image import image_path
 from clipbuild.image import provision
 from clipbuild.lab import control
-from clipbuild.lab.topology import Machine
+from clipbuild.lab.topology import Machine, plan
 from clipbuild.signing import ipsecpki
 
 
@@ -34,22 +35,60 @@ def _folder(opts: Options) -> Path:
     return opts.workdir / "lab"
 
 
-def _provision(machine: Machine, out: Path) -> None:
-    pki = ipsecpki.ensure_dev_machine(machine.name, machine.species)
+def _provision(machine: Machine, out: Path, pki: Path | None = None) -> None:
+    """Machine's provisioning disk with the lab's machine.conf, from `pki` (its certificate issued there) or the
+    development IPsec PKI (issued on demand)."""
+    directory = pki or ipsecpki.ensure_dev_machine(machine.name, machine.species)
     conf = tuple(f"{k}={v}" for k, v in machine.conf.items() if k not in ("NAME", "SPECIES"))
-    provision.write(machine.name, machine.species, pki, out, conf)
+    provision.write(machine.name, machine.species, directory, out, conf)
+
+
+pki_option = click.option("--pki", type=click.Path(path_type=Path, file_okay=False, exists=True),
+                          help="An IPsec PKI (clipbuild pki ipsec) holding the machines' certificates, instead of "
+                               "the development one.")
+
+
+@lab_group.command("provision")
+@click.argument("name", type=click.Choice(["client", "gateway"]))
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@pki_option
+@click.pass_obj
+def provision_cmd(opts: Options, name: str, out: Path, pki: Path | None) -> None:
+    """Write lab machine NAME's provisioning disk now (for `lab up --disk NAME=FILE` later): e.g. a client
+    provisioned before its certificate is revoked, to see the gateway refuse it."""
+    machine = next(m for m in plan(["client", "gateway"]) if m.name == name)
+    _provision(machine, out, pki)
+    click.echo(f"{out}: {name}'s provisioning disk")
 
 
 @lab_group.command("up")
 @click.argument("species", nargs=-1, required=True)
 @click.option("--lifetime", type=click.IntRange(60, 24 * 3600), default=1800, show_default=True,
               help="Seconds after which every machine stops by itself.")
+@pki_option
+@click.option("--disk", "disks", multiple=True, metavar="NAME=FILE",
+              help="Machine NAME's provisioning disk (clipbuild provision) instead of one made from the development "
+                   "IPsec PKI; it must carry the lab's machine.conf keys (see docs/network.md).")
 @json_option
 @click.pass_obj
-def up_cmd(opts: Options, species: tuple[str, ...], lifetime: int, as_json: bool) -> None:
+def up_cmd(opts: Options, species: tuple[str, ...], lifetime: int, pki: Path | None, disks: tuple[str, ...],
+           as_json: bool) -> None:
     """Boot SPECIES (one gateway and one client: `client gateway`), each from its newest image."""
     images = {name: image_path(opts, name) for name in sorted(set(species))}
-    lab = control.up(_folder(opts), list(species), images, _provision, lifetime=lifetime)
+    given: dict[str, Path] = {}
+    for pair in disks:
+        name, _, file = pair.partition("=")
+        if not file or not Path(file).is_file():
+            raise click.BadParameter(f"{pair}: NAME=FILE, an existing provisioning disk", param_hint="--disk")
+        given[name] = Path(file)
+
+    def provision_one(machine: Machine, out: Path) -> None:
+        if machine.name in given:
+            shutil.copyfile(given[machine.name], out)
+        else:
+            _provision(machine, out, pki)
+
+    lab = control.up(_folder(opts), list(species), images, provision_one, lifetime=lifetime)
     if as_json:
         emit_json(lab.to_dict())
         return

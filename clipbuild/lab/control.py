@@ -35,7 +35,9 @@ PROOFS: dict[str, tuple[tuple[str, str], ...]] = {
     "client": (("boot", r"CLIP_BOOT_OK"), ("outside network", r"CLIP_NET outside \S+ up"),
                ("IPsec tunnel", r"CLIP_IPSEC established"),
                ("RM_H reaches the private host", r"CLIP_LAB rm_h private ok"),
-               ("RM_B kept off the private network", r"CLIP_LAB rm_b private refused")),
+               ("RM_B kept off the private network", r"CLIP_LAB rm_b private refused"),
+               ("RM_H never in plaintext (tunnel down)", r"CLIP_LAB rm_h plaintext refused"),
+               ("the tunnel back", r"CLIP_IPSEC re-established")),
 }
 
 

@@ -29,7 +29,33 @@ def test_rm_h_reaches_the_private_network_only_through_the_gateways_tunnel(proje
         assert "CLIP private host 10.99.0.10" in client["RM_H reaches the private host"]
         assert client["RM_B kept off the private network"].startswith("CLIP_LAB rm_b private refused")
         assert "(bytes)" in gateway["ESP traffic through the tunnel"]
+        assert "dropped by the client's firewall" in client["RM_H never in plaintext (tunnel down)"]
         print(f"lab up to a working tunnel and both levels proven: {found['seconds']} s")
     finally:
         down = project.clipbuild("lab", "down")
         assert down.returncode == 0, down.stderr
+
+
+def test_a_client_whose_certificate_was_revoked_is_refused_by_the_gateway(project, tmp_path):
+    """The client keeps the disk it was given before its certificate was revoked; the gateway, provisioned with
+    the CA's new CRL (revocation = strict), refuses it, and says so in its IKE log."""
+    pki, disk = tmp_path / "ipsec", tmp_path / "client.prov.img"
+    project.env["CLIPBUILD_PASSPHRASE"] = "lab test"
+    steps = [("pki", "ipsec", "init", str(pki)),
+             ("pki", "ipsec", "issue", str(pki), "gateway", "--species", "gateway"),
+             ("pki", "ipsec", "issue", str(pki), "client", "--species", "client"),
+             ("lab", "provision", "client", "--pki", str(pki), "--out", str(disk)),
+             ("pki", "ipsec", "revoke", str(pki), "client"),
+             ("lab", "up", "client", "gateway", "--lifetime", "600", "--pki", str(pki), "--disk", f"client={disk}")]
+    for args in steps:
+        result = project.clipbuild(*args)
+        assert result.returncode == 0, (args, result.stderr[-2000:])
+    try:
+        check = project.clipbuild("lab", "check", "--timeout", "400")
+        assert check.returncode == 1, check.stdout[-2000:]
+        assert "client: CLIP_NET ipsec FAILED: no IKE SA and CHILD_SA" in check.stderr, check.stderr[-2000:]
+        gateway = (project.workdir / "lab" / "gateway.console.log").read_text(errors="replace")
+        assert "certificate was revoked" in gateway
+        assert "CLIP_IPSEC esp" not in gateway  # no SA was ever installed
+    finally:
+        project.clipbuild("lab", "down")

@@ -54,7 +54,8 @@ GATEWAY_OK = ("CLIP_BOOT_OK slot=a\nCLIP_NET outside 192.0.2.1/24 up\nCLIP_NET p
               "CLIP_IPSEC loaded: 1 connection(s)\nCLIP_IPSEC esp 192.0.2.10 > 192.0.2.1: 168(bytes), "
               "192.0.2.1 > 192.0.2.10: 0(bytes),\n")
 CLIENT_OK = ("CLIP_BOOT_OK slot=a\nCLIP_NET outside 192.0.2.10/24 up\nCLIP_IPSEC established with 192.0.2.1\n"
-             "CLIP_LAB rm_h private ok: CLIP private host 10.99.0.10\nCLIP_LAB rm_b private refused: timed out\n")
+             "CLIP_LAB rm_h private ok: CLIP private host 10.99.0.10\nCLIP_LAB rm_b private refused: timed out\n"
+             "CLIP_LAB rm_h plaintext refused: 2 packet(s) dropped\nCLIP_IPSEC re-established with 192.0.2.1\n")
 
 
 def test_check_passes_when_every_machine_proved_its_part(tmp_path):
