@@ -136,6 +136,16 @@ def check_cmd(opts: Options, timeout: float, as_json: bool) -> None:
     click.echo(f"lab ok, {seconds:.0f} s after lab up")
 
 
+@lab_group.command("reboot")
+@click.argument("name")
+@click.pass_obj
+def reboot_cmd(opts: Options, name: str) -> None:
+    """Power machine NAME off and on again, as a power cut would: the other machines must cope by themselves
+    (the client's tunnel returns once the gateway is back)."""
+    pid = control.reboot(_folder(opts), name)
+    click.echo(f"{name}: rebooted (pid {pid})")
+
+
 @lab_group.command("down")
 @click.pass_obj
 def down_cmd(opts: Options) -> None:

@@ -51,11 +51,13 @@ class Lab:
     started: float
     deadline: float
     consoles: dict[str, str] = field(default_factory=dict)
+    reboots: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"machines": [m.to_dict() for m in self.machines], "pids": self.pids,
                 "ports": {k: list(v) for k, v in self.ports.items()}, "images": self.images,
-                "started": self.started, "deadline": self.deadline, "consoles": self.consoles}
+                "started": self.started, "deadline": self.deadline, "consoles": self.consoles,
+                "reboots": self.reboots}
 
     @classmethod
     def load(cls, folder: Path) -> Lab:
@@ -65,7 +67,7 @@ class Lab:
         data = json.loads(path.read_text())
         return cls(folder, [Machine(**m) for m in data["machines"]], data["pids"],
                    {k: (v[0], v[1]) for k, v in data["ports"].items()}, data["images"], data["started"],
-                   data["deadline"], data["consoles"])
+                   data["deadline"], data["consoles"], data.get("reboots", {}))
 
     def save(self) -> None:
         write_atomic(self.folder / STATE, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
@@ -104,36 +106,58 @@ def up(folder: Path, species: list[str], images: dict[str, Path],
             lab.ports[machine.name] = ports["gateway"]
         else:
             lab.ports[machine.name] = (ports["gateway"][1], ports["gateway"][0])
-        disk = folder / f"{machine.name}.provision.img"
-        provision(machine, disk)
+        provision(machine, folder / f"{machine.name}.provision.img")
         console = folder / f"{machine.name}.console.log"
         console.write_text("")
-        image = images[machine.species]
-        lab.images[machine.name] = str(image)
+        lab.images[machine.name] = str(images[machine.species])
         lab.consoles[machine.name] = str(console)
-        command = ["timeout", "--signal=TERM", "--kill-after=10", f"{int(lifetime)}s",
-                   *qemu_command(machine, image, disk, console, lab.ports[machine.name])]
-        lab.pids[machine.name] = spawn(command, folder / f"{machine.name}.qemu.log")
+        _start(lab, machine)
     lab.save()
     return lab
+
+
+def _start(lab: Lab, machine: Machine) -> None:
+    """One machine's QEMU, for what is left of the lab's life; its console appended to."""
+    left = max(1, int(lab.deadline - time.time()))
+    command = ["timeout", "--signal=TERM", "--kill-after=10", f"{left}s",
+               *qemu_command(machine, Path(lab.images[machine.name]), lab.folder / f"{machine.name}.provision.img",
+                             Path(lab.consoles[machine.name]), lab.ports[machine.name])]
+    lab.pids[machine.name] = spawn(command, lab.folder / f"{machine.name}.qemu.log")
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    for _ in range(100):
+        if not alive(pid):
+            return
+        time.sleep(0.1)
+
+
+def reboot(folder: Path, name: str) -> int:
+    """Power machine NAME off and on again (same disks, same place on the network); its new pid. What it
+    prints next is appended to its console."""
+    lab = Lab.load(folder)
+    machine = next((m for m in lab.machines if m.name == name), None)
+    if machine is None:
+        raise InputError(f"lab: no machine {name}", hint=f"machines: {', '.join(m.name for m in lab.machines)}")
+    _stop(lab.pids[name])
+    with Path(lab.consoles[name]).open("a") as console:
+        console.write(f"\n=== clipbuild lab: {name} rebooted at {time.strftime('%H:%M:%S')} ===\n")
+    _start(lab, machine)
+    lab.reboots[name] = lab.reboots.get(name, 0) + 1
+    lab.save()
+    return lab.pids[name]
 
 
 def down(folder: Path) -> list[str]:
     """Stop every machine of the lab (their process groups); the names stopped."""
     lab = Lab.load(folder)
-    stopped = []
-    for name, pid in lab.pids.items():
-        if alive(pid):
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            stopped.append(name)
+    stopped = [name for name, pid in lab.pids.items() if alive(pid)]
     for name in stopped:
-        for _ in range(50):
-            if not alive(lab.pids[name]):
-                break
-            time.sleep(0.1)
+        _stop(lab.pids[name])
     return stopped
 
 
@@ -150,18 +174,30 @@ class MachineState:
                 "failed": self.failed}
 
 
+def _owed(lab: Lab, machine: Machine) -> list[tuple[str, str, int]]:
+    """What the machine must have printed, and how many times: its role's proofs once per boot; a client, once
+    more its tunnel and RM_H's request after each reboot of the gateway."""
+    boots = 1 + lab.reboots.get(machine.name, 0)
+    owed = [(what, pattern, boots) for what, pattern in PROOFS[machine.role]]
+    gateway_reboots = sum(n for name, n in lab.reboots.items() if name == "gateway")
+    if machine.role == "client" and gateway_reboots:
+        owed.append(("RM_H through the tunnel after the gateway's reboot", r"CLIP_LAB rm_h private ok again",
+                     gateway_reboots))
+    return owed
+
+
 def state(lab: Lab) -> list[MachineState]:
     out = []
     for machine in lab.machines:
         text = Path(lab.consoles[machine.name]).read_text(errors="replace")
         lines = [ANSI.sub("", line) for line in text.splitlines()]
         proofs, missing = {}, []
-        for what, pattern in PROOFS[machine.role]:
-            found = next((line for line in lines if re.search(pattern, line)), None)
-            if found is None:
+        for what, pattern, times in _owed(lab, machine):
+            found = [line for line in lines if re.search(pattern, line)]
+            if len(found) < times:
                 missing.append(what)
             else:
-                proofs[what] = found.strip()
+                proofs[what] = found[-1].strip()
         failed = next((line.strip() for line in lines if re.search(r"CLIP_BOOT_FAILED|Kernel panic|"
                                                                    r"CLIP_(NET|IPSEC|LAB) .*FAILED", line)), "")
         out.append(MachineState(machine.name, alive(lab.pids[machine.name]), proofs, missing, failed))

@@ -83,7 +83,8 @@ def qemu_command(machine: Machine, image: Path, provision: Path, console: Path, 
     read-only, its outside NIC on the UDP pair (`ports`: this machine's and its peer's), the console to a file."""
     local, remote = ports
     return ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mib), "-display", "none", "-no-reboot",
-            "-name", machine.name, "-monitor", "none", "-serial", f"file:{console}",
+            "-name", machine.name, "-monitor", "none",
+            "-chardev", f"file,id=console,path={console},append=on", "-serial", "chardev:console",
             "-drive", f"file={image},if=virtio,format=raw,snapshot=on",
             "-drive", f"file={provision},if=virtio,format=raw,readonly=on",
             "-netdev", f"socket,id=outside,udp=127.0.0.1:{remote},localaddr=127.0.0.1:{local}",

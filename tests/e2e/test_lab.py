@@ -31,6 +31,15 @@ def test_rm_h_reaches_the_private_network_only_through_the_gateways_tunnel(proje
         assert "(bytes)" in gateway["ESP traffic through the tunnel"]
         assert "dropped by the client's firewall" in client["RM_H never in plaintext (tunnel down)"]
         print(f"lab up to a working tunnel and both levels proven: {found['seconds']} s")
+        # A power cut on the gateway: the client notices, keeps trying, and its tunnel returns by itself.
+        rebooted = project.clipbuild("lab", "reboot", "gateway")
+        assert rebooted.returncode == 0, rebooted.stderr
+        again = project.clipbuild("lab", "check", "--timeout", "400", "--json")
+        assert again.returncode == 0, again.stderr[-3000:] + again.stdout[-3000:]
+        client_again = {m["name"]: m for m in json.loads(again.stdout)["machines"]}["client"]["proofs"]
+        assert "CLIP private host" in client_again["RM_H through the tunnel after the gateway's reboot"]
+        console = (project.workdir / "lab" / "client.console.log").read_text(errors="replace")
+        assert "CLIP_IPSEC lost" in console.split("CLIP_IPSEC re-established")[-1]
     finally:
         down = project.clipbuild("lab", "down")
         assert down.returncode == 0, down.stderr

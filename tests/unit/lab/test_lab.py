@@ -86,3 +86,19 @@ def test_a_stopped_machine_ends_the_wait(tmp_path):
 def test_no_lab_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="no lab here"):
         control.Lab.load(tmp_path)
+
+
+def test_after_a_gateway_reboot_the_client_owes_its_tunnel_again(tmp_path):
+    lab = _lab(tmp_path, {"gateway": GATEWAY_OK + "=== rebooted ===\n" + GATEWAY_OK, "client": CLIENT_OK},
+               {"gateway": os.getpid(), "client": os.getpid()})
+    lab.reboots = {"gateway": 1}
+    lab.save()
+    with pytest.raises(VmCheckError, match="client: no RM_H through the tunnel after the gateway's reboot"):
+        control.check(tmp_path, timeout=0.05, poll=0.01)
+    (tmp_path / "client.console.log").write_text(CLIENT_OK + "CLIP_IPSEC lost\nCLIP_IPSEC established again\n"
+                                                 "CLIP_LAB rm_h private ok again: CLIP private host 10.99.0.10\n")
+    states, _ = control.check(tmp_path, timeout=1, poll=0.01)
+    assert states[1].proofs["RM_H through the tunnel after the gateway's reboot"].endswith("10.99.0.10")
+    (tmp_path / "gateway.console.log").write_text(GATEWAY_OK)  # the gateway never came back
+    with pytest.raises(VmCheckError, match="gateway: no boot"):
+        control.check(tmp_path, timeout=0.05, poll=0.01)
