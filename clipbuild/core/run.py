@@ -180,6 +180,17 @@ def run_bytes(args: Sequence[str | os.PathLike[str]], data: bytes, *, timeout: f
     return proc.stdout
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (one we may not signal counts; so does a pid too large to ask about)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 def spawn(args: Sequence[str | os.PathLike[str]], log_path: Path, *, env: Mapping[str, str] | None = None) -> int:
     """Start a program in the background, in its own session, its output appended to `log_path`; its pid.
     The caller owns it from then on (it outlives clipbuild): give it a bounded life (e.g. under timeout(1))."""

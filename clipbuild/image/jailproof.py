@@ -94,14 +94,19 @@ def collect(lines: Iterable[str]) -> dict[str, Report]:
             continue
         state = found["state"].rstrip(":")
         ns = NS.search(found["rest"])
-        namespaces = dict(part.split(":", 1) for part in ns["ns"].split(",") if ":" in part) if ns else {}
+        namespaces = _ids(ns["ns"]) if ns else {}
         reports[found["name"]] = Report(found["name"], state, found["rest"].strip(), namespaces)
     for name, report in reports.items():
         report.rules = rules.get(name, [])
         if not report.namespaces:  # a FAILED line has no ns=: the namespaces rule's detail has the ids
             detail = next((r["detail"] for r in report.rules if r["rule"] == "namespaces"), "")
-            report.namespaces = dict(part.split(":", 1) for part in detail.split(" ")[0].split(",") if ":" in part)
+            report.namespaces = _ids(detail.split(" ")[0])
     return reports
+
+
+def _ids(text: str) -> dict[str, str]:
+    """`mnt:ID,pid:ID,...` as {kind: ID}."""
+    return dict(part.split(":", 1) for part in text.split(",") if ":" in part)
 
 
 def problems(expected: Iterable[Expected], reports: Mapping[str, Report]) -> list[str]:

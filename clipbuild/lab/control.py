@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from clipbuild.core.errors import InputError, VmCheckError
-from clipbuild.core.run import require, spawn
+from clipbuild.core.run import alive, require, spawn
 from clipbuild.core.safefile import write_atomic
+from clipbuild.image.vm import ANSI, FAILED_MARKER, PANIC
 from clipbuild.lab.topology import Machine, plan, qemu_command
 
 STATE = "lab.json"
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f]")
+FAILED = re.compile(f"{FAILED_MARKER}|{PANIC}|CLIP_(NET|IPSEC|LAB) .*FAILED")
 # What each role must print before the lab counts as up and working: (what, pattern), in order.
 PROOFS: dict[str, tuple[tuple[str, str], ...]] = {
     "gateway": (("boot", r"CLIP_BOOT_OK"), ("outside network", r"CLIP_NET outside \S+ up"),
@@ -77,16 +78,6 @@ def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def up(folder: Path, species: list[str], images: dict[str, Path],
@@ -179,7 +170,7 @@ def _owed(lab: Lab, machine: Machine) -> list[tuple[str, str, int]]:
     more its tunnel and RM_H's request after each reboot of the gateway."""
     boots = 1 + lab.reboots.get(machine.name, 0)
     owed = [(what, pattern, boots) for what, pattern in PROOFS[machine.role]]
-    gateway_reboots = sum(n for name, n in lab.reboots.items() if name == "gateway")
+    gateway_reboots = lab.reboots.get("gateway", 0)
     if machine.role == "client" and gateway_reboots:
         owed.append(("RM_H through the tunnel after the gateway's reboot", r"CLIP_LAB rm_h private ok again",
                      gateway_reboots))
@@ -198,8 +189,7 @@ def state(lab: Lab) -> list[MachineState]:
                 missing.append(what)
             else:
                 proofs[what] = found[-1].strip()
-        failed = next((line.strip() for line in lines if re.search(r"CLIP_BOOT_FAILED|Kernel panic|"
-                                                                   r"CLIP_(NET|IPSEC|LAB) .*FAILED", line)), "")
+        failed = next((line.strip() for line in lines if FAILED.search(line)), "")
         out.append(MachineState(machine.name, alive(lab.pids[machine.name]), proofs, missing, failed))
     return out
 

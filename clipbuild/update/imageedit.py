@@ -28,7 +28,7 @@ from typing import Any
 from clipbuild.core import paths, safefile
 from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import ClipbuildError, ImageError
-from clipbuild.core.run import run
+from clipbuild.core.run import alive, run
 from clipbuild.image import fsimage, gpt, inspection
 from clipbuild.update.repository import read_package
 
@@ -146,21 +146,11 @@ def clean_scratch(image: Path) -> list[Path]:
     mark = f".{image.name}{SCRATCH_MARK}"
     for path in image.parent.iterdir():
         pid = path.name.removeprefix(mark).split("-")[0] if path.name.startswith(mark) else ""
-        if not pid.isdigit() or _alive(int(pid)) or path.is_symlink() or not path.is_dir():
+        if not pid.isdigit() or alive(int(pid)) or path.is_symlink() or not path.is_dir():
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 class Ext4:
