@@ -9,7 +9,7 @@ import click
 from clipbuild.cli.context import emit_json, json_option
 from clipbuild.cli.signing import passphrase_option, secret_of
 from clipbuild.image import provision
-from clipbuild.signing import ipsecpki
+from clipbuild.signing import ipsecpki, sshkeys
 
 SPECIES = click.Choice(list(ipsecpki.SPECIES))
 pki_dir_argument = click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
@@ -98,22 +98,35 @@ def ipsec_list(directory: Path, as_json: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @click.option("--conf", "conf", multiple=True, metavar="KEY=VALUE",
               help="A line of machine.conf: KEY [A-Z_]+, VALUE [A-Za-z0-9./:_-]* (repeat it for more).")
+@click.option("--ssh-key", "ssh_keys", multiple=True, metavar="JAIL=FILE",
+              help="Let the operators whose public keys are in FILE (authorized_keys or .pub) log in to JAIL's SSH "
+                   "(admin: port 22, user admin; audit: port 23, user audit). Without it, nobody can.")
 @json_option
 def provision_cmd(name: str, species: str, pki_dir: Path | None, dev_pki: bool, out: Path, conf: tuple[str, ...],
-                  as_json: bool) -> None:
+                  ssh_keys: tuple[str, ...], as_json: bool) -> None:
     """Write machine NAME's provisioning disk: a 4 MiB FAT image (label CLIPPROV) with machine.conf and its
-    IPsec certificate, key, CA and CRL, attached read-only to that machine only. Reproducible with
+    IPsec certificate, key, CA and CRL, and the host keys of its SSH jails (kept in the PKI folder: pin them
+    before the first boot; --json prints them), attached read-only to that machine only. Reproducible with
     SOURCE_DATE_EPOCH; mode 0600."""
     if dev_pki == (pki_dir is not None):
         raise click.UsageError("give --pki DIR or --dev-pki (one of them)")
     directory = ipsecpki.ensure_dev_machine(name, species) if dev_pki else pki_dir
     assert directory is not None
-    disk = provision.write(name, species, directory, out, conf)
+    keys: dict[str, Path] = {}
+    for pair in ssh_keys:
+        jail, _, file = pair.partition("=")
+        if not file or jail in keys:
+            raise click.BadParameter(f"{pair}: JAIL=FILE, once per jail", param_hint="--ssh-key")
+        keys[jail] = Path(file)
+    disk = provision.write(name, species, directory, out, conf, keys)
     if as_json:
         emit_json(disk.to_dict(), sort_keys=False)
     else:
         click.echo(f"{out}: {name} ({species}), certificate serial {disk.cert.serial_number:x} until "
                    f"{disk.cert.not_valid_after_utc:%Y-%m-%d}, {len(disk.files)} files")
+        for key in disk.ssh_host_keys:
+            who = "operators' keys" if key.jail in disk.ssh_operators else "nobody may log in"
+            click.echo(f"  ssh {key.jail}: host key {sshkeys.fingerprint(key.public)} ({who})")
 
 
 COMMANDS = (provision_cmd,)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import click
 
 from clipbuild.cli.context import Options, emit_json, json_option
 from clipbuild.cli.image import image_path
+from clipbuild.core.run import run
 from clipbuild.image import provision
 from clipbuild.lab import control
 from clipbuild.lab.topology import Machine, plan
-from clipbuild.signing import ipsecpki
+from clipbuild.signing import ipsecpki, sshkeys
 
 
 @click.group("lab")
@@ -35,12 +37,14 @@ def _folder(opts: Options) -> Path:
     return opts.workdir / "lab"
 
 
-def _provision(machine: Machine, out: Path, pki: Path | None = None) -> None:
+def _provision(machine: Machine, out: Path, operators: dict[str, Path], pki: Path | None = None) -> dict[str, str]:
     """Machine's provisioning disk with the lab's machine.conf, from `pki` (its certificate issued there) or the
-    development IPsec PKI (issued on demand)."""
+    development IPsec PKI (issued on demand), letting the lab's operators into its SSH jails; its host keys."""
     directory = pki or ipsecpki.ensure_dev_machine(machine.name, machine.species)
     conf = tuple(f"{k}={v}" for k, v in machine.conf.items() if k not in ("NAME", "SPECIES"))
-    provision.write(machine.name, machine.species, directory, out, conf)
+    disk = provision.write(machine.name, machine.species, directory, out, conf,
+                           {jail: operators[jail] for jail in machine.ssh_jails})
+    return {key.jail: key.public for key in disk.ssh_host_keys}
 
 
 pki_option = click.option("--pki", type=click.Path(path_type=Path, file_okay=False, exists=True),
@@ -57,7 +61,7 @@ def provision_cmd(opts: Options, name: str, out: Path, pki: Path | None) -> None
     """Write lab machine NAME's provisioning disk now (for `lab up --disk NAME=FILE` later): e.g. a client
     provisioned before its certificate is revoked, to see the gateway refuse it."""
     machine = next(m for m in plan(["client", "gateway"]) if m.name == name)
-    _provision(machine, out, pki)
+    _provision(machine, out, control.operator_keys(_folder(opts)), pki)
     click.echo(f"{out}: {name}'s provisioning disk")
 
 
@@ -82,11 +86,11 @@ def up_cmd(opts: Options, species: tuple[str, ...], lifetime: int, pki: Path | N
             raise click.BadParameter(f"{pair}: NAME=FILE, an existing provisioning disk", param_hint="--disk")
         given[name] = Path(file)
 
-    def provision_one(machine: Machine, out: Path) -> None:
+    def provision_one(machine: Machine, out: Path, operators: dict[str, Path]) -> dict[str, str]:
         if machine.name in given:
             shutil.copyfile(given[machine.name], out)
-        else:
-            _provision(machine, out, pki)
+            return {}
+        return _provision(machine, out, operators, pki)
 
     lab = control.up(_folder(opts), list(species), images, provision_one, lifetime=lifetime)
     if as_json:
@@ -95,6 +99,9 @@ def up_cmd(opts: Options, species: tuple[str, ...], lifetime: int, pki: Path | N
     for machine in lab.machines:
         click.echo(f"{machine.name}: {machine.species} at {machine.outside} (pid {lab.pids[machine.name]}), "
                    f"console {lab.consoles[machine.name]}")
+        for jail, port in lab.ssh_ports.get(machine.name, {}).items():
+            click.echo(f"  {jail} jail: SSH from its network, 127.0.0.1:{port} here "
+                       f"(clipbuild lab ssh {machine.name} {jail})")
     click.echo(f"stops by itself in {lifetime} s; check with `clipbuild lab check`, stop with `clipbuild lab down`")
 
 
@@ -144,6 +151,23 @@ def reboot_cmd(opts: Options, name: str) -> None:
     (the client's tunnel returns once the gateway is back)."""
     pid = control.reboot(_folder(opts), name)
     click.echo(f"{name}: rebooted (pid {pid})")
+
+
+@lab_group.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("jail")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--user", help="Log in as USER instead of the jail's role user (admin, audit): to see it refused.")
+@click.option("--key-of", type=click.Choice(sshkeys.SSH_JAILS),
+              help="Offer the lab operator's key of that jail instead of JAIL's: to see it refused.")
+@click.pass_obj
+def ssh_cmd(opts: Options, name: str, jail: str, command: tuple[str, ...], user: str | None,
+            key_of: str | None) -> None:
+    """Run COMMAND (or a shell) in JAIL of lab machine NAME over SSH, as an operator on that jail's own network:
+    `clipbuild lab ssh gateway admin -- hostname`. The host key is the one provisioned for that jail (pinned in
+    WORKDIR/lab/known_hosts); the exit status is ssh's (255: the connection or the login failed)."""
+    argv = [*control.ssh_command(_folder(opts), name, jail, user=user, key_of=key_of), *command]
+    sys.exit(run(argv, check=False, capture=False).returncode)
 
 
 @lab_group.command("down")

@@ -9,6 +9,8 @@ small reproducible FAT image, attached read-only:
     ipsec/private/NAME.key    its key (PKCS#8 PEM, in the clear: charon loads it at boot)
     ipsec/x509ca/ca.pem       the IPsec CA
     ipsec/x509crl/ca.crl      the CA's current CRL (PEM)
+    ssh/JAIL/ssh_host_ed25519_key[.pub]  the host key of each SSH jail (admin, audit), kept in the PKI folder
+    ssh/JAIL/authorized_keys  the operators let in to JAIL (--ssh-key JAIL=FILE), if any
 
 machine.conf is read in the image by a strict line reader, never sourced: keys are [A-Z_]+, values
 [A-Za-z0-9./:_-]*, and the same patterns are enforced here. Same inputs and SOURCE_DATE_EPOCH (else the
@@ -23,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from clipbuild.core import safefile
 from clipbuild.core.errors import InputError
 from clipbuild.image import fsimage
-from clipbuild.signing import ipsecpki, pki
+from clipbuild.signing import ipsecpki, pki, sshkeys
 
 SIZE = 4 * 2**20
 LABEL = "CLIPPROV"
@@ -54,6 +57,8 @@ class Disk:
     ca: x509.Certificate
     crl: x509.CertificateRevocationList
     sha256: str
+    ssh_host_keys: tuple[sshkeys.HostKey, ...] = ()
+    ssh_operators: tuple[str, ...] = ()  # the jails with authorized keys
 
     def to_dict(self) -> dict[str, object]:
         conf = dict(self.conf)
@@ -61,7 +66,9 @@ class Disk:
                 "volume_id": volume_id(conf["NAME"]), "sha256": self.sha256,
                 "certificate": {"serial": f"{self.cert.serial_number:x}", "sha256": _fingerprint(self.cert),
                                 "not_after": self.cert.not_valid_after_utc.isoformat()},
-                "ca": {"sha256": _fingerprint(self.ca)}, "crl": {"number": pki.crl_number(self.crl)}}
+                "ca": {"sha256": _fingerprint(self.ca)}, "crl": {"number": pki.crl_number(self.crl)},
+                "ssh": {k.jail: {"host_key": k.public, "fingerprint": sshkeys.fingerprint(k.public),
+                                 "operators": k.jail in self.ssh_operators} for k in self.ssh_host_keys}}
 
 
 def parse_conf(pairs: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -129,9 +136,28 @@ def _date(cert: x509.Certificate) -> int:
     return int(epoch)
 
 
-def write(name: str, species: str, directory: Path, out: Path, conf: tuple[str, ...] = ()) -> Disk:
+def _ssh_files(directory: Path, name: str, staging: Path, ssh_keys: Mapping[str, Path],
+               ) -> tuple[dict[str, Path], tuple[sshkeys.HostKey, ...]]:
+    """The disk's ssh/ files: every SSH jail's host key, and the operators' keys given for a jail."""
+    for jail in ssh_keys:
+        sshkeys.check_jail(jail)
+    machine_dir = ipsecpki.machine_paths(directory, name)[0].parent
+    files: dict[str, Path] = {}
+    keys = tuple(sshkeys.host_key(machine_dir, name, jail) for jail in sshkeys.SSH_JAILS)
+    for key in keys:
+        files[f"ssh/{key.jail}/{sshkeys.HOST_KEY}"] = key.private
+        files[f"ssh/{key.jail}/{sshkeys.HOST_KEY}.pub"] = key.private.with_name(key.private.name + ".pub")
+    for jail, source in ssh_keys.items():
+        checked = staging / f"{jail}.authorized_keys"
+        checked.write_text(sshkeys.check_authorized_keys(source))
+        files[f"ssh/{jail}/authorized_keys"] = checked
+    return files, keys
+
+
+def write(name: str, species: str, directory: Path, out: Path, conf: tuple[str, ...] = (),
+          ssh_keys: Mapping[str, Path] | None = None) -> Disk:
     """The provisioning disk of machine NAME, at `out` (written under a temporary name, then renamed; mode 0600:
-    it holds the machine's private key)."""
+    it holds the machine's private keys). `ssh_keys`: jail -> the operators' public keys it lets in."""
     pairs = parse_conf(conf)
     cert, ca, crl = _check(directory, name, species)
     lines = (("NAME", name), ("SPECIES", species), *pairs)
@@ -144,6 +170,8 @@ def write(name: str, species: str, directory: Path, out: Path, conf: tuple[str, 
         files = {CONF: conf_file, f"ipsec/x509/{name}.pem": cert_path, f"ipsec/private/{name}.key": key_path,
                  "ipsec/x509ca/ca.pem": ipsecpki.ca_cert_path(directory),
                  "ipsec/x509crl/ca.crl": ipsecpki.crl_path(directory)}
+        ssh_files, host_keys = _ssh_files(directory, name, staging, ssh_keys or {})
+        files.update(ssh_files)
         image = staging / out.name
         fsimage.vfat(image, SIZE, volume_id(name), LABEL, files, _date(cert), fat=12)
         image.chmod(0o600)
@@ -151,5 +179,4 @@ def write(name: str, species: str, directory: Path, out: Path, conf: tuple[str, 
         os.replace(image, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Disk(out, lines, tuple(sorted(files)), cert, ca, crl, digest)
-
+    return Disk(out, lines, tuple(sorted(files)), cert, ca, crl, digest, host_keys, tuple(sorted(ssh_keys or {})))

@@ -23,20 +23,25 @@ from clipbuild.core.errors import InputError, VmCheckError
 from clipbuild.core.run import alive, require, spawn
 from clipbuild.core.safefile import write_atomic
 from clipbuild.image.vm import ANSI, FAILED_MARKER, PANIC
-from clipbuild.lab.topology import Machine, plan, qemu_command
+from clipbuild.lab.topology import ADMIN_NETS, Machine, plan, qemu_command
+from clipbuild.signing import sshkeys
 
 STATE = "lab.json"
+KNOWN_HOSTS = "known_hosts"
 FAILED = re.compile(f"{FAILED_MARKER}|{PANIC}|CLIP_(NET|IPSEC|LAB) .*FAILED")
 # What each role must print before the lab counts as up and working: (what, pattern), in order.
 PROOFS: dict[str, tuple[tuple[str, str], ...]] = {
     "gateway": (("boot", r"CLIP_BOOT_OK"), ("outside network", r"CLIP_NET outside \S+ up"),
                 ("private host", r"CLIP_NET private host \S+ up"),
                 ("IPsec responder", r"CLIP_IPSEC loaded"),
+                ("ADMIN's network, into its jail only", r"CLIP_NET admin network \S+ up in jail admin"),
+                ("AUDIT's network, into its jail only", r"CLIP_NET audit network \S+ up in jail audit"),
                 ("ESP traffic through the tunnel", r"CLIP_IPSEC esp .*: [1-9][0-9]*\(bytes\)")),
     "client": (("boot", r"CLIP_BOOT_OK"), ("outside network", r"CLIP_NET outside \S+ up"),
                ("IPsec tunnel", r"CLIP_IPSEC established"),
                ("RM_H reaches the private host", r"CLIP_LAB rm_h private ok"),
                ("RM_B kept off the private network", r"CLIP_LAB rm_b private refused"),
+               ("the gateway's SSH closed to the outside", r"CLIP_LAB gateway ssh port 23 from outside refused"),
                ("RM_H never in plaintext (tunnel down)", r"CLIP_LAB rm_h plaintext refused"),
                ("the tunnel back", r"CLIP_IPSEC re-established")),
 }
@@ -53,12 +58,13 @@ class Lab:
     deadline: float
     consoles: dict[str, str] = field(default_factory=dict)
     reboots: dict[str, int] = field(default_factory=dict)
+    ssh_ports: dict[str, dict[str, int]] = field(default_factory=dict)  # machine -> jail -> port on 127.0.0.1
 
     def to_dict(self) -> dict[str, Any]:
         return {"machines": [m.to_dict() for m in self.machines], "pids": self.pids,
                 "ports": {k: list(v) for k, v in self.ports.items()}, "images": self.images,
                 "started": self.started, "deadline": self.deadline, "consoles": self.consoles,
-                "reboots": self.reboots}
+                "reboots": self.reboots, "ssh_ports": self.ssh_ports}
 
     @classmethod
     def load(cls, folder: Path) -> Lab:
@@ -68,20 +74,36 @@ class Lab:
         data = json.loads(path.read_text())
         return cls(folder, [Machine(**m) for m in data["machines"]], data["pids"],
                    {k: (v[0], v[1]) for k, v in data["ports"].items()}, data["images"], data["started"],
-                   data["deadline"], data["consoles"], data.get("reboots", {}))
+                   data["deadline"], data["consoles"], data.get("reboots", {}), data.get("ssh_ports", {}))
 
     def save(self) -> None:
         write_atomic(self.folder / STATE, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+def _free_port(kind: socket.SocketKind = socket.SOCK_DGRAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-def up(folder: Path, species: list[str], images: dict[str, Path],
-       provision: Callable[[Machine, Path], None], *, lifetime: float) -> Lab:
+def operator_keys(folder: Path) -> dict[str, Path]:
+    """The lab operators' SSH keys, one per SSH jail (folder/ssh/id_JAIL, made on first use): jail -> public key
+    file, for the provisioning disks."""
+    keys = {}
+    for jail in sshkeys.SSH_JAILS:
+        private = folder / "ssh" / f"id_{jail}"
+        sshkeys.operator_key(private, f"lab-{jail}-operator")
+        keys[jail] = private.with_name(private.name + ".pub")
+    return keys
+
+
+# What makes a machine's provisioning disk: (machine, disk path, operators' keys per jail) -> the host keys it
+# carries per jail ({} when unknown, e.g. a disk given by the user).
+Provisioner = Callable[[Machine, Path, dict[str, Path]], dict[str, str]]
+
+
+def up(folder: Path, species: list[str], images: dict[str, Path], provision: Provisioner, *,
+       lifetime: float) -> Lab:
     """Boot the machines (the gateway first); returns at once, the machines boot on their own."""
     require("qemu-system-x86_64", "timeout")
     machines = plan(species)
@@ -90,19 +112,25 @@ def up(folder: Path, species: list[str], images: dict[str, Path],
         running = [n for n, pid in Lab.load(folder).pids.items() if alive(pid)]
         if running:
             raise InputError(f"{folder}: a lab is running ({', '.join(running)})", hint="clipbuild lab down")
-    ports = {"gateway": (_free_udp_port(), _free_udp_port())}
+    ports = {"gateway": (_free_port(), _free_port())}
     lab = Lab(folder, machines, {}, {}, {}, time.time(), time.time() + lifetime)
+    operators = operator_keys(folder)
+    known_hosts = []
     for machine in machines:
         if machine.role == "gateway":
             lab.ports[machine.name] = ports["gateway"]
         else:
             lab.ports[machine.name] = (ports["gateway"][1], ports["gateway"][0])
-        provision(machine, folder / f"{machine.name}.provision.img")
+        lab.ssh_ports[machine.name] = {jail: _free_port(socket.SOCK_STREAM) for jail in machine.ssh_jails}
+        host_keys = provision(machine, folder / f"{machine.name}.provision.img", operators)
+        known_hosts += [sshkeys.known_hosts_line("127.0.0.1", port, host_keys[jail])
+                        for jail, port in lab.ssh_ports[machine.name].items() if jail in host_keys]
         console = folder / f"{machine.name}.console.log"
         console.write_text("")
         lab.images[machine.name] = str(images[machine.species])
         lab.consoles[machine.name] = str(console)
         _start(lab, machine)
+    write_atomic(folder / KNOWN_HOSTS, "".join(known_hosts).encode())
     lab.save()
     return lab
 
@@ -112,7 +140,8 @@ def _start(lab: Lab, machine: Machine) -> None:
     left = max(1, int(lab.deadline - time.time()))
     command = ["timeout", "--signal=TERM", "--kill-after=10", f"{left}s",
                *qemu_command(machine, Path(lab.images[machine.name]), lab.folder / f"{machine.name}.provision.img",
-                             Path(lab.consoles[machine.name]), lab.ports[machine.name])]
+                             Path(lab.consoles[machine.name]), lab.ports[machine.name],
+                             lab.ssh_ports.get(machine.name, {}))]
     lab.pids[machine.name] = spawn(command, lab.folder / f"{machine.name}.qemu.log")
 
 
@@ -141,6 +170,24 @@ def reboot(folder: Path, name: str) -> int:
     lab.reboots[name] = lab.reboots.get(name, 0) + 1
     lab.save()
     return lab.pids[name]
+
+
+def ssh_command(folder: Path, name: str, jail: str, *, user: str | None = None, key_of: str | None = None,
+                ) -> list[str]:
+    """ssh to JAIL of lab machine NAME through its network's forwarded port, as the jail's role user with the
+    lab operator's key, the host key pinned from the provisioning (never trusted on first use)."""
+    lab = Lab.load(folder)
+    ports = lab.ssh_ports.get(name)
+    if ports is None:
+        raise InputError(f"lab: no machine {name}", hint=f"machines: {', '.join(m.name for m in lab.machines)}")
+    if jail not in ports:
+        raise InputError(f"lab: {name} has no SSH network for {jail!r}",
+                         hint=f"{name}'s: {', '.join(ports) or 'none'} (the gateway's: "
+                              f"{', '.join(n.jail for n in ADMIN_NETS)})")
+    return ["ssh", "-F", "/dev/null", "-p", str(ports[jail]), "-i", str(folder / "ssh" / f"id_{key_of or jail}"),
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
+            "-o", f"UserKnownHostsFile={folder / KNOWN_HOSTS}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "HostKeyAlgorithms=ssh-ed25519", "-l", user or jail, "127.0.0.1"]
 
 
 def down(folder: Path) -> list[str]:

@@ -4,12 +4,17 @@ CLIP's picture (docs/network.md): a client whose RM_H level reaches the organisa
 through an IPsec tunnel to a CLIP gateway, while RM_B reaches the outside and never the private network.
 
     client ──── outside 192.0.2.0/24 (TEST-NET-1) ──── gateway ──── private 10.99.0.0/24
-    .10                                                .1    .1       host .10
+    .10                                                .1  │ .1       host .10
+                                     admin 198.51.100.0/24 ┤ ADMIN jail .54, SSH port 22
+                                     audit 203.0.113.0/24  ┘ AUDIT jail .53, SSH port 23
 
 The outside segment is a QEMU UDP socket pair on 127.0.0.1 (connectionless: a machine may reboot and find its
 peer again); the private segment is a network namespace on the gateway holding the private host (made by the
-gateway's own network setup from its provisioning). Every machine gets its provisioning disk (its identity and
-its addresses: clipbuild provision) as a second, read-only disk.
+gateway's own network setup from its provisioning). The gateway's admin and audit networks (CLIP's
+administration networks, one per SSH jail) are QEMU user-mode networks closed to everything (restrict=on) but
+one forwarded port on the host's 127.0.0.1: the operators' way in, reaching that jail's sshd only. Every
+machine gets its provisioning disk (its identity and its addresses: clipbuild provision) as a second, read-only
+disk.
 """
 
 from __future__ import annotations
@@ -33,6 +38,25 @@ ROLES = {"client": "client", "gateway": "gateway"}  # species -> lab role
 
 
 @dataclass(frozen=True)
+class AdminNet:
+    """An SSH jail's own network on the gateway; the host (the operators) is slirp's .2 on it."""
+
+    jail: str
+    network: ipaddress.IPv4Network
+    host: int  # the jail's host number on it
+    port: int  # the jail's SSH port (its `ssh` file)
+    mac: str
+
+    @property
+    def addr(self) -> str:
+        return f"{self.network[self.host]}/{self.network.prefixlen}"
+
+
+ADMIN_NETS = (AdminNet("admin", ipaddress.ip_network("198.51.100.0/24"), 54, 22, "52:54:00:c1:ad:36"),
+              AdminNet("audit", ipaddress.ip_network("203.0.113.0/24"), 53, 23, "52:54:00:c1:ad:35"))
+
+
+@dataclass(frozen=True)
 class Machine:
     name: str
     species: str
@@ -40,6 +64,7 @@ class Machine:
     outside: str  # address/prefix on the outside segment
     mac: str
     conf: dict[str, str] = field(default_factory=dict)  # machine.conf of its provisioning disk
+    ssh_jails: list[str] = field(default_factory=list)  # its jails reachable over SSH from their own networks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,10 +79,13 @@ def plan(species: list[str]) -> list[Machine]:
         raise InputError("lab: needs exactly one gateway and at least one client",
                          hint="clipbuild lab up client gateway")
     gateway_addr = f"{OUTSIDE[GATEWAY_HOST]}/{OUTSIDE.prefixlen}"
+    admin = {f"{net.jail.upper()}_{key}": value for net in ADMIN_NETS
+             for key, value in (("MAC", net.mac), ("ADDR", net.addr))}
     machines = [Machine("gateway", "gateway", "gateway", gateway_addr, _mac(GATEWAY_HOST), {
         "NAME": "gateway", "SPECIES": "gateway", "ROLE": "gateway", "OUTSIDE_ADDR": gateway_addr,
         "PRIVATE_ADDR": f"{PRIVATE[GATEWAY_HOST]}/{PRIVATE.prefixlen}", "PRIVATE_NET": str(PRIVATE),
-        "LAB_PRIVATE_HOST": PRIVATE_HOST, "CLIENT_NETS": str(RM_H_NET)})]
+        "LAB_PRIVATE_HOST": PRIVATE_HOST, "CLIENT_NETS": str(RM_H_NET), **admin},
+        [net.jail for net in ADMIN_NETS])]
     for index in range(species.count("client")):
         host = FIRST_CLIENT_HOST + index
         name = "client" if index == 0 else f"client{index + 1}"
@@ -77,10 +105,22 @@ def _mac(host: int) -> str:
     return f"52:54:00:c1:19:{host:02x}"
 
 
+def admin_netdevs(machine: Machine, ssh_ports: dict[str, int]) -> list[str]:
+    """QEMU's NICs for the machine's SSH jails' networks: closed (restrict=on) but for host port
+    `ssh_ports[jail]` on 127.0.0.1, forwarded to the jail's address and port (none without a port)."""
+    args = []
+    for net in (n for n in ADMIN_NETS if n.jail in machine.ssh_jails and n.jail in ssh_ports):
+        forward = f"tcp:127.0.0.1:{ssh_ports[net.jail]}-{net.network[net.host]}:{net.port}"
+        args += ["-netdev", f"user,id={net.jail},restrict=on,ipv6=off,net={net.network},hostfwd={forward}",
+                 "-device", f"virtio-net-pci,netdev={net.jail},mac={net.mac}"]
+    return args
+
+
 def qemu_command(machine: Machine, image: Path, provision: Path, console: Path, ports: tuple[int, int],
-                 *, memory_mib: int = 512) -> list[str]:
+                 ssh_ports: dict[str, int] | None = None, *, memory_mib: int = 512) -> list[str]:
     """QEMU for one machine: its image (snapshot: nothing it writes reaches the file), its provisioning disk
-    read-only, its outside NIC on the UDP pair (`ports`: this machine's and its peer's), the console to a file."""
+    read-only, its outside NIC on the UDP pair (`ports`: this machine's and its peer's), its SSH jails' networks
+    (`ssh_ports`: jail -> host port), the console to a file."""
     local, remote = ports
     return ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mib), "-display", "none", "-no-reboot",
             "-name", machine.name, "-monitor", "none",
@@ -88,4 +128,5 @@ def qemu_command(machine: Machine, image: Path, provision: Path, console: Path, 
             "-drive", f"file={image},if=virtio,format=raw,snapshot=on",
             "-drive", f"file={provision},if=virtio,format=raw,readonly=on",
             "-netdev", f"socket,id=outside,udp=127.0.0.1:{remote},localaddr=127.0.0.1:{local}",
-            "-device", f"virtio-net-pci,netdev=outside,mac={machine.mac}"]
+            "-device", f"virtio-net-pci,netdev=outside,mac={machine.mac}",
+            *admin_netdevs(machine, ssh_ports or {})]

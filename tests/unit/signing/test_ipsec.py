@@ -178,14 +178,16 @@ def test_a_provisioning_disk_holds_the_machine_s_own_files(cli, ipsec, tmp_path)
     assert summary["certificate"]["serial"] == f"{cert.serial_number:x}"
     assert summary["certificate"]["sha256"] == cert.fingerprint(hashes.SHA256()).hex()
     assert summary["ca"]["sha256"] == _cert(ipsec / "ipsec-ca.pem").fingerprint(hashes.SHA256()).hex()
+    ssh = [f"ssh/{jail}/ssh_host_ed25519_key{ext}" for jail in ("admin", "audit") for ext in ("", ".pub")]
     assert summary["files"] == ["ipsec/private/gw1.key", "ipsec/x509/gw1.pem", "ipsec/x509ca/ca.pem",
-                                "ipsec/x509crl/ca.crl", "machine.conf"]
+                                "ipsec/x509crl/ca.crl", "machine.conf", *ssh]
     assert out.stat().st_size == provision.SIZE and stat.S_IMODE(out.stat().st_mode) == 0o600
     assert [p.name for p in out.parent.iterdir()] == ["gw1.img"]  # no temporary left behind
     listing = _mtools(out, "mdir", "-/", "-b", "::/")
     assert sorted(p for p in listing.split() if not p.endswith("/")) == [f"::/{f}" for f in summary["files"]]
     assert sorted(p for p in listing.split() if p.endswith("/")) == [
-        "::/ipsec/", "::/ipsec/private/", "::/ipsec/x509/", "::/ipsec/x509ca/", "::/ipsec/x509crl/"]
+        "::/ipsec/", "::/ipsec/private/", "::/ipsec/x509/", "::/ipsec/x509ca/", "::/ipsec/x509crl/", "::/ssh/",
+        "::/ssh/admin/", "::/ssh/audit/"]
     header = _mtools(out, "mdir", "::/")
     assert "Volume in drive : is CLIPPROV" in header
     volume = provision.volume_id("gw1").upper()
