@@ -111,9 +111,10 @@ def stored(key: str) -> tuple[PackageKey, Path] | None:
 
 
 def all_keys() -> list[str]:
-    """Every key the store holds a package under."""
+    """Every key the store holds a package under (folders without a readable package left out)."""
     root = store_dir()
-    return sorted(p.name for p in root.iterdir() if len(p.name) == 64 and p.is_dir()) if root.is_dir() else []
+    names = sorted(p.name for p in root.iterdir() if len(p.name) == 64) if root.is_dir() else []
+    return [name for name in names if stored(name) is not None]
 
 
 def remember(pkg: PackageKey, set_name: str) -> None:
