@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import click
 
 from clipbuild.cli.context import Options, emit_json, json_option, say
+from clipbuild.core.errors import CacheError, InputError
 from clipbuild.core.executor import Executor
 from clipbuild.gentoo import binhost, binpkgs
 from clipbuild.stages.pipeline import STEP_KINDS
@@ -54,15 +56,38 @@ def export_cmd(opts: Options, folder: Path, species: tuple[str, ...], as_json: b
     click.echo(f"  serve it over HTTP and build with --binhost http://HOST/PATH/#sha256={done.index_sha256}")
 
 
+@binhost_group.command("serve")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option("--listen", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, help="Port to listen on (0: any free port).")
+def serve_cmd(folder: Path, listen: str, port: int) -> None:
+    """Serve FOLDER over plain HTTP until interrupted (Python's http.server): for trying a binhost out or a
+    LAN lab. A team serves its binhost with its usual web server (any static file server will do)."""
+    with binhost.served(folder, listen, port) as url:
+        click.echo(f"serving {folder} at {url} (Ctrl-C stops)")
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            click.echo("stopped")
+
+
 def _species_keys(opts: Options, species: tuple[str, ...]) -> list[str]:
-    """The keys of every package the latest build of each species used, from its sets' packages.json."""
+    """The keys of every package the latest build of each species used, from its sets' packages.json (sets
+    never built in this work directory left out: `clipbuild run SPECIES --step build/rm-core` exports one)."""
     executor = Executor(opts.workdir, STEP_KINDS)
     keys = []
     for name in species:
+        built = []
         for step in opts.plan(name).steps:
             if step.kind == "emerge-set":
-                rows = json.loads((executor.output(name, step.id) / "packages.json").read_text())
-                keys += [row["key"] for row in rows]
+                try:
+                    built.append(executor.output(name, step.id))
+                except CacheError:  # never built here
+                    continue
+        if not built:
+            raise InputError(f"no package set of {name} was built in {opts.workdir}",
+                             hint=f"run clipbuild build {name} first (or give --workdir)")
+        keys += [row["key"] for out in built for row in json.loads((out / "packages.json").read_text())]
     return keys
 
 

@@ -25,14 +25,18 @@ controls what a build installs from it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import os
 import re
 import shutil
 import tarfile
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,6 +194,25 @@ def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        """No line per request."""
+
+
+@contextmanager
+def served(folder: Path, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """`folder` served over HTTP (Python's http.server, a thread per request) while the block runs; yields its
+    URL. For tests, benchmarks and `clipbuild binhost serve`; a team serves its binhost with a real web server."""
+    server = http.server.ThreadingHTTPServer((host, port), functools.partial(_QuietHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)  # ends with the process, come what may
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
 
 # -- builds taking their packages from a binhost --------------------------------------------------------------
 

@@ -10,36 +10,21 @@ root and distfiles are the machine's, as in every e2e test. About 4 minutes on t
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from clipbuild.core.paths import cache_dir
+from clipbuild.gentoo import binhost
 from tests.e2e.support import Project
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 SPECIES = ("client", "gateway")
 SMALL = "sys-libs/zlib-1.2.13"  # quick to compile: the package the tampered binhost serves
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args: object) -> None:
-        """No line per request on the test's output."""
-
-
-def serve(folder: Path) -> tuple[str, http.server.ThreadingHTTPServer]:
-    """`folder` over HTTP on 127.0.0.1 at a free port, from a daemon thread (it ends with the test process if
-    the fixture's shutdown is never reached)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(folder)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_address[1]}/", server
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +37,9 @@ def exported(tmp_path_factory) -> Iterator[dict]:
     folder = base / "served"
     done = builder.clipbuild("binhost", "export", str(folder), *(f"--species={s}" for s in SPECIES), "--json")
     assert done.returncode == 0, done.stderr
-    url, server = serve(folder)
-    try:
+    with binhost.served(folder) as url:  # 127.0.0.1, a free port, stopped when the module is done
         yield {"reports": reports, "folder": folder, "url": url, "export": json.loads(done.stdout), "base": base,
                "builder": builder}
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def consumer(base: Path, name: str) -> Project:
@@ -108,12 +89,8 @@ def test_a_tampered_binpkg_is_refused_with_its_digest_and_rebuilt(exported, tmp_
     data = bytearray(binpkg.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one byte flipped: the size still matches the index
     binpkg.write_bytes(bytes(data))
-    url, server = serve(folder)
-    try:
+    with binhost.served(folder) as url:
         result = consumer(tmp_path, "consumer").clipbuild("build", "client", "--binhost", url, "--json")
-    finally:
-        server.shutdown()
-        server.server_close()
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"refused {SMALL}: {url}{fields['PATH']}: SHA256 " in result.stderr
     assert f"the index says {fields['SHA256']}" in result.stderr

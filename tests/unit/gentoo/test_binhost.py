@@ -158,3 +158,15 @@ def test_the_build_summary_says_where_packages_came_from():
     assert text.splitlines()[-1] == ("client: 1 compiled here, 1 from the local package store, 1 fetched from the "
                                      "binhost, 1 in cached sets")
     json.dumps(origins)  # --json prints it as it is
+
+
+def test_over_http_on_loopback_and_a_server_gone(store, tmp_path, monkeypatch):
+    pkg = stored_package(tmp_path)
+    binhost.export(tmp_path / "bh", [pkg.key])
+    monkeypatch.setenv("CLIPBUILD_BINPKGS", str(tmp_path / "empty"))
+    with binhost.served(tmp_path / "bh") as url:
+        assert url.startswith("http://127.0.0.1:")
+        assert binhost.pull([pkg], binhost.Remote.parse(url), tmp_path / "s1", print).fetched == [pkg.cpv]
+    monkeypatch.setenv("CLIPBUILD_BINPKGS", str(tmp_path / "empty-again"))
+    gone = binhost.pull([pkg], binhost.Remote.parse(url), tmp_path / "s2", print)
+    assert gone.fetched == [] and "cannot reach it" in gone.unreachable
