@@ -2,11 +2,11 @@
 
     .venv/bin/python bench/binhost.py [SPECIES] [--step ID] [--keep DIR]
 
-Builder (the baseline, measured in the same run): a fresh work directory and an EMPTY package store
-(CLIPBUILD_BINPKGS), so every package is compiled from source: the whole species, or only the package set
-`--step` names (`--step build/rm-core`: musl, the kernel headers and busybox, a few minutes instead of half an
-hour). Then `clipbuild binhost export` writes what it built into a folder that a Python HTTP server serves on
-127.0.0.1.
+Builder (the baseline, measured in the same run): a fresh work directory, an EMPTY package store
+(CLIPBUILD_BINPKGS) and an empty kernel compiler cache (CLIPBUILD_CCACHE), so every package is compiled from
+source: the whole species, or only the package set `--step` names (`--step build/rm-core`: musl, the kernel
+headers and busybox, a few minutes instead of half an hour). Then `clipbuild binhost export` writes what it
+built into a folder that a Python HTTP server serves on 127.0.0.1.
 
 Consumer ("a second machine"): another fresh work directory and another empty package store, the same build with
 CLIPBUILD_BINHOST set to that server: every package is fetched, verified and installed, none compiled.
@@ -74,14 +74,16 @@ def main() -> None:
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="clipbuild-bench-")) if args.keep is None else args.keep
     base.mkdir(parents=True, exist_ok=True)
-    builder = {"CLIPBUILD_BINPKGS": str(base / "builder-binpkgs")}
+    # Empty stores and kernel compiler caches on both sides: what a new machine has.
+    builder = {"CLIPBUILD_BINPKGS": str(base / "builder-binpkgs"), "CLIPBUILD_CCACHE": str(base / "builder-ccache")}
     try:
         print(f"from source: {args.species} {args.step} ...", file=sys.stderr)
         source = build(base / "builder", args.species, args.step, builder)
         exported = export(base / "builder", args.species, base / "binhost", builder)
         with served(base / "binhost") as url:
             print("from the binhost ...", file=sys.stderr)
-            consumer = {"CLIPBUILD_BINPKGS": str(base / "consumer-binpkgs"), "CLIPBUILD_BINHOST": url}
+            consumer = {"CLIPBUILD_BINPKGS": str(base / "consumer-binpkgs"), "CLIPBUILD_BINHOST": url,
+                        "CLIPBUILD_CCACHE": str(base / "consumer-ccache")}
             fetched = build(base / "consumer", args.species, args.step, consumer)
         report(f"{args.species} {args.step or '(every set)'}", source, fetched, exported)
     finally:

@@ -159,7 +159,8 @@ def _intact(folder: Path, entry: dict[str, str]) -> bool:
     path = folder / entry.get("PATH", "")
     if not entry.get("PATH") or not path.is_file() or str(path.stat().st_size) != entry.get("SIZE"):
         return False
-    return all(digest_file(path, [name], HASHES)[name] == entry.get(name) for name in VERIFIED)
+    digests = digest_file(path, VERIFIED, HASHES)
+    return all(digests[name] == entry.get(name) for name in VERIFIED)
 
 
 def _copy_in(folder: Path, pkg: binpkgs.PackageKey, binpkg: Path, index: Index) -> dict[str, str]:
@@ -194,6 +195,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+# -- serving (tests, benchmarks, trying it out) ---------------------------------------------------------------
+
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
