@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from clipbuild.cli.context import (
+    BINHOST_ENV,
     Options,
     debug_shell_option,
     emit_json,
@@ -19,7 +20,7 @@ from clipbuild.cli.context import (
     signing_options,
     trust_options,
 )
-from clipbuild.cli.show import format_build_summary, format_plan
+from clipbuild.cli.show import build_origins, format_build_summary, format_plan
 from clipbuild.core.errors import EXIT_FAILED
 from clipbuild.core.executor import Executor
 from clipbuild.gentoo import fetch
@@ -120,17 +121,22 @@ def fetch_cmd(opts: Options, species: str) -> None:
 @click.argument("species")
 @click.option("--explain", is_flag=True, help="List every package with why it was built or that it was reused.")
 @click.option("--offline", is_flag=True, help="Do not fetch missing distfiles first; fail instead.")
+@click.option("--binhost", metavar="URL", default="", envvar=BINHOST_ENV, show_envvar=True,
+              help="Take the binpkgs the local package store lacks from this binhost (clipbuild binhost export): "
+                   "http(s)://HOST/PATH/, file:///PATH or a folder, optionally #sha256=<index digest>.")
 @trust_options
 @debug_shell_option
 @json_option
 @click.pass_obj
-def build_cmd(opts: Options, species: str, explain: bool, offline: bool, release: bool, policy: Path | None,
-              debug_shell: bool, as_json: bool) -> None:
+def build_cmd(opts: Options, species: str, explain: bool, offline: bool, binhost: str, release: bool,
+              policy: Path | None, debug_shell: bool, as_json: bool) -> None:
     """Build every package set of SPECIES from source with emerge, each into its own ROOT.
 
     First, missing distfiles are fetched (as clipbuild fetch does; --offline skips it); then the builds run
     with no network at all. Unchanged sets are cached; inside a set, a package whose inputs did not change is
-    installed from the package store instead of being rebuilt.
+    installed from the package store instead of being rebuilt. With --binhost, a package the local store lacks
+    is first looked up by its key in the binhost's index, downloaded, verified and installed (docs/scale-out.md).
+    The last line says how many packages were compiled here, came from the local store or from the binhost.
 
     \b
     The core set packages the device's trust store (clip-conf/clip-update-keys: etc/clip_update/keys/), the
@@ -143,14 +149,14 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, release
     if not offline:
         opts.fetch(species)
     build_ids = [s.id for s in plan.steps if s.kind == "emerge-set"]
-    executor, outcomes = opts.execute(plan.subset(build_ids), as_json, debug_shell=debug_shell)
+    executor, outcomes = opts.execute(plan.subset(build_ids), as_json, debug_shell=debug_shell, binhost=binhost)
     sets = []
     for outcome in outcomes:
         if outcome.step_id in build_ids:
             rows = json.loads((executor.output(species, outcome.step_id) / "packages.json").read_text())
             sets.append({"step": outcome.step_id, "status": outcome.status, "packages": rows})
     if as_json:
-        emit_json({"species": species, "sets": sets})
+        emit_json({"species": species, "sets": sets, "origins": build_origins(sets)})
         return
     click.echo(format_build_summary(species, sets, explain), nl=False)
 

@@ -4,6 +4,7 @@ option, and the one way commands print JSON and progress."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from clipbuild.core.project import OVERLAY, Project, find_project
 from clipbuild.core.report import stderr_reporter
 from clipbuild.core.run import run
 from clipbuild.gentoo import buildroot, fetch
+from clipbuild.gentoo.binhost import Remote
 from clipbuild.spec.profile import resolve
 from clipbuild.stages.pipeline import STEP_KINDS, compile_plan
 
+BINHOST_ENV = "CLIPBUILD_BINHOST"  # a team binhost every build takes binpkgs from (site configuration, not keyed)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 release_option = click.option("--release", is_flag=True,
                               help="Build for a release: the trust store packaged (clip-update-keys) is the release "
@@ -79,11 +82,16 @@ class Options:
                                 self.project.source_date_epoch(), **choices)
         return compile_plan(resolve(self.project, species), self.project, settings)
 
-    def execute(self, plan: BuildPlan, as_json: bool, *, debug_shell: bool = False) -> tuple[Executor, list[Outcome]]:
+    def execute(self, plan: BuildPlan, as_json: bool, *, debug_shell: bool = False,
+                binhost: str = "") -> tuple[Executor, list[Outcome]]:
         """Run the plan in the work directory, progress on stderr; with `debug_shell`, a failed step opens a
-        shell where its failed command ran."""
+        shell where its failed command ran. Builds take binpkgs from `binhost`, else $CLIPBUILD_BINHOST's."""
+        binhost = binhost or os.environ.get(BINHOST_ENV, "")
+        if binhost:
+            Remote.parse(binhost)  # a malformed URL is bad input, said before anything runs
         executor = Executor(self.workdir, STEP_KINDS, reporter=stderr_reporter(as_json),
-                            project_root=self.project.root, on_failure=open_debug_shell if debug_shell else None)
+                            project_root=self.project.root, on_failure=open_debug_shell if debug_shell else None,
+                            settings={"binhost": binhost} if binhost else {})
         return executor, executor.run(plan)
 
     def fetch(self, species: str) -> tuple[int, int]:

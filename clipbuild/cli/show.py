@@ -95,25 +95,43 @@ def format_plan(plan: BuildPlan, statuses: list[StepStatus] | None = None) -> st
 
 
 def format_build_summary(species: str, sets: list[dict[str, Any]], explain: bool) -> str:
-    """What `clipbuild build` did: per set cached or run, and in a run set, packages built (with why) or reused."""
+    """What `clipbuild build` did: per set cached or run, and in a run set, packages built (with why), reused
+    from the local store or fetched from a binhost; then one line saying where the packages came from."""
     lines = []
-    built = reused = cached = 0
     for entry in sets:
         packages = entry["packages"]
         if entry["status"] == "cached":
-            cached += len(packages)
             if explain:
                 lines.append(f"{entry['step']}: cached, {len(packages)} packages unchanged")
             continue
-        for row in packages:
+        for row in packages if explain else ():
             if row["status"] == "built":
-                built += 1
-                if explain:
-                    took = f", {row['seconds']:.0f} s" if row.get("seconds") else ""
-                    lines.append(f"{entry['step']}: {row['cpv']}: built ({row['reason']}{took})")
+                took = f", {row['seconds']:.0f} s" if row.get("seconds") else ""
+                lines.append(f"{entry['step']}: {row['cpv']}: built ({row['reason']}{took})")
             else:
-                reused += 1
-                if explain:
-                    lines.append(f"{entry['step']}: {row['cpv']}: reused from the package store")
-    lines.append(f"{species}: {built} built, {reused} reused from the package store, {cached} in cached sets")
-    return "\n".join(lines) + "\n"
+                lines.append(f"{entry['step']}: {row['cpv']}: {_ORIGIN_WORDS[row['status']]}")
+    origins = build_origins(sets)
+    line = (f"{species}: {origins['compiled_here']} compiled here, {origins['local_store']} from the local package "
+            f"store, {origins['binhost']} fetched from the binhost, {origins['cached_sets']} in cached sets")
+    line += "".join(f", {value} {words}" for key, words in _LATER_ORIGINS if (value := origins[key]) is not None)
+    return "\n".join([*lines, line]) + "\n"
+
+
+_ORIGIN_WORDS = {"reused": "reused from the package store", "fetched": "fetched from the binhost"}
+# TODO(branch distcc): the distcc helper fills these from distcc's and ccache's own statistics; until then
+# build_origins gives None and the summary line leaves them out.
+_LATER_ORIGINS = (("distcc_compiled", "compiled on distcc hosts"), ("ccache_hits_local", "local ccache hits"),
+                  ("ccache_hits_remote", "remote ccache hits"))
+
+
+def build_origins(sets: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Where a build's packages came from: compiled here, the local package store, a binhost, or sets
+    cached whole (their packages not looked at again); the distcc and ccache counts are None (not measured)."""
+    counts: dict[str, int | None] = {"compiled_here": 0, "local_store": 0, "binhost": 0, "cached_sets": 0}
+    column = {"built": "compiled_here", "reused": "local_store", "fetched": "binhost"}
+    for entry in sets:
+        for row in entry["packages"]:
+            name = "cached_sets" if entry["status"] == "cached" else column[row["status"]]
+            counts[name] = (counts[name] or 0) + 1
+    counts.update(dict.fromkeys(key for key, _ in _LATER_ORIGINS))  # TODO(branch distcc): measured there
+    return counts

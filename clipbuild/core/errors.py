@@ -184,6 +184,11 @@ class FetchError(ClipbuildError):
         super().__init__(message, detail=detail, hint=hint)
 
 
+class BinhostError(ClipbuildError):
+    """A binhost whose index cannot be read, or a binary package that is not what its index says (size,
+    digests, package): the build says so and compiles the package instead."""
+
+
 # -- packages and signatures ------------------------------------------------------------------------------------
 
 

@@ -96,13 +96,15 @@ class Executor:
     for the real pipeline)."""
 
     def __init__(self, workdir: Path, kinds: Mapping[str, type[StepKind]], reporter: Reporter | None = None,
-                 project_root: Path | None = None, on_failure: Callable[[Step, ClipbuildError], None] | None = None):
+                 project_root: Path | None = None, on_failure: Callable[[Step, ClipbuildError], None] | None = None,
+                 settings: Mapping[str, str] | None = None):
         self.workdir = workdir
         self.project_root = project_root or Path.cwd()
         self.kinds = kinds
         self.reporter = reporter or Silent()
         self.on_failure = on_failure  # called when a step fails, while its output and scratch are still in place
         self.objects = workdir / "objects"
+        self.settings = dict(settings or {})  # StepContext.settings of every step run: how fast, never what
 
     # -- keys and explanations -------------------------------------------------------------------------
 
@@ -180,7 +182,7 @@ class Executor:
         ctx = StepContext(step=step, options=kind.parse_options(step.options),
                           inputs={name: self.objects / keys[name] / "out" for name in step.inputs},
                           out=tmp / "out", log_path=tmp / "log.txt", scratch=tmp / "scratch",
-                          project_root=self.project_root,
+                          project_root=self.project_root, settings=self.settings,
                           progress=lambda message: self.reporter.step_progress(step, message))
         ctx.log_path.touch()
         started = time.monotonic()

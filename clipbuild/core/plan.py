@@ -104,6 +104,9 @@ class StepContext:
     project_root: Path
     progress: Callable[[str], None] = lambda message: None
     digests: dict[str, str] = field(default_factory=dict)  # output path -> SHA-256 the step already computed
+    # How this run may go faster, never what it makes, so not keyed: "binhost" (a URL the emerge-set steps take
+    # binpkgs from; clipbuild.gentoo.binhost). Empty unless --binhost or $CLIPBUILD_BINHOST says.
+    settings: Mapping[str, str] = field(default_factory=dict)
 
     def log(self, message: str) -> None:
         with self.log_path.open("a", encoding="utf-8") as stream:

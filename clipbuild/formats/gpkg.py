@@ -49,6 +49,16 @@ def read(path: Path) -> tuple[Gpkg, bytes]:
     with tarfile.open(path) as outer:
         metadata_tar = _zstd(_member(outer, "metadata.tar.zst"))
         image_tar = _zstd(_member(outer, "image.tar.zst"))
+    return Gpkg(path, _metadata(metadata_tar)), image_tar
+
+
+def read_metadata(path: Path) -> Gpkg:
+    """The package's metadata alone (its image is not decompressed): CATEGORY, PF, SLOT, USE, RDEPEND..."""
+    with tarfile.open(path) as outer:
+        return Gpkg(path, _metadata(_zstd(_member(outer, "metadata.tar.zst"))))
+
+
+def _metadata(metadata_tar: bytes) -> dict[str, str]:
     metadata = {}
     with tarfile.open(fileobj=io.BytesIO(metadata_tar)) as meta:
         for info in meta.getmembers():
@@ -61,7 +71,7 @@ def read(path: Path) -> tuple[Gpkg, bytes]:
                 metadata.update(ebuild_variables(bz2.decompress(raw).decode(errors="replace")))
             else:
                 metadata[info.name.removeprefix("metadata/")] = raw.decode(errors="replace").strip()
-    return Gpkg(path, metadata), image_tar
+    return metadata
 
 
 # CLIP's per-ebuild packaging variables (clipos4.md §1.6), read from the saved ebuild environment. Those of

@@ -75,6 +75,13 @@ def lookup(pkg: PackageKey) -> Path | None:
 
 def save(pkg: PackageKey, binpkg: Path, set_name: str) -> None:
     """Keep a freshly built binpkg under its key (atomically), and remember it as the set's latest."""
+    keep(pkg, binpkg)
+    remember(pkg, set_name)
+
+
+def keep(pkg: PackageKey, binpkg: Path) -> Path:
+    """Put `binpkg` into the store under the package's key (atomically; a copy already there is kept);
+    returns the stored file."""
     final = store_dir() / pkg.key
     if not (final / f"{pkg.pf}.gpkg.tar").is_file():
         tmp = store_dir() / f".tmp-{pkg.key}-{os.getpid()}"
@@ -88,7 +95,26 @@ def save(pkg: PackageKey, binpkg: Path, set_name: str) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             if not final.is_dir():
                 raise
-    remember(pkg, set_name)
+    return final / f"{pkg.pf}.gpkg.tar"
+
+
+def stored(key: str) -> tuple[PackageKey, Path] | None:
+    """The package kept under `key` (its components, as saved) and its binpkg; None when the store has none."""
+    folder = store_dir() / key
+    try:
+        components = json.loads((folder / "components.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pkg = PackageKey(components["cpv"], components)
+    binpkg = folder / f"{pkg.pf}.gpkg.tar"
+    return (pkg, binpkg) if binpkg.is_file() and pkg.key == key else None
+
+
+def all_keys() -> list[str]:
+    """Every key the store holds a package under (folders without a readable package left out)."""
+    root = store_dir()
+    names = sorted(p.name for p in root.iterdir() if len(p.name) == 64) if root.is_dir() else []
+    return [name for name in names if stored(name) is not None]
 
 
 def remember(pkg: PackageKey, set_name: str) -> None:

@@ -18,9 +18,10 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from clipbuild.core import safefile
 from clipbuild.core.errors import ClipbuildError, FetchError, InputError, PinGone
@@ -57,8 +58,9 @@ class Distfile:
         return None
 
 
-def digest_file(path: Path, names: Iterable[str]) -> dict[str, str]:
-    digests = {name: HASHES[name]() for name in names}
+def digest_file(path: Path, names: Iterable[str], hashes: Mapping[str, Callable[[], Any]] = HASHES) -> dict[str, str]:
+    """The digests `names` of a file (read once), each a function of `hashes`."""
+    digests = {name: hashes[name]() for name in names}
     with path.open("rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             for digest in digests.values():
@@ -207,21 +209,30 @@ def _from_mirror(dist: Distfile, mirror: str, project_root: Path, tmp: Path, say
 
 
 def _from_http(dist: Distfile, base: str, tmp: Path) -> tuple[Path | None, str]:
-    url = base.rstrip("/") + "/" + urllib.request.quote(dist.name)
     target = tmp / dist.name
+    problem = download(base.rstrip("/") + "/" + urllib.request.quote(dist.name), target, dist.size)
+    if problem == TOO_LARGE:
+        return None, f"wrong content: larger than the {dist.size} bytes the Manifest says"
+    return (None, problem) if problem else (target, "")
+
+
+TOO_LARGE = "larger than expected"
+
+
+def download(url: str, target: Path, limit: int, timeout: float = HTTP_TIMEOUT) -> str:
+    """GET `url` (http, https or file) into `target`, reading at most one byte past `limit`, each read waiting
+    at most `timeout` seconds. "" when done; otherwise what went wrong (TOO_LARGE past `limit`)."""
     try:
-        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as response, target.open("wb") as out:
-            left = dist.size + 1  # read at most one byte past the Manifest's size
+        with urllib.request.urlopen(url, timeout=timeout) as response, target.open("wb") as out:
+            left = limit + 1
             while left > 0 and (chunk := response.read(min(1 << 20, left))):
                 out.write(chunk)
                 left -= len(chunk)
     except urllib.error.HTTPError as exc:
-        return None, f"HTTP {exc.code} {exc.reason}"
+        return f"HTTP {exc.code} {exc.reason}"
     except (urllib.error.URLError, OSError) as exc:
-        return None, f"cannot reach it ({getattr(exc, 'reason', exc)})"
-    if target.stat().st_size > dist.size:
-        return None, f"wrong content: larger than the {dist.size} bytes the Manifest says"
-    return target, ""
+        return f"cannot reach it ({getattr(exc, 'reason', exc)})"
+    return TOO_LARGE if target.stat().st_size > limit else ""
 
 
 def copy_to_mirror(distfiles: Iterable[Distfile], folder: Path) -> list[str]:

@@ -10,7 +10,8 @@ source. Output of a step:
     binpkgs/        PKGDIR: the set's gpkg binpkgs and their Packages index
     root/           the ROOT the set was merged into
     logs/           emerge.log and one build log per package (logs/build/)
-    packages.json   each package: cpv, key, built or reused, why it was built, and its seconds in emerge
+    packages.json   each package: cpv, key, built, reused (from the local store) or fetched (from a binhost), why
+                    it was built, and its seconds in emerge
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from clipbuild.core.errors import StepError, ToolError
 from clipbuild.core.paths import cache_dir
 from clipbuild.core.plan import PlanSettings, SourceFile, Step, StepContext, StepKind
 from clipbuild.core.project import OVERLAY, Project
-from clipbuild.gentoo import binpkgs, buildroot, fetch
+from clipbuild.gentoo import binhost, binpkgs, buildroot, fetch
 from clipbuild.gentoo.buildroot import BuildRoot, Mount, Recipe
 from clipbuild.gentoo.emerge import Emerge, build_deps, log_tail, parse_failure
 from clipbuild.gentoo.guest import KCONFIG
@@ -116,18 +117,41 @@ class EmergeSet(StepKind):
                                         sha256_file(KCONFIG), *opts.kernel_fragments])
         emerge = Emerge(sdk, mounts, env)
         plan = _key_packages(emerge, opts, overlay, sdk, extra)
+        pulled = _pull(ctx, plan)
         seeded = _seed(plan, ctx.out / "binpkgs")
         if seeded:
             sdk.run(["emaint", "--fix", "binhost"], mounts, env)
-        reasons = {p.cpv: binpkgs.why_rebuilt(p, opts.set_name) for p in plan if p.cpv not in seeded}
-        ctx.progress(f"{len(plan)} packages: {len(seeded)} from the package store, {len(reasons)} to build")
-        for cpv, reason in reasons.items():
-            ctx.progress(f"to build: {cpv} ({reason})")
+        reasons = _reasons(ctx, plan, seeded, pulled, opts.set_name)
         try:
             seconds = _emerge(ctx, emerge, opts, len(plan))
         finally:
             _store_new_binpkgs(ctx.out / "binpkgs", plan, seeded, opts.set_name)
-        _write_report(ctx.out / "packages.json", plan, reasons, seconds)
+        _write_report(ctx.out / "packages.json", plan, reasons, seconds, pulled)
+
+
+def _pull(ctx: StepContext, plan: list[binpkgs.PackageKey]) -> binhost.Pulled | None:
+    """With a binhost in the run's settings: the packages the local store lacks and the binhost has under the
+    same key, downloaded and verified into the local store (here, in clipbuild's process: emerge's sandbox
+    stays without network)."""
+    if not ctx.settings.get("binhost"):
+        return None
+    remote = binhost.Remote.parse(ctx.settings["binhost"])
+    return binhost.pull(plan, remote, ctx.scratch / "binhost", ctx.progress)
+
+
+def _reasons(ctx: StepContext, plan: list[binpkgs.PackageKey], seeded: set[str], pulled: binhost.Pulled | None,
+             set_name: str) -> dict[str, str]:
+    """Why each package not seeded from the store is built (a binhost's refusal first); said as progress."""
+    reasons = {}
+    for pkg in plan:
+        if pkg.cpv not in seeded:
+            refusal = pulled.why_not(pkg.cpv) if pulled else ""
+            reasons[pkg.cpv] = "; ".join(filter(None, [refusal, binpkgs.why_rebuilt(pkg, set_name)]))
+    fetched = f", {len(pulled.fetched)} of them fetched from the binhost" if pulled else ""
+    ctx.progress(f"{len(plan)} packages: {len(seeded)} from the package store{fetched}, {len(reasons)} to build")
+    for cpv, reason in reasons.items():
+        ctx.progress(f"to build: {cpv} ({reason})")
+    return reasons
 
 
 def compiler_cache_dir() -> Path:
@@ -271,10 +295,17 @@ def _store_new_binpkgs(pkgdir: Path, plan: list[binpkgs.PackageKey], seeded: set
 
 
 def _write_report(path: Path, plan: list[binpkgs.PackageKey], reasons: dict[str, str],
-                  seconds: dict[str, float]) -> None:
-    rows = [{"cpv": pkg.cpv, "key": pkg.key, "status": "built" if pkg.cpv in reasons else "reused",
+                  seconds: dict[str, float], pulled: binhost.Pulled | None = None) -> None:
+    """packages.json: each package's status: built (here), reused (from the local store) or fetched (from the
+    binhost, then installed from the local store), why it was built, its seconds in emerge."""
+    fetched = set(pulled.fetched) if pulled else set()
+    rows = [{"cpv": pkg.cpv, "key": pkg.key, "status": _status(pkg.cpv, reasons, fetched),
              "reason": reasons.get(pkg.cpv, ""), "seconds": seconds.get(pkg.cpv, 0.0)} for pkg in plan]
     path.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def _status(cpv: str, reasons: dict[str, str], fetched: set[str]) -> str:
+    return "built" if cpv in reasons else "fetched" if cpv in fetched else "reused"
 
 
 def _tree_sources(project: Project, relative: str) -> tuple[SourceFile, ...]:
