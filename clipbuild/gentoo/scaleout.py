@@ -122,7 +122,7 @@ def makeopts(hosts: Sequence[DistccHost], local_jobs: int) -> str:
 
 def distcc_hosts(hosts: Sequence[DistccHost], ports: Sequence[int], local_jobs: int) -> str:
     """DISTCC_HOSTS inside the sandbox: each host as its relay port on loopback, then this machine; distcc
-    picks among them in random order (--randomize: otherwise it fills the first host before any other). No ",cpp": pump mode stays off, so
-    helpers never need the sandbox's headers."""
+    picks among them in random order (--randomize: otherwise it fills the first host before any other).
+    No ",cpp": pump mode stays off, so helpers never need the sandbox's headers."""
     remote = [f"127.0.0.1:{port}/{host.jobs}" for host, port in zip(hosts, ports, strict=True)]
     return " ".join(["--randomize", *remote, f"localhost/{local_jobs}"])
