@@ -128,6 +128,20 @@ class Offload:
         return result
 
 
+def summary(counts: Mapping[str, Any]) -> list[str]:
+    """Where this run's compiles went, one line per tool: distcc per host and here, ccache hits and misses."""
+    lines = []
+    if "distcc" in counts:
+        spread = [f"{row['compiles']} on {host}" for host, row in counts["distcc"]["hosts"].items()]
+        lines.append(f"distcc: {', '.join(spread)}, {counts['distcc']['local']} here")
+    cache = counts.get("ccache", {})
+    if any(cache.get(k) for k in ("local_hits", "remote_hits", "misses")):
+        lines.append(f"ccache: {cache['local_hits']} local hits, {cache['remote_hits']} remote hits, "
+                     f"{cache['misses']} misses" + (f", {cache['remote_errors']} remote errors"
+                                                   if cache.get("remote_errors") else ""))
+    return lines
+
+
 def problems(counts: Mapping[str, Any]) -> list[str]:
     """One line per distcc host that failed during the run: what happened and that compiles ran here."""
     lines = []

@@ -133,7 +133,7 @@ class EmergeSet(StepKind):
         _write_report(ctx.out / "packages.json", plan, reasons, seconds)
         if counts:
             (ctx.out / COMPILES).write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
-            for line in offload.problems(counts):
+            for line in offload.summary(counts) + offload.problems(counts):
                 ctx.progress(line)
 
 

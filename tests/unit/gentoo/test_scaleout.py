@@ -256,3 +256,11 @@ def test_links_and_unknown_specs_run_the_real_compiler_here_unchanged(masquerade
     call, tmp = masquerade
     assert call(f"-specs={tmp}/musl.specs", "a.o", "-o", "prog") == f"LOCAL -specs={tmp}/musl.specs a.o -o prog"
     assert call(f"-specs={tmp}/other.specs", "-c", "a.c") == f"LOCAL -specs={tmp}/other.specs -c a.c"
+
+
+def test_the_summary_says_where_compiles_went():
+    counts = {"distcc": {"hosts": {"h:3632/2": {"compiles": 30}, "g:3632/2": {"compiles": 9}}, "local": 4},
+              "ccache": {"local_hits": 1, "remote_hits": 5, "misses": 2, "remote_errors": 0}}
+    assert offload.summary(counts) == ["distcc: 30 on h:3632/2, 9 on g:3632/2, 4 here",
+                                       "ccache: 1 local hits, 5 remote hits, 2 misses"]
+    assert offload.summary({"ccache": {"local_hits": 0, "remote_hits": 0, "misses": 0}}) == []
