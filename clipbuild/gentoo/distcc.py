@@ -137,14 +137,17 @@ def distccd_argv(tools: Tools, listen: str, port: int, allow: Sequence[str], job
 
 # distcc's own verbose client log: a compile that ran on a host, and one that fell back to this machine.
 _DONE = re.compile(r"distcc\[\d+\] compile (?P<src>\S+) on (?P<host>\S+) completed ok")
-_FELL_BACK = re.compile(r"failed to distribute (?P<src>\S+) to (?P<host>\S+), running locally instead")
+_FELL_BACK = re.compile(r"failed to distribute (?P<src>\S+) to (?P<host>[^\s/]+)(?:/\d+)?, running locally instead")
+# A host that failed a compile is put in back-off (distcc then compiles that file, and the next ones, elsewhere).
+_BACKOFF = re.compile(r"\(dcc_mark_timefile\) mark \S*/backoff_tcp_(?P<addr>[^_\s]+)_(?P<port>\d+)_")
 _REFUSED = re.compile(r"\(dcc_scan_args\) (?P<arg>\S+) must be local")
 
 
 @dataclass
 class ClientCounts:
-    """From distcc's client log: compiles completed per host ("localhost" = here), fallbacks per host that
-    failed, and commands distcc kept local by rule (e.g. -specs=)."""
+    """From distcc's client log: compiles completed per host ("localhost" = here), per host ADDRESS:PORT the
+    compiles it failed (each then ran elsewhere, here at the latest), and commands distcc kept local by rule
+    (e.g. -specs=)."""
 
     compiled: dict[str, int] = field(default_factory=dict)
     fell_back: dict[str, int] = field(default_factory=dict)
@@ -159,6 +162,9 @@ def read_client_log(path: Path) -> ClientCounts:
         for line in lines:
             if match := _DONE.search(line):
                 counts.compiled[match["host"]] = counts.compiled.get(match["host"], 0) + 1
+            elif match := _BACKOFF.search(line):
+                host = f"{match['addr']}:{match['port']}"
+                counts.fell_back[host] = counts.fell_back.get(host, 0) + 1
             elif match := _FELL_BACK.search(line):
                 counts.fell_back[match["host"]] = counts.fell_back.get(match["host"], 0) + 1
             elif _REFUSED.search(line):

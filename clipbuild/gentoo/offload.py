@@ -114,8 +114,8 @@ class Offload:
             inside = f"127.0.0.1:{DISTCC_PORT_BASE + index}/{host.jobs}"
             stats = self.relay.stats[f"distcc-{index}"]
             hosts[str(host)] = {"compiles": client.compiled.get(inside, 0),
-                                "fell_back": client.fell_back.get(inside, 0), "unreachable": stats.failures,
-                                "first_error": stats.first_error}
+                                "fell_back": client.fell_back.get(inside.rsplit("/", 1)[0], 0),
+                                "unreachable": stats.failures, "first_error": stats.first_error}
         result: dict[str, Any] = {}
         if self.scale.distcc:
             result["distcc"] = {"hosts": hosts, "local": client.compiled.get("localhost", 0),
@@ -149,7 +149,7 @@ def problems(counts: Mapping[str, Any]) -> list[str]:
         if row["unreachable"] or row["fell_back"]:
             reason = f" ({row['first_error']})" if row["first_error"] else ""
             lines.append(f"distcc host {host} failed{reason}: {row['unreachable']} connections refused or lost, "
-                         f"{row['fell_back']} compiles fell back to this machine")
+                         f"{row['fell_back']} compiles it failed ran elsewhere (here at the latest)")
     return lines
 
 
