@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipbuild.core.digest import key_of, sha256_file
-from clipbuild.core.errors import BuildRootError
+from clipbuild.core.errors import BuildRootError, InputError
 from clipbuild.core.paths import cache_dir
 from clipbuild.core.run import require, run
 from clipbuild.gentoo.buildroot import DEBIAN_SUITE, BuildRoot, Mount
@@ -208,7 +208,7 @@ class Helper:
             return self.allow
         if self.listen.startswith("127."):
             return ("127.0.0.1",)
-        raise BuildRootError(f"distccd listening on {self.listen}: say which clients it serves with --allow "
+        raise InputError(f"distccd listening on {self.listen}: say which clients it serves with --allow "
                              "ADDRESS[/BITS] (distcc runs whatever compiler command a client sends)")
 
 

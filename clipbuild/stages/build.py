@@ -125,7 +125,8 @@ class EmergeSet(StepKind):
         ctx.progress(f"{len(plan)} packages: {len(seeded)} from the package store, {len(reasons)} to build")
         for cpv, reason in reasons.items():
             ctx.progress(f"to build: {cpv} ({reason})")
-        with offload.offload(scaleout.from_env(), local_jobs(), ctx.progress) as way_out:
+        scale = scaleout.from_env() if reasons else scaleout.ScaleOut()  # nothing to compile: no relay, no tools
+        with offload.offload(scale, local_jobs(), ctx.progress) as way_out:
             try:
                 seconds, counts = _emerge_counted(ctx, emerge, opts, len(plan), way_out)
             finally:
