@@ -148,7 +148,9 @@ def test_a_helper_killed_mid_build_falls_back_here_and_says_so(project, helpers,
 
 
 PROBE = """EAPI=8
-# Test only: compiles through ccache exactly as clip-kernel.eclass does (CCACHE_NODISABLE, ccache in front of gcc).
+# Test only: compiles through ccache as clip-kernel.eclass does (ccache in front of gcc, under emake). Portage
+# exports CCACHE_DISABLE=1 without FEATURES=ccache; which of it and CCACHE_NODISABLE wins depends on the order of
+# the environment ccache is given (kbuild's gives NODISABLE, a plain make's does not): the probe unsets it.
 DESCRIPTION="ccache probe"
 HOMEPAGE="https://example.invalid"
 S="${WORKDIR}"
@@ -157,10 +159,12 @@ SLOT="0"
 KEYWORDS="amd64"
 src_compile() {
 	local i
+	unset CCACHE_DISABLE
 	for i in 1 2 3 4 5 6; do
 		printf 'int f%d(int x) { return x * %d + 1; }\\n' ${i} ${i} > f${i}.c || die
-		CCACHE_NODISABLE=1 ccache gcc -O2 -c f${i}.c -o f${i}.o || die
 	done
+	emake CC="ccache gcc" CFLAGS=-O2 f1.o f2.o f3.o f4.o f5.o f6.o
+	ccache --show-stats
 }
 src_install() {
 	insinto /usr/share/ccache-probe
