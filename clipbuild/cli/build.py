@@ -4,6 +4,7 @@ package; and cache check, on the work directory they fill."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -23,7 +24,8 @@ from clipbuild.cli.context import (
 from clipbuild.cli.show import build_origins, format_build_summary, format_plan
 from clipbuild.core.errors import EXIT_FAILED
 from clipbuild.core.executor import Executor
-from clipbuild.gentoo import fetch
+from clipbuild.gentoo import fetch, scaleout
+from clipbuild.stages.build import COMPILES
 from clipbuild.stages.pipeline import STEP_KINDS
 
 
@@ -124,12 +126,18 @@ def fetch_cmd(opts: Options, species: str) -> None:
 @click.option("--binhost", metavar="URL", default="", envvar=BINHOST_ENV, show_envvar=True,
               help="Take the binpkgs the local package store lacks from this binhost (clipbuild binhost export): "
                    "http(s)://HOST/PATH/, file:///PATH or a folder, optionally #sha256=<index digest>.")
+@click.option("--distcc", "distcc_hosts", multiple=True, metavar="HOST[:PORT][/JOBS]",
+              help="Compile on this distcc host too (repeatable; default port 3632, 2 jobs). Env: "
+                   f"{scaleout.ENV_DISTCC}.")
+@click.option("--ccache-remote", metavar="URL[|read-only]",
+              help=f"ccache's HTTP remote storage for the kernel build. Env: {scaleout.ENV_CCACHE_REMOTE}.")
 @trust_options
 @debug_shell_option
 @json_option
 @click.pass_obj
-def build_cmd(opts: Options, species: str, explain: bool, offline: bool, binhost: str, release: bool,
-              policy: Path | None, debug_shell: bool, as_json: bool) -> None:
+def build_cmd(opts: Options, species: str, explain: bool, offline: bool, binhost: str,
+              distcc_hosts: tuple[str, ...], ccache_remote: str | None, release: bool, policy: Path | None,
+              debug_shell: bool, as_json: bool) -> None:
     """Build every package set of SPECIES from source with emerge, each into its own ROOT.
 
     First, missing distfiles are fetched (as clipbuild fetch does; --offline skips it); then the builds run
@@ -144,7 +152,13 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, binhost
     release policy (--policy FILE, else the profile's signing.policy). Build the packages a controller will
     countersign for a release with --release:
       clipbuild build client --release --policy release/policy.yaml
+
+    \b
+    --distcc and --ccache-remote change how fast, never what: they enter no key (docs/scale-out.md). The sandbox
+    reaches those hosts only, through a relay:
+      clipbuild build client --distcc 10.0.0.5/8 --distcc 10.0.0.6:3632/8 --ccache-remote http://cache:8080/
     """
+    os.environ.update(scaleout.from_options(distcc_hosts, ccache_remote).to_env())
     plan = opts.plan(species, **release_choices(release, policy))
     if not offline:
         opts.fetch(species)
@@ -154,7 +168,9 @@ def build_cmd(opts: Options, species: str, explain: bool, offline: bool, binhost
     for outcome in outcomes:
         if outcome.step_id in build_ids:
             rows = json.loads((executor.output(species, outcome.step_id) / "packages.json").read_text())
-            sets.append({"step": outcome.step_id, "status": outcome.status, "packages": rows})
+            compiles = executor.output(species, outcome.step_id) / COMPILES
+            sets.append({"step": outcome.step_id, "status": outcome.status, "packages": rows,
+                         **({"compiles": json.loads(compiles.read_text())} if compiles.is_file() else {})})
     if as_json:
         emit_json({"species": species, "sets": sets, "origins": build_origins(sets)})
         return

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
 import click
 
 from clipbuild.cli.context import Options, emit_json, json_option, say
+from clipbuild.core.paths import cache_dir
 from clipbuild.core.project import OVERLAY
-from clipbuild.gentoo import buildroot, fetch
+from clipbuild.gentoo import buildroot, distcc, fetch
 from clipbuild.gentoo.buildroot import Mount
 from clipbuild.gentoo.portage_config import REPO_PATH
 
@@ -100,3 +102,41 @@ def sdk_destroy(keys: tuple[str, ...]) -> None:
 
 
 COMMANDS = (sdk_group,)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops as Ctrl-C does: the foreground program is killed and the sandbox goes with it."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+
+
+@sdk_group.command("distccd")
+@click.option("--listen", default="127.0.0.1", show_default=True, help="The address distccd listens on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=3632, show_default=True)
+@click.option("--jobs", type=click.IntRange(1), default=2, show_default=True, help="Compiles at once.")
+@click.option("--allow", multiple=True, metavar="ADDR[/BITS]",
+              help="Clients served (repeatable); 127.0.0.1 by default when listening on loopback.")
+@click.option("--lifetime", type=click.IntRange(1), help="Stop after this many seconds.")
+@click.option("--stats-port", type=click.IntRange(1, 65535), help="Serve distccd's statistics on this port.")
+@click.option("--log", type=click.Path(path_type=Path, dir_okay=False),
+              help="distccd's log (default: ~/.cache/clipbuild/logs/distccd-PORT.log).")
+def sdk_distccd(listen: str, port: int, jobs: int, allow: tuple[str, ...], lifetime: int | None,
+                stats_port: int | None, log: Path | None) -> None:
+    """Run a distcc helper from the default build root, in the foreground (Ctrl-C or SIGTERM stop it).
+
+    The helper compiles with the build root's own gcc, so every helper runs the identical compiler. Builders
+    name it with clipbuild build SPECIES --distcc HOST:PORT/JOBS. On one machine, for tests:
+
+      clipbuild sdk distccd --listen 127.0.0.1 --port 3700 --jobs 2 --lifetime 3600
+    """
+    root = buildroot.ensure(say=say)
+    helper = distcc.Helper(listen, port, jobs, allow, lifetime, stats_port,
+                           (log or cache_dir() / "logs" / f"distccd-{port}.log").absolute())
+    _stop_on_sigterm()
+    try:
+        status = distcc.serve(root, helper, say)
+    except KeyboardInterrupt:
+        say(f"distccd {listen}:{port} stopped; its log: {helper.log}")
+        status = 0
+    sys.exit(status)

@@ -113,25 +113,32 @@ def format_build_summary(species: str, sets: list[dict[str, Any]], explain: bool
     origins = build_origins(sets)
     line = (f"{species}: {origins['compiled_here']} compiled here, {origins['local_store']} from the local package "
             f"store, {origins['binhost']} fetched from the binhost, {origins['cached_sets']} in cached sets")
-    line += "".join(f", {value} {words}" for key, words in _LATER_ORIGINS if (value := origins[key]) is not None)
+    line += "".join(f", {value} {words}" for key, words in _MEASURED_ORIGINS if (value := origins[key]) is not None)
     return "\n".join([*lines, line]) + "\n"
 
 
 _ORIGIN_WORDS = {"reused": "reused from the package store", "fetched": "fetched from the binhost"}
-# TODO(branch distcc): the distcc helper fills these from distcc's and ccache's own statistics; until then
-# build_origins gives None and the summary line leaves them out.
-_LATER_ORIGINS = (("distcc_compiled", "compiled on distcc hosts"), ("ccache_hits_local", "local ccache hits"),
-                  ("ccache_hits_remote", "remote ccache hits"))
+# Counted only when a set ran with distcc hosts or a compiler cache (its compiles.json); None otherwise, and the
+# summary line leaves them out.
+_MEASURED_ORIGINS = (("distcc_compiled", "compiled on distcc hosts"), ("ccache_hits_local", "local ccache hits"),
+                     ("ccache_hits_remote", "remote ccache hits"))
 
 
 def build_origins(sets: list[dict[str, Any]]) -> dict[str, int | None]:
     """Where a build's packages came from: compiled here, the local package store, a binhost, or sets
-    cached whole (their packages not looked at again); the distcc and ccache counts are None (not measured)."""
+    cached whole (their packages not looked at again); and where compiles went (distcc hosts, ccache hits), as
+    distcc's and ccache's own statistics say, None when no set measured them."""
     counts: dict[str, int | None] = {"compiled_here": 0, "local_store": 0, "binhost": 0, "cached_sets": 0}
     column = {"built": "compiled_here", "reused": "local_store", "fetched": "binhost"}
     for entry in sets:
         for row in entry["packages"]:
             name = "cached_sets" if entry["status"] == "cached" else column[row["status"]]
             counts[name] = (counts[name] or 0) + 1
-    counts.update(dict.fromkeys(key for key, _ in _LATER_ORIGINS))  # TODO(branch distcc): measured there
+    measured = [entry["compiles"] for entry in sets if entry.get("compiles")]
+    distcc = [c["distcc"] for c in measured if "distcc" in c]
+    caches = [c["ccache"] for c in measured if "ccache" in c]
+    counts["distcc_compiled"] = sum(row["compiles"] for d in distcc for row in d["hosts"].values()) if distcc \
+        else None
+    counts["ccache_hits_local"] = sum(c.get("local_hits", 0) for c in caches) if caches else None
+    counts["ccache_hits_remote"] = sum(c.get("remote_hits", 0) for c in caches) if caches else None
     return counts

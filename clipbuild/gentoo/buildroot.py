@@ -98,13 +98,18 @@ class BuildRoot:
         return env
 
     def sandbox(self, mounts: Sequence[Mount] = (), env: Mapping[str, str] | None = None, *, network: bool = False,
-                cwd: str = "/", writable_root: bool = False) -> Sandbox:
-        """The bubblewrap settings of a command in this root (read-only unless `writable_root`)."""
+                cwd: str = "/", writable_root: bool = False, usr_lib: Mapping[str, Path] | None = None,
+                uid: int = 0) -> Sandbox:
+        """The bubblewrap settings of a command in this root (read-only unless `writable_root`). `usr_lib`
+        adds directories to /usr/lib (name -> host folder, read-only) without touching the root: /usr/lib is then
+        the root's own, entry by entry, plus those."""
         cmd = ["bwrap", "--bind" if writable_root else "--ro-bind", str(self.root), "/", "--dev", "/dev",
                "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp", "--tmpfs", "/build", "--unshare-all",
-               "--die-with-parent", "--clearenv", "--uid", "0", "--gid", "0", "--chdir", cwd]
+               "--die-with-parent", "--clearenv", "--uid", str(uid), "--gid", str(uid), "--chdir", cwd]
         if self.recipe.kind == "debian" and not writable_root:
             cmd += ["--tmpfs", "/opt/portage/var"]  # the "/" vardb of a pip-installed Portage
+        if usr_lib:
+            cmd += self._usr_lib_view(usr_lib)
         if network:
             cmd += ["--share-net", "--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]
         for mount in mounts:
@@ -112,6 +117,19 @@ class BuildRoot:
         for name, value in {**self.portage_env(), **(env or {})}.items():
             cmd += ["--setenv", name, value]
         return Sandbox(tuple(cmd))
+
+    def _usr_lib_view(self, extra: Mapping[str, Path]) -> list[str]:
+        args = ["--tmpfs", "/usr/lib"]
+        for entry in sorted((self.root / "usr" / "lib").iterdir()):
+            if entry.name in extra:
+                raise BuildRootError(f"/usr/lib/{entry.name} is already in the build root {self.key}")
+            if entry.is_symlink():
+                args += ["--symlink", os.readlink(entry), f"/usr/lib/{entry.name}"]
+            else:
+                args += ["--ro-bind", str(entry), f"/usr/lib/{entry.name}"]
+        for name, source in sorted(extra.items()):
+            args += ["--ro-bind", str(source), f"/usr/lib/{name}"]
+        return [*args, "--remount-ro", "/usr/lib"]
 
     def run(self, argv: Sequence[str], mounts: Sequence[Mount] = (), env: Mapping[str, str] | None = None, *,
             network: bool = False, check: bool = True, capture: bool = True, cwd: str = "/",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from portage.dep import Atom, match_from_list, use_reduce
@@ -42,6 +42,8 @@ class Emerge:
     sdk: BuildRoot
     mounts: Sequence[Mount]
     env: Mapping[str, str]
+    usr_lib: Mapping[str, Path] = field(default_factory=dict)  # entries added to /usr/lib (distcc's masquerade)
+    prefix: Sequence[str] = ()  # put before emerge when building (the sandbox's relay: clipbuild.gentoo.offload)
 
     def merge_list(self, atoms: Sequence[str]) -> list[MergeItem]:
         """What `emerge --emptytree` would build for `atoms`, in order, with each package's enabled USE."""
@@ -72,9 +74,10 @@ class Emerge:
             if match:
                 on_event(match["what"], int(match["n"]), int(match["total"]), match["cpv"])
 
-        run_streaming([self.sdk.emerge, "--buildpkg", "--usepkg", "--binpkg-respect-use=y", "--binpkg-changed-deps=n",
-                       "--color=n", "--nospinner", "--quiet-build=y", "--oneshot", *atoms], line,
-                      sandbox=self.sdk.sandbox(self.mounts, self.env), tail_lines=OUTPUT_TAIL)
+        run_streaming([*self.prefix, self.sdk.emerge, "--buildpkg", "--usepkg", "--binpkg-respect-use=y",
+                       "--binpkg-changed-deps=n", "--color=n", "--nospinner", "--quiet-build=y", "--oneshot",
+                       *atoms], line,
+                      sandbox=self.sdk.sandbox(self.mounts, self.env, usr_lib=self.usr_lib), tail_lines=OUTPUT_TAIL)
 
 
 def _enabled(use: str) -> list[str]:

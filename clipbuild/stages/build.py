@@ -12,6 +12,8 @@ source. Output of a step:
     logs/           emerge.log and one build log per package (logs/build/)
     packages.json   each package: cpv, key, built, reused (from the local store) or fetched (from a binhost), why
                     it was built, and its seconds in emerge
+    compiles.json   where this run's compiles went (only with distcc hosts or a compiler cache): compiles per
+                    distcc host and here, fallbacks, ccache hits local/remote and misses (clipbuild.gentoo.offload)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from clipbuild.core.errors import StepError, ToolError
 from clipbuild.core.paths import cache_dir
 from clipbuild.core.plan import PlanSettings, SourceFile, Step, StepContext, StepKind
 from clipbuild.core.project import OVERLAY, Project
-from clipbuild.gentoo import binhost, binpkgs, buildroot, fetch
+from clipbuild.gentoo import binhost, binpkgs, buildroot, fetch, offload, scaleout
 from clipbuild.gentoo.buildroot import BuildRoot, Mount, Recipe
 from clipbuild.gentoo.emerge import Emerge, build_deps, log_tail, parse_failure
 from clipbuild.gentoo.guest import KCONFIG
@@ -122,11 +124,17 @@ class EmergeSet(StepKind):
         if seeded:
             sdk.run(["emaint", "--fix", "binhost"], mounts, env)
         reasons = _reasons(ctx, plan, seeded, pulled, opts.set_name)
-        try:
-            seconds = _emerge(ctx, emerge, opts, len(plan))
-        finally:
-            _store_new_binpkgs(ctx.out / "binpkgs", plan, seeded, opts.set_name)
+        scale = scaleout.from_env() if reasons else scaleout.ScaleOut()  # nothing to compile: no relay, no tools
+        with offload.offload(scale, local_jobs(), ctx.progress) as way_out:
+            try:
+                seconds, counts = _emerge_counted(ctx, emerge, opts, len(plan), way_out)
+            finally:
+                _store_new_binpkgs(ctx.out / "binpkgs", plan, seeded, opts.set_name)
         _write_report(ctx.out / "packages.json", plan, reasons, seconds, pulled)
+        if counts:
+            (ctx.out / COMPILES).write_text(json.dumps(counts, indent=2, sort_keys=True) + "\n")
+            for line in offload.summary(counts) + offload.problems(counts):
+                ctx.progress(line)
 
 
 def _pull(ctx: StepContext, plan: list[binpkgs.PackageKey]) -> binhost.Pulled | None:
@@ -152,6 +160,39 @@ def _reasons(ctx: StepContext, plan: list[binpkgs.PackageKey], seeded: set[str],
     for cpv, reason in reasons.items():
         ctx.progress(f"to build: {cpv} ({reason})")
     return reasons
+
+
+COMPILES = "compiles.json"
+
+
+def local_jobs() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def _emerge_counted(ctx: StepContext, emerge: Emerge, opts: EmergeOptions, total: int,
+                    way_out: offload.Offload | None) -> tuple[dict[str, float], dict[str, Any]]:
+    """The set's emerge, through the distcc hosts and ccache remote when configured; its seconds per package and
+    the counts of where its compiles went (none without distcc hosts or a compiler cache)."""
+    cached = any(m.dest == CCACHE_DIR for m in emerge.mounts)
+    if way_out is not None:
+        (ctx.out / "portage" / "make.conf" / "91-scale-out.conf").write_text(
+            "# How fast, not what: not part of any cache key (clipbuild build --distcc/--ccache-remote).\n"
+            + way_out.make_conf)
+        emerge = replace(emerge, mounts=[*emerge.mounts, *way_out.mounts], env={**emerge.env, **way_out.env},
+                         usr_lib=way_out.usr_lib, prefix=way_out.prefix)
+
+    def ccache_stats() -> dict[str, int]:
+        env = {**emerge.env, "CCACHE_DIR": CCACHE_DIR}
+        return offload.ccache_counters(lambda argv: emerge.sdk.run(argv, emerge.mounts, env).stdout) if cached else {}
+
+    before = ccache_stats()
+    seconds = _emerge(ctx, emerge, opts, total)
+    if way_out is None and not cached:
+        return seconds, {}
+    after = ccache_stats()
+    if way_out is None:
+        return seconds, {"ccache": offload.ccache_delta(before, after)}
+    return seconds, way_out.counts(ctx.out / "logs", before, after)
 
 
 def compiler_cache_dir() -> Path:

@@ -158,6 +158,14 @@ def test_the_build_summary_says_where_packages_came_from():
     assert text.splitlines()[-1] == ("client: 1 compiled here, 1 from the local package store, 1 fetched from the "
                                      "binhost, 1 in cached sets")
     json.dumps(origins)  # --json prints it as it is
+    # A set built with distcc hosts and a compiler cache: their own counts (compiles.json) join the line.
+    sets[0]["compiles"] = {"distcc": {"hosts": {"h1:3632/2": {"compiles": 40}, "h2:3632/2": {"compiles": 2}},
+                                      "local": 5},
+                           "ccache": {"local_hits": 7, "remote_hits": 11, "misses": 3}}
+    origins = build_origins(sets)
+    assert (origins["distcc_compiled"], origins["ccache_hits_local"], origins["ccache_hits_remote"]) == (42, 7, 11)
+    assert format_build_summary("client", sets, explain=False).endswith(
+        "1 in cached sets, 42 compiled on distcc hosts, 7 local ccache hits, 11 remote ccache hits\n")
 
 
 def test_over_http_on_loopback_and_a_server_gone(store, tmp_path, monkeypatch):

@@ -42,7 +42,8 @@ def test_failure_names_package_phase_and_log():
 
 
 def test_emerge_is_a_dataclass_over_a_build_root():
-    assert Emerge.__dataclass_fields__.keys() == {"sdk", "mounts", "env"}
+    # usr_lib and prefix: distcc's masquerade and the sandbox's relay, for builds with --distcc/--ccache-remote
+    assert Emerge.__dataclass_fields__.keys() == {"sdk", "mounts", "env", "usr_lib", "prefix"}
 
 
 def test_failure_without_the_summary_line():
