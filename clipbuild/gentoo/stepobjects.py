@@ -78,7 +78,10 @@ def export(folder: Path, objects: dict[str, Path]) -> ExportedObjects:
     (folder / FOLDER).mkdir(parents=True, exist_ok=True)
     index_path = folder / OBJECTS_INDEX
     old = index_path.read_bytes() if index_path.is_file() else b""
-    index: dict[str, dict[str, Any]] = json.loads(old)["objects"] if old else {}
+    try:
+        index: dict[str, dict[str, Any]] = json.loads(old)["objects"] if old else {}
+    except (ValueError, KeyError, TypeError):
+        raise BinhostError(f"{index_path} is not an objects index", hint="remove it to export anew") from None
     done = ExportedObjects()
     for key, obj in sorted(objects.items()):
         tar = folder / FOLDER / f"{key}.tar"
