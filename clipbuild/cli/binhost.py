@@ -12,7 +12,7 @@ import click
 from clipbuild.cli.context import Options, emit_json, json_option, say
 from clipbuild.core.errors import CacheError, InputError
 from clipbuild.core.executor import Executor
-from clipbuild.gentoo import binhost, binpkgs
+from clipbuild.gentoo import binhost, binpkgs, stepobjects
 from clipbuild.stages.pipeline import STEP_KINDS
 
 
@@ -34,9 +34,14 @@ def binhost_group() -> None:
 @click.option("--species", "species", multiple=True, metavar="SPECIES",
               help="Export the packages of this species' latest build in the work directory (repeatable) "
                    "[default: every package of the store].")
+@click.option("--objects", "kinds", default=",".join(stepobjects.DEFAULT_KINDS), show_default=True,
+              metavar="KIND,...", help="Also export the committed step objects of these step kinds, from the latest "
+                                       "runs of the species (every species of the work directory without --species).")
+@click.option("--no-objects", is_flag=True, help="Export binpkgs only, no step objects.")
 @json_option
 @click.pass_obj
-def export_cmd(opts: Options, folder: Path, species: tuple[str, ...], as_json: bool) -> None:
+def export_cmd(opts: Options, folder: Path, species: tuple[str, ...], kinds: str, no_objects: bool,
+               as_json: bool) -> None:
     """Write packages of the store into FOLDER as a Portage binhost: CAT/PN/PF-N.gpkg.tar and a Packages index
     (Portage's format, with each package's clipbuild key and SHA256/BLAKE2B digests).
 
@@ -46,13 +51,24 @@ def export_cmd(opts: Options, folder: Path, species: tuple[str, ...], as_json: b
     but this index.
     """
     keys = _species_keys(opts, species) if species else binpkgs.all_keys()
-    done = binhost.export(folder, dict.fromkeys(keys), say if opts.verbose else lambda message: None)
+    objects = stepobjects.ExportedObjects()
+    if not no_objects:
+        wanted = [kind for kind in kinds.split(",") if kind]
+        if unknown := sorted(set(wanted) - set(STEP_KINDS)):
+            raise InputError(f"--objects: no step kind {', '.join(unknown)}", hint=f"kinds: {', '.join(STEP_KINDS)}")
+        objects = stepobjects.export(folder, stepobjects.latest_objects(opts.workdir, species, wanted))
+    header = {stepobjects.HEADER_FIELD: objects.index_sha256} if objects.index_sha256 else {}
+    done = binhost.export(folder, dict.fromkeys(keys), say if opts.verbose else lambda message: None, header)
     if as_json:
         emit_json({"folder": str(folder), "packages": done.packages, "written": done.written, "kept": done.kept,
-                   "index_sha256": done.index_sha256, "index_changed": done.index_changed})
+                   "index_sha256": done.index_sha256, "index_changed": done.index_changed,
+                   "objects": {"written": objects.written, "kept": objects.kept,
+                               "index_sha256": objects.index_sha256}})
         return
     click.echo(f"{folder}: {done.packages} packages in the index ({len(done.written)} written now, "
                f"{len(done.kept)} already there); index SHA-256 {done.index_sha256}")
+    if objects.index_sha256:
+        click.echo(f"  step objects: {len(objects.written)} written now, {len(objects.kept)} already there")
     click.echo(f"  serve it over HTTP and build with --binhost http://HOST/PATH/#sha256={done.index_sha256}")
 
 

@@ -19,6 +19,7 @@ from clipbuild.core.report import stderr_reporter
 from clipbuild.core.run import run
 from clipbuild.gentoo import buildroot, fetch
 from clipbuild.gentoo.binhost import Remote
+from clipbuild.gentoo.stepobjects import BinhostObjects
 from clipbuild.spec.profile import resolve
 from clipbuild.stages.pipeline import STEP_KINDS, compile_plan
 
@@ -91,7 +92,8 @@ class Options:
             Remote.parse(binhost)  # a malformed URL is bad input, said before anything runs
         executor = Executor(self.workdir, STEP_KINDS, reporter=stderr_reporter(as_json),
                             project_root=self.project.root, on_failure=open_debug_shell if debug_shell else None,
-                            settings={"binhost": binhost} if binhost else {})
+                            settings={"binhost": binhost} if binhost else {},
+                            sources=[BinhostObjects(Remote.parse(binhost), say)] if binhost else [])
         return executor, executor.run(plan)
 
     def fetch(self, species: str) -> tuple[int, int]:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from clipbuild import __version__
-from clipbuild.core.digest import key_of, sha256_file
+from clipbuild.core.digest import canonical_json, key_of, sha256_file
 from clipbuild.core.errors import CacheError, ClipbuildError, StepError
 from clipbuild.core.plan import BuildPlan, Step, StepContext, StepKind, required_tools
 from clipbuild.core.run import require
@@ -91,13 +91,24 @@ class Silent(Reporter):
     """The reporter of an executor given none."""
 
 
+class ObjectSource(Protocol):
+    """Where committed step objects of other machines can be had (clipbuild.gentoo.stepobjects: a binhost). The
+    executor asks it for a step's key before running the step, then checks what it got itself."""
+
+    where: str  # said in the step's outcome: "fetched from <where>"
+
+    def fetch(self, step: Step, key: str, into: Path, scratch: Path) -> bool:
+        """Unpack the object of `key` into the folder `into` (absent on entry), `scratch` for downloads; False
+        when the source has no such object; raises ClipbuildError when it has one but cannot deliver it."""
+
+
 class Executor:
     """Runs plans in one work directory, with the step kinds of `kinds` (clipbuild.stages.pipeline.STEP_KINDS
     for the real pipeline)."""
 
     def __init__(self, workdir: Path, kinds: Mapping[str, type[StepKind]], reporter: Reporter | None = None,
                  project_root: Path | None = None, on_failure: Callable[[Step, ClipbuildError], None] | None = None,
-                 settings: Mapping[str, str] | None = None):
+                 settings: Mapping[str, str] | None = None, sources: Iterable[ObjectSource] = ()):
         self.workdir = workdir
         self.project_root = project_root or Path.cwd()
         self.kinds = kinds
@@ -105,6 +116,7 @@ class Executor:
         self.on_failure = on_failure  # called when a step fails, while its output and scratch are still in place
         self.objects = workdir / "objects"
         self.settings = dict(settings or {})  # StepContext.settings of every step run: how fast, never what
+        self.sources = list(sources)  # asked, in order, for a step's object before it runs here
 
     # -- keys and explanations -------------------------------------------------------------------------
 
@@ -159,7 +171,8 @@ class Executor:
                     self._point_link(self._link(plan.species, step.id), status.key)
                     outcome = Outcome(step.id, status.key, "cached", 0.0, status.reason)
                 else:
-                    outcome = self._execute(plan.species, step, status, keys)
+                    outcome = (self._fetch(plan.species, step, status, keys)
+                               or self._execute(plan.species, step, status, keys))
                 outcomes.append(outcome)
                 self.reporter.step_finished(index, len(plan.steps), step, outcome)
             self.reporter.plan_finished(outcomes)
@@ -218,6 +231,32 @@ class Executor:
         self._commit(tmp, self.objects / status.key)
         self._point_link(self._link(species, step.id), status.key)
         return Outcome(step.id, status.key, "ran", seconds, status.reason)
+
+    def _fetch(self, species: str, step: Step, status: StepStatus, keys: Mapping[str, str]) -> Outcome | None:
+        """The step's object taken from the first source that has it and passes `refused`, or None: it runs."""
+        wanted = key_components(step, self._kind(step).version, keys)
+        for source in self.sources:
+            tmp = self.objects / f".tmp-fetch-{status.key}-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            (tmp / "scratch").mkdir(parents=True)
+            try:
+                if not source.fetch(step, status.key, tmp / "object", tmp / "scratch"):
+                    continue
+                problem = refused(tmp / "object", status.key, wanted, step.outputs)
+            except ClipbuildError as exc:
+                problem = " ".join(exc.lines())
+            else:
+                if problem is None:
+                    self._discard(self.objects / status.key)
+                    self._commit(tmp / "object", self.objects / status.key)
+                    self._point_link(self._link(species, step.id), status.key)
+                    self.reporter.step_progress(step, f"fetched from {source.where} (key {status.key[:16]})")
+                    return Outcome(step.id, status.key, "cached", 0.0, f"fetched from {source.where}")
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self.reporter.step_progress(step, f"{source.where}: object {status.key} refused: {problem}; "
+                                              "the step runs here")
+        return None
 
     def _commit(self, tmp: Path, final: Path) -> None:
         _fsync_tree(tmp)
@@ -354,6 +393,29 @@ def _read_manifest(object_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def refused(obj: Path, key: str, wanted: Mapping[str, Any], declared: Iterable[str]) -> str | None:
+    """Why an object from elsewhere may not be committed under `key` for a step whose own components are
+    `wanted`, or None: its manifest must record the key and components that hash to it, those components must be
+    the step's (the object was made from these very inputs), and its outputs must be what the manifest says."""
+    manifest = _read_manifest(obj)
+    if manifest is None:
+        return f"{MANIFEST} is missing or unreadable"
+    recorded = manifest.get("components")
+    if manifest.get("key") != key or not isinstance(recorded, dict) or key_of(recorded) != key:
+        actual = key_of(recorded) if isinstance(recorded, dict) else "none"
+        return f"its manifest's components hash to {actual}, not to the key {key}"
+    if canonical_json(recorded) != canonical_json(wanted):
+        return f"its components are not this step's ({explain_change(recorded, wanted)})"
+    missing = [name for name in declared if not (obj / "out" / name).exists()]
+    if missing:
+        return f"it lacks the step's outputs {', '.join(missing)}"
+    unlisted = sorted(_listing(obj / "out") - set(manifest.get("outputs") or {}))
+    if unlisted:
+        return f"out/{unlisted[0]} is not in its manifest"
+    damage = damaged(obj, full=True)
+    return f"its outputs are not what its manifest says: {damage}" if damage else None
+
+
 def damaged(obj: Path, declared: Iterable[str] = (), *, full: bool = False) -> str | None:
     """What is wrong with a committed object, or None: its manifest must read, every output it recorded must
     be there with its recorded size, and each declared output small enough (or every file, with `full`) must
@@ -379,6 +441,11 @@ def damaged(obj: Path, declared: Iterable[str] = (), *, full: bool = False) -> s
         if check and "sha256:" + sha256_file(path) != recorded:
             return f"out/{rel} was modified since it was committed"
     return None
+
+
+def _listing(root: Path) -> set[str]:
+    """Every file and symlink under `root`, relative to it."""
+    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_symlink() or not path.is_dir()}
 
 
 def _sizes(root: Path) -> dict[str, int]:

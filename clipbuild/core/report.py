@@ -42,7 +42,8 @@ class StreamReporter:
         self._emit(f"    {step.id}: {message}", event="progress", step=step.id, message=message)
 
     def step_finished(self, index: int, total: int, step: Step, outcome: Outcome) -> None:
-        text = (f"[{index}/{total}] {step.id}: cached" if outcome.status == "cached"
+        fetched = f" ({outcome.reason})" if outcome.reason.startswith("fetched from") else ""
+        text = (f"[{index}/{total}] {step.id}: cached{fetched}" if outcome.status == "cached"
                 else f"[{index}/{total}] {step.id}: {outcome.status} in {outcome.seconds:.1f}s")
         self._emit(text, event="step", step=step.id, kind=step.kind, status=outcome.status,
                    seconds=round(outcome.seconds, 3), key=outcome.key, reason=outcome.reason)

@@ -12,6 +12,7 @@ import bz2
 import io
 import posixpath
 import re
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,22 +133,28 @@ def _climbs_out(relative: str, link: str) -> bool:
 def extract(image_tar: bytes, target: Path) -> None:
     """Extract image.tar into `target` after checking every member; owners are not kept (root:root in .debs)."""
     with tarfile.open(fileobj=io.BytesIO(image_tar)) as image:
-        checked = check_members(image.getmembers())
-        target.mkdir(parents=True, exist_ok=True)
-        for info, relative in checked:
-            destination = target / relative
-            if info.isdir():
-                destination.mkdir(parents=True, exist_ok=True)
-                destination.chmod(info.mode & 0o7777)
-            elif info.issym():
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                destination.symlink_to(info.linkname)
-            elif info.islnk():
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                destination.hardlink_to(target / posixpath.normpath(info.linkname)[len("image/"):])
-            else:
-                destination.parent.mkdir(parents=True, exist_ok=True)
-                stream = image.extractfile(info)
-                assert stream is not None
-                destination.write_bytes(stream.read())
-                destination.chmod(info.mode & 0o7777)
+        extract_checked(image, target, "image")
+
+
+def extract_checked(archive: tarfile.TarFile, target: Path, prefix: str) -> None:
+    """Extract the tree `prefix/` of `archive` into `target`, every member checked first (`check_members`);
+    modes kept, owners and times not."""
+    checked = check_members(archive.getmembers(), prefix)
+    target.mkdir(parents=True, exist_ok=True)
+    for info, relative in checked:
+        destination = target / relative
+        if info.isdir():
+            destination.mkdir(parents=True, exist_ok=True)
+            destination.chmod(info.mode & 0o7777)
+            continue
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if info.issym():
+            destination.symlink_to(info.linkname)
+        elif info.islnk():
+            destination.hardlink_to(target / posixpath.normpath(info.linkname)[len(prefix) + 1:])
+        else:
+            stream = archive.extractfile(info)
+            assert stream is not None
+            with destination.open("wb") as out:
+                shutil.copyfileobj(stream, out)
+            destination.chmod(info.mode & 0o7777)

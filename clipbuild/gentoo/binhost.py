@@ -114,14 +114,17 @@ class Exported:
     index_changed: bool
 
 
-def export(folder: Path, keys: Iterable[str], say: Say = lambda message: None) -> Exported:
+def export(folder: Path, keys: Iterable[str], say: Say = lambda message: None,
+           header: dict[str, str] | None = None) -> Exported:
     """Write the store's packages `keys` into `folder` as a binhost; packages already exported stay (an
     export only adds). Every file is written under a temporary name and renamed; a binpkg already there with
-    the index's digests is not copied again, and an index that would not change is not rewritten."""
+    the index's digests is not copied again, and an index that would not change is not rewritten. `header`: more
+    fields for the index's header (CLIPBUILD_OBJECTS: the step objects' index digest, clipbuild.gentoo.stepobjects)."""
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / INDEX
     old_text = index_path.read_text() if index_path.is_file() else ""
     index = parse_index(old_text, str(index_path))
+    index.header.update(header or {})
     present = index.by_key()
     written, kept = [], []
     for key in keys:
@@ -145,7 +148,7 @@ def export(folder: Path, keys: Iterable[str], say: Say = lambda message: None) -
     if changed:
         index.header["TIMESTAMP"] = str(int(time.time()))
         text = index.render()
-        _write_atomically(index_path, text.encode())
+        write_atomically(index_path, text.encode())
     else:
         text = old_text
     return Exported(folder, written, kept, len(index.packages), hashlib.sha256(text.encode()).hexdigest(), changed)
@@ -191,7 +194,7 @@ def stanza(cpv: str, metadata: dict[str, str], path: Path) -> dict[str, str]:
             "MTIME": str(int(path.stat().st_mtime)), "REPO": metadata.get("repository", "")}
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -251,11 +254,7 @@ class Remote:
 
 def read_index(remote: Remote, scratch: Path) -> Index:
     """The binhost's index, downloaded (bounded, with a timeout) and checked against its pin."""
-    target = scratch / INDEX
-    problem = download(remote.url(INDEX), target, INDEX_LIMIT, TIMEOUT)
-    if problem:
-        raise Unreachable(f"binhost {remote.base}: its index: {problem}")
-    data = target.read_bytes()
+    data = read_small(remote, INDEX, scratch, "its index")
     actual = hashlib.sha256(data).hexdigest()
     if remote.pin and actual != remote.pin:
         raise BinhostError(f"binhost {remote.base}: its index has SHA-256 {actual}, the URL pins {remote.pin}")
@@ -263,6 +262,15 @@ def read_index(remote: Remote, scratch: Path) -> Index:
         return parse_index(data.decode(), remote.url(INDEX))
     except UnicodeDecodeError:
         raise BinhostError(f"binhost {remote.base}: its index is not UTF-8 text") from None
+
+
+def read_small(remote: Remote, path: str, scratch: Path, what: str) -> bytes:
+    """A small file of the binhost (an index: at most INDEX_LIMIT bytes), downloaded with a timeout."""
+    target = scratch / Path(path).name
+    problem = download(remote.url(path), target, INDEX_LIMIT, TIMEOUT)
+    if problem:
+        raise Unreachable(f"binhost {remote.base}: {what}: {problem}")
+    return target.read_bytes()
 
 
 @dataclass
@@ -329,23 +337,30 @@ def take(remote: Remote, pkg: binpkgs.PackageKey, entry: dict[str, str], scratch
     if missing := [name for name in VERIFIED if not re.fullmatch(r"[0-9a-f]+", entry.get(name, ""))]:
         raise BinhostError(f"{pkg.cpv}: the index gives no {' or '.join(missing)} for it")
     target = scratch / f"{pkg.key}.gpkg.tar"
-    problem = download(remote.url(path), target, int(size), TIMEOUT)
     try:
-        if problem and problem != TOO_LARGE:
-            raise (Unreachable if problem.startswith("cannot reach") else BinhostError)(
-                f"{pkg.cpv}: {remote.url(path)}: {problem}")
-        if target.stat().st_size != int(size):
-            raise BinhostError(f"{pkg.cpv}: {remote.url(path)}: {'more than' if problem else 'size'} "
-                               f"{target.stat().st_size} bytes, the index says {size}")
-        digests = digest_file(target, VERIFIED, HASHES)
-        for name in VERIFIED:
-            if digests[name] != entry[name]:
-                raise BinhostError(f"{pkg.cpv}: {remote.url(path)}: {name} {digests[name]}, "
-                                   f"the index says {entry[name]}")
+        download_verified(remote, path, int(size), {name: entry[name] for name in VERIFIED}, target, pkg.cpv)
         _check_package(pkg, target, remote.url(path))
         return binpkgs.keep(pkg, target)
     finally:
         target.unlink(missing_ok=True)
+
+
+def download_verified(remote: Remote, path: str, size: int, digests: dict[str, str], target: Path,
+                      what: str) -> None:
+    """Download the binhost's `path` into `target`, bounded by `size` and with a timeout, and check its size and
+    `digests` (names of HASHES -> hex); raises Unreachable when the binhost does not answer, BinhostError naming
+    `what`, the URL and the digest when the file is not the one expected."""
+    url = remote.url(path)
+    problem = download(url, target, size, TIMEOUT)
+    if problem and problem != TOO_LARGE:
+        raise (Unreachable if problem.startswith("cannot reach") else BinhostError)(f"{what}: {url}: {problem}")
+    if target.stat().st_size != size:
+        raise BinhostError(f"{what}: {url}: {'more than' if problem else 'size'} {target.stat().st_size} bytes, "
+                           f"the index says {size}")
+    actual = digest_file(target, digests, HASHES)
+    for name, expected in digests.items():
+        if actual[name] != expected:
+            raise BinhostError(f"{what}: {url}: {name} {actual[name]}, the index says {expected}")
 
 
 def _check_package(pkg: binpkgs.PackageKey, binpkg: Path, url: str) -> None:
