@@ -126,9 +126,9 @@ def test_sshd_carries_the_regresshion_fix(root):
 LOGIN = """set -e
 ssh-keygen -q -t ed25519 -N '' -f /tmp/host
 ssh-keygen -q -t ed25519 -N '' -f /tmp/user
-cp /tmp/user.pub /home/admin/.ssh/authorized_keys
-chown -R 1000:1000 /home/admin
-chmod 700 /home/admin/.ssh
+mkdir -p /etc/admin/ssh
+cp /tmp/user.pub /etc/admin/ssh/authorized_keys
+chmod 755 /etc/admin /etc/admin/ssh
 /sbin/sshd -h /tmp/host -p 2222 -o ListenAddress=127.0.0.1 -o PidFile=/tmp/sshd.pid -E /tmp/sshd.log
 sleep 1
 ssh="ssh -i /tmp/user -p 2222 -o UserKnownHostsFile=/tmp/known -o BatchMode=yes"
@@ -145,15 +145,16 @@ cat /tmp/sshd.log
 def test_a_key_login_over_loopback_and_what_sshd_refuses(root, tmp_path):
     """A real session from the set's ssh to the set's sshd (privilege separation: the child chrooted in /var/empty
     as user sshd, under the seccomp sandbox): a key login works; TCP forwarding, ChaCha20 (Terrapin) and root
-    are refused. sshd must switch users, so this runs as real root in bubblewrap's own network namespace."""
+    are refused. sshd must switch users, so this runs as real root in bubblewrap's own network namespace. The
+    user and the keys' place are the image's (baselayout's admin, sshd_config's /etc/%u/ssh/authorized_keys, root's
+    and read-only to the user, as clip-jails installs them in the ADMIN jail)."""
     if os.geteuid() != 0:
         pytest.skip("sshd's privilege separation needs real root")
-    passwd = tmp_path / "passwd"
-    passwd.write_text((root / "etc" / "passwd").read_text() + "admin:x:1000:1000:admin:/home/admin:/bin/sh\n")
-    (tmp_path / "home" / "admin" / ".ssh").mkdir(parents=True)
+    assert "admin:x:1000:1000:" in (root / "etc" / "passwd").read_text()
+    (tmp_path / "etc.admin").mkdir()
     (tmp_path / "run.sh").write_text(LOGIN)
     ran = run(["bwrap", "--ro-bind", root, "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-               "--bind", tmp_path / "home", "/home", "--ro-bind", passwd, "/etc/passwd",
+               "--bind", tmp_path / "etc.admin", "/etc/admin",
                "--ro-bind", tmp_path / "run.sh", "/tmp/run.sh", "--unshare-net", "--unshare-pid", "--unshare-ipc",
                "--die-with-parent", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin:/sbin", "--setenv", "HOME",
                "/tmp", "/bin/sh", "/tmp/run.sh"], check=False, timeout=120)
