@@ -74,7 +74,8 @@ def test_lab_ssh_pins_the_provisioned_host_key_and_uses_the_operator_s_key(tmp_p
         control.ssh_command(tmp_path, "bastion", "admin")
     keys = control.operator_keys(tmp_path)
     assert sorted(keys) == ["admin", "audit"] and keys["admin"].read_text().startswith("ssh-ed25519 ")
-    assert control.operator_keys(tmp_path) == keys and keys["admin"].read_text() == keys["admin"].read_text()
+    first = keys["admin"].read_text()
+    assert control.operator_keys(tmp_path) == keys and keys["admin"].read_text() == first  # made once, kept
 
 
 def _lab(tmp_path, consoles: dict[str, str], pids: dict[str, int]) -> control.Lab:
