@@ -76,6 +76,13 @@ class Lab:
                    {k: (v[0], v[1]) for k, v in data["ports"].items()}, data["images"], data["started"],
                    data["deadline"], data["consoles"], data.get("reboots", {}), data.get("ssh_ports", {}))
 
+    def machine(self, name: str) -> Machine:
+        found = next((m for m in self.machines if m.name == name), None)
+        if found is None:
+            raise InputError(f"lab: no machine {name}",
+                             hint=f"machines: {', '.join(m.name for m in self.machines)}")
+        return found
+
     def save(self) -> None:
         write_atomic(self.folder / STATE, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
 
@@ -160,9 +167,7 @@ def reboot(folder: Path, name: str) -> int:
     """Power machine NAME off and on again (same disks, same place on the network); its new pid. What it
     prints next is appended to its console."""
     lab = Lab.load(folder)
-    machine = next((m for m in lab.machines if m.name == name), None)
-    if machine is None:
-        raise InputError(f"lab: no machine {name}", hint=f"machines: {', '.join(m.name for m in lab.machines)}")
+    machine = lab.machine(name)
     _stop(lab.pids[name])
     with Path(lab.consoles[name]).open("a") as console:
         console.write(f"\n=== clipbuild lab: {name} rebooted at {time.strftime('%H:%M:%S')} ===\n")
@@ -177,9 +182,7 @@ def ssh_command(folder: Path, name: str, jail: str, *, user: str | None = None, 
     """ssh to JAIL of lab machine NAME through its network's forwarded port, as the jail's role user with the
     lab operator's key, the host key pinned from the provisioning (never trusted on first use)."""
     lab = Lab.load(folder)
-    ports = lab.ssh_ports.get(name)
-    if ports is None:
-        raise InputError(f"lab: no machine {name}", hint=f"machines: {', '.join(m.name for m in lab.machines)}")
+    ports = lab.ssh_ports.get(lab.machine(name).name, {})
     if jail not in ports:
         raise InputError(f"lab: {name} has no SSH network for {jail!r}",
                          hint=f"{name}'s: {', '.join(ports) or 'none'} (the gateway's: "
