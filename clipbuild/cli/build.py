@@ -36,14 +36,14 @@ from clipbuild.stages.pipeline import STEP_KINDS
 @json_option
 @click.pass_obj
 def plan_cmd(opts: Options, species: str, explain: bool, release: bool, batches: tuple[Path, ...],
-             policy: Path | None, as_json: bool) -> None:
+             policy: Path | None, bootloader: str | None, secureboot_keys: Path | None, as_json: bool) -> None:
     """Print the frozen build plan of SPECIES: its steps, their options, inputs and outputs.
 
     With --explain, compare each step's cache key with the work directory and say what changed since the
     step last ran (an option, an input, a source file, the step's code). --release [--policy FILE]
     [--batch DIR...]: the plan of a release (see clipbuild image).
     """
-    plan = opts.plan(species, **release_choices(release, policy, batches))
+    plan = opts.plan(species, **release_choices(release, policy, batches, bootloader, secureboot_keys))
     statuses = Executor(opts.workdir, STEP_KINDS, project_root=opts.project.root).status(plan) if explain else None
     if as_json:
         data = plan.to_dict()
@@ -63,14 +63,15 @@ def plan_cmd(opts: Options, species: str, explain: bool, release: bool, batches:
 @json_option
 @click.pass_obj
 def run_cmd(opts: Options, species: str, steps: tuple[str, ...], release: bool, batches: tuple[Path, ...],
-            policy: Path | None, debug_shell: bool, as_json: bool) -> None:
+            policy: Path | None, bootloader: str | None, secureboot_keys: Path | None, debug_shell: bool,
+            as_json: bool) -> None:
     """Run the plan of SPECIES: every step whose cache key changed, each with the reason it re-ran.
 
     Steps whose inputs did not change are reused from the work directory (--workdir). Progress goes to
     stderr, one line per step (--json: one JSON object per line). --release [--policy FILE] [--batch DIR...]:
     the plan of a release (see clipbuild image).
     """
-    plan = opts.plan(species, **release_choices(release, policy, batches))
+    plan = opts.plan(species, **release_choices(release, policy, batches, bootloader, secureboot_keys))
     unknown = [s for s in steps if s not in {step.id for step in plan.steps}]
     if unknown:
         raise click.BadParameter(f"no step {', '.join(unknown)} in the plan of {species}", param_hint="--step")

@@ -20,6 +20,7 @@ from clipbuild.core.run import run
 from clipbuild.gentoo import buildroot, fetch
 from clipbuild.gentoo.binhost import Remote
 from clipbuild.gentoo.stepobjects import BinhostObjects
+from clipbuild.spec.model import BOOTLOADERS
 from clipbuild.spec.profile import resolve
 from clipbuild.stages.pipeline import STEP_KINDS, compile_plan
 
@@ -41,17 +42,29 @@ def trust_options(func: Any) -> Any:
     return release_option(policy_option(func))
 
 
+bootloader_option = click.option("--bootloader", type=click.Choice(BOOTLOADERS),
+                                 help="The boot path for this run [default: the profile's boot.bootloader]: syslinux "
+                                      "(BIOS) or systemd-boot (UEFI Secure Boot, signed UKIs, measured boot).")
+secureboot_option = click.option("--secureboot-keys", "secureboot_keys",
+                                 type=click.Path(path_type=Path, file_okay=False, exists=True),
+                                 help="Release on the UEFI path: the Secure Boot key folder (PK.crt, KEK.crt, db.crt, "
+                                      "owner.guid, db.key), outside every build tree. Development images use the "
+                                      "development set.")
+
+
 def signing_options(func: Any) -> Any:
-    """--release, --batch and --policy, shared by the commands that make images."""
-    return release_option(batch_option(policy_option(func)))
+    """--release, --batch, --policy, --bootloader and --secureboot-keys: the commands that make images."""
+    return release_option(batch_option(policy_option(bootloader_option(secureboot_option(func)))))
 
 
-def release_choices(release: bool, policy: Path | None, batches: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The PlanSettings the trust options choose."""
+def release_choices(release: bool, policy: Path | None, batches: tuple[Path, ...] = (), bootloader: str | None = None,
+                    secureboot_keys: Path | None = None) -> dict[str, Any]:
+    """The PlanSettings the trust and boot options choose."""
     if policy is not None and not release:
         raise click.UsageError("--policy goes with --release (a development build embeds the development PKI's "
                                "policy)")
-    return {"release": release, "policy": str(policy) if policy else "", "batches": tuple(str(b) for b in batches)}
+    return {"release": release, "policy": str(policy) if policy else "", "batches": tuple(str(b) for b in batches),
+            "bootloader": bootloader or "", "secureboot": str(secureboot_keys.resolve()) if secureboot_keys else ""}
 
 
 def emit_json(data: Any, *, sort_keys: bool = True) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from clipbuild.cli.context import Options, emit_json, json_option, signing_options
+from clipbuild.cli.context import Options, emit_json, json_option, release_choices, signing_options
 from clipbuild.core.errors import ClipbuildError, InputError, VmCheckError
 from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
@@ -34,7 +34,8 @@ from clipbuild.stages.image import STEP
 @json_option
 @click.pass_obj
 def image_cmd(opts: Options, species: str, release: bool, batches: tuple[Path, ...], policy: Path | None,
-              out_dir: Path | None, qcow2: bool, zstd: bool, offline: bool, as_json: bool) -> None:
+              bootloader: str | None, secureboot_keys: Path | None, out_dir: Path | None, qcow2: bool, zstd: bool,
+              offline: bool, as_json: bool) -> None:
     """Build the A/B disk image of SPECIES, running every stage that is out of date.
 
     \b
@@ -50,14 +51,22 @@ def image_cmd(opts: Options, species: str, release: bool, batches: tuple[Path, .
     exactly the package this build made, and pass the release policy.
 
     \b
+    Boot paths (profile boot.bootloader, or --bootloader for this run): syslinux (BIOS, CLIP's A/B switch)
+    or systemd-boot (UEFI Secure Boot: per slot a unified kernel image holding the kernel and the slot's
+    verity root hash, signed with the db key with systemd-boot; boot counting falls back to the other slot;
+    the manifest records the PCR 4/7/11 values each slot's boot measures). docs/boot.md.
+
+    \b
     Examples:
       clipbuild image client
       clipbuild image client --qcow2 --out dist/
       clipbuild image client --release --batch batches/clip-core --batch batches/clip-apps ...
+      clipbuild image client --bootloader systemd-boot
       clipbuild vm client --check
     """
     done, _ = build_image(opts, species, release=release, batches=batches, policy=policy, offline=offline,
-                          as_json=as_json, out_dir=out_dir or opts.workdir / "images", qcow2=qcow2, zstd=zstd)
+                          as_json=as_json, out_dir=out_dir or opts.workdir / "images", qcow2=qcow2, zstd=zstd,
+                          bootloader=bootloader, secureboot_keys=secureboot_keys)
     manifest = json.loads(done.manifest.read_text())
     if as_json:
         emit_json({"image": str(done.image), "manifest": str(done.manifest), "copies": [str(c) for c in done.copies],
@@ -71,14 +80,14 @@ def image_cmd(opts: Options, species: str, release: bool, batches: tuple[Path, .
 
 
 def build_image(opts: Options, species: str, *, release: bool, batches: tuple[Path, ...], policy: Path | None,
-                offline: bool, as_json: bool, out_dir: Path, **copies: bool) -> tuple[Published, Executor]:
+                offline: bool, as_json: bool, out_dir: Path, bootloader: str | None = None,
+                secureboot_keys: Path | None = None, **copies: bool) -> tuple[Published, Executor]:
     """Run the plan up to the image and publish it to `out_dir`: (what was written, the executor)."""
     if batches and not release:
         raise click.UsageError("--batch goes with --release")
     if release and not batches:
         raise click.UsageError("--release needs the countersigned controller batches: --batch DIR (repeatable)")
-    plan = opts.plan(species, release=release, batches=tuple(str(b) for b in batches),
-                     policy=str(policy) if policy else "")
+    plan = opts.plan(species, **release_choices(release, policy, batches, bootloader, secureboot_keys))
     if not offline:
         opts.fetch(species)
     executor, _ = opts.execute(plan, as_json)

@@ -30,7 +30,8 @@ from clipbuild.update.rules import Overrides, refuse_on_release
 @json_option
 @click.pass_obj
 def release_cmd(opts: Options, species: str, release: bool, batches: tuple[Path, ...], policy: Path | None,
-                out_dir: Path | None, offline: bool, as_json: bool) -> None:
+                bootloader: str | None, secureboot_keys: Path | None, out_dir: Path | None, offline: bool,
+                as_json: bool) -> None:
     """Make the release of SPECIES at its profile's version: the image, and the signed update repositories
     in CLIP's layout (one per conf package: pool/ and dists/<dist>/main/binary-amd64/Packages.gz).
 
@@ -41,7 +42,8 @@ def release_cmd(opts: Options, species: str, release: bool, batches: tuple[Path,
     profile = resolve(opts.project, species)
     out_dir = out_dir or opts.workdir / "release" / f"{species}-{profile.version}"
     done, executor = build_image(opts, species, release=release, batches=batches, policy=policy,
-                                 offline=offline, as_json=as_json, out_dir=out_dir)
+                                 offline=offline, as_json=as_json, out_dir=out_dir, bootloader=bootloader,
+                                 secureboot_keys=secureboot_keys)
     debs = sorted(p for name in (*CLIP_SETS, *RM_SETS) if (executor.workdir / "steps" / species / f"sign/{name}")
                   .exists() for p in (executor.output(species, f"sign/{name}") / "debs").glob("*.deb"))
     policy_path = image_policy(json.loads(done.manifest.read_text()), policy, "publishing")

@@ -151,6 +151,8 @@ class PlanSettings:
     release: bool = False  # take countersigned packages from controller batches instead of development signing
     batches: tuple[str, ...] = ()  # release: controller batch folders
     policy: str = ""  # release: trust policy file (default: the profile's signing.policy)
+    bootloader: str = ""  # the profile's boot.bootloader, chosen for this run
+    secureboot: str = ""  # release, UEFI path: the Secure Boot key folder (certificates and db.key)
 
 
 def required_tools(plan: BuildPlan, kinds: Mapping[str, type[StepKind]]) -> list[str]:

@@ -67,9 +67,15 @@ _PARTITION = {"number": int, "label": PLAIN, "name": str, "slot": str, "role": s
 _SLOT = {"version": str, "fs": str, "root_partition": PLAIN, "verity_partition": PLAIN, "root_hash": HEX64,
          "salt": re.compile(r"[0-9a-f]{1,256}"), "data_blocks": int, "kernel_sha256?": HEX64,
          "packages?": [_PACKAGE], "release?": str, "cmdline?": str, "selftests?": [PLAIN],
-         "jails?": [{"name": PLAIN, "start": bool, "nsopts": [str], "idle": str}]}
+         "jails?": [{"name": PLAIN, "start": bool, "nsopts": [str], "idle": str}],
+         "uki?": re.compile(r"EFI/Linux/clip-[a-z][a-z0-9]{0,7}(\+\d{1,3}(-\d{1,3})?)?\.efi"), "uki_sha256?": HEX64,
+         "pcrs?": {"*": HEX64}}
+_KEY = {"subject": str, "sha256": HEX64}
+_BOOT = {"loader": re.compile(r"syslinux|systemd-boot"),
+         "secure_boot?": {"owner": str, "PK": _KEY, "KEK": _KEY, "db": _KEY}}
 SHAPE = {"species": PLAIN, "version": str, "release": str, "signing": str, "source_date_epoch": int,
-         "partitions": [_PARTITION], "slots": {"*": _SLOT}, "packages": [_PACKAGE], "signers": [dict]}
+         "partitions": [_PARTITION], "slots": {"*": _SLOT}, "packages": [_PACKAGE], "signers": [dict],
+         "boot?": _BOOT}
 
 
 def check_shape(data: Any, where: str) -> dict[str, Any]:

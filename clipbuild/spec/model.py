@@ -37,7 +37,7 @@ SLOTS = ("a", "b")
 # Mount options clipbuild writes to fstab (CLIP's own set, plus the usual hardening ones).
 MOUNT_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime", "sync",
                  "errors=panic", "errors=remount-ro", "barrier=1", "discard", "nosymfollow", "defaults")
-BOOTLOADERS = ("syslinux",)
+BOOTLOADERS = ("syslinux", "systemd-boot")
 
 
 def _atom_error(text: str) -> str | None:
@@ -197,9 +197,11 @@ class Kernel:
 
 @dataclass(frozen=True)
 class Boot:
-    bootloader: str = spec(Choice(BOOTLOADERS), "Bootloader; syslinux keeps CLIP's extlinux.conf A/B switch.",
-                           default="syslinux")
-    timeout: int = spec(Integer(0), "Boot menu timeout in tenths of a second (syslinux TIMEOUT).",
+    bootloader: str = spec(Choice(BOOTLOADERS), "Boot path: syslinux (BIOS, CLIP's extlinux.conf A/B switch) or "
+                           "systemd-boot (UEFI Secure Boot: signed unified kernel images, boot counting, measured "
+                           "boot; docs/boot.md).", default="syslinux")
+    timeout: int = spec(Integer(0), "Boot menu timeout in tenths of a second (syslinux TIMEOUT; systemd-boot shows its menu only "
+                        "when a key is pressed at boot).",
                         default=30)
     cmdline: tuple[str, ...] = spec(ListOf(KERNEL_ARGUMENT),
                                     "Kernel command line arguments, added to what clipbuild sets (root, verity); "

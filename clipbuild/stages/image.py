@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from clipbuild.core.digest import sha256_file
+from clipbuild.core.paths import cache_dir
 from clipbuild.core.errors import InputError, StepError
 from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
 from clipbuild.core.project import Project
-from clipbuild.image import bootloader, fsimage, gpt, install, jailproof, selftests, slot
+from clipbuild.image import bootloader, fsimage, gpt, install, jailproof, selftests, slot, uefi
 from clipbuild.image.manifest import EMBEDDED_MANIFEST, MANIFEST, describe, image_name
-from clipbuild.signing import trust, truststore
+from clipbuild.signing import secureboot, trust, truststore
 from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
 from clipbuild.spec.model import Profile
 from clipbuild.stages.keys import trust_policy
@@ -52,6 +53,9 @@ class ImageOptions:
     sets: tuple[str, ...]
     description: str = ""
     rm_partitions: tuple[str, ...] = field(default=())
+    bootloader: str = "syslinux"
+    secureboot: str = ""  # systemd-boot: the Secure Boot key folder (development set, or the release one)
+    secureboot_digest: str = ""  # over its certificates and owner: the key's share of the step's key
 
     @property
     def file_name(self) -> str:
@@ -60,11 +64,11 @@ class ImageOptions:
 
 class AssembleImage(StepKind):
     name = "assemble-image"
-    version = 6  # 6: shared partitions get what the core installs there; jails in the manifest; FAT volume ids
+    version = 7  # 7: the UEFI path (systemd-boot, signed UKIs, boot counting, PCR predictions)
     Options = ImageOptions
     outputs = (MANIFEST,)
     tools = ("dpkg", "dpkg-deb", "mksquashfs", "veritysetup", "mkfs.ext4", "debugfs", "mkfs.vfat", "mcopy",
-             "mmd", "syslinux", "sgdisk")
+             "mmd", "syslinux", "sgdisk", "objcopy", "sbsign", "faketime")
 
     def parse_options(self, options: dict) -> ImageOptions:
         data = dict(options)
@@ -198,7 +202,25 @@ class Assembly:
 
     def boot_partition(self, root: Path, slots: dict[str, dict[str, Any]], manifest: dict[str, Any],
                        release: str) -> Path:
+        """The boot partition (the ESP on the UEFI path): its loader's files and the manifest."""
         part = next(s for s in self.slices if s.mount == "/boot")
+        uefi_path = self.opts.bootloader == "systemd-boot"
+        if uefi_path:
+            files = uefi.esp_files(self.ctx.progress, self.esp_settings(), root, slots, manifest, release, self.scratch)
+        else:
+            files = self.syslinux_files(root, slots, manifest, release)
+        embedded = self.scratch / "manifest.json"
+        embedded.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        files[EMBEDDED_MANIFEST] = embedded
+        out = self.work / f"{part.label}.img"
+        volume_id = gpt.stable_guid(self.opts.species, "fs", part.label).replace("-", "")[:8]
+        fsimage.vfat(out, part.size, volume_id, "CLIPBOOT", files, self.opts.date)
+        if not uefi_path:
+            bootloader.install(out, self.opts.date)
+        return out
+
+    def syslinux_files(self, root: Path, slots: dict[str, dict[str, Any]], manifest: dict[str, Any],
+                       release: str) -> dict[str, Path]:
         names = sorted(slots)
         guids = {s.label: s.guid for s in self.slices}
         configs = bootloader.configs(f"{release} ({self.opts.species})", self.opts.timeout, slots, guids,
@@ -206,16 +228,13 @@ class Assembly:
         for name in names:
             manifest["slots"][name]["cmdline"] = bootloader.slot_boot(name, slots[name], guids).cmdline(
                 self.opts.cmdline)
+        manifest["boot"] = {"loader": "syslinux"}
         kernels = {name: slot.kernel(root) for name in names}
-        embedded = self.scratch / "manifest.json"
-        embedded.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        files = bootloader.files(configs, kernels, names[0], self.scratch)
-        files[EMBEDDED_MANIFEST] = embedded
-        out = self.work / f"{part.label}.img"
-        volume_id = gpt.stable_guid(self.opts.species, "fs", part.label).replace("-", "")[:8]
-        fsimage.vfat(out, part.size, volume_id, "CLIPBOOT", files, self.opts.date)
-        bootloader.install(out, self.opts.date)
-        return out
+        return bootloader.files(configs, kernels, names[0], self.scratch)
+
+    def esp_settings(self) -> uefi.EspSettings:
+        return uefi.EspSettings({s.label: s.guid for s in self.slices}, self.opts.cmdline,
+                                Path(self.opts.secureboot), self.opts.secureboot_digest, self.opts.date, self.work)
 
     # -- the disk --------------------------------------------------------------------------------------
 
@@ -273,11 +292,32 @@ def plan_image(profile: Profile, project: Project, settings: PlanSettings) -> li
     sets = tuple(f"{dist}-{part}" for dist, part, _ in profile.packages.sets())
     rm_partitions = tuple(s.name for s in slices if (s.mount or "").startswith("/vservers/"))
     policy = trust_policy(profile, project, settings)
+    bootloader = settings.bootloader or profile.boot.bootloader
+    keys = secureboot_keys(project, settings) if bootloader == "systemd-boot" else None
     options = ImageOptions(
         species=profile.species, version=profile.version, date=settings.source_date_epoch,
         mode=RELEASE if settings.release else DEVELOPMENT, policy=str(policy),
         policy_digest=policy_digest(policy) if policy.is_file() else "", disk_size=disk_size,
         slices=tuple(s.to_dict() for s in slices), cmdline=tuple(profile.boot.cmdline),
-        timeout=profile.boot.timeout, sets=sets, description=profile.description, rm_partitions=rm_partitions)
+        timeout=profile.boot.timeout, sets=sets, description=profile.description, rm_partitions=rm_partitions,
+        bootloader=bootloader, secureboot=str(keys.directory) if keys else "",
+        secureboot_digest=keys.digest() if keys else "")
     return [AssembleImage.step(STEP, options, inputs=tuple(f"sign/{s}" for s in sets),
                                description=f"assemble {options.file_name}")]
+
+
+def secureboot_keys(project: Project, settings: PlanSettings) -> secureboot.SecureBootKeys:
+    """The Secure Boot keys of a UEFI image: the development set, or for a release the folder given with
+    --secureboot-keys, which must lie outside the project and clipbuild's cache."""
+    if not settings.release:
+        if settings.secureboot:
+            raise InputError("--secureboot-keys goes with --release (development images are signed with the "
+                             "development Secure Boot keys)")
+        return secureboot.development()
+    if not settings.secureboot:
+        raise InputError("a release image on the UEFI path needs its Secure Boot keys: --secureboot-keys DIR",
+                         hint="the folder holds PK.crt, KEK.crt, db.crt, owner.guid and db.key "
+                              "(clipbuild pki secureboot init DIR); keep it outside every build tree")
+    keys = secureboot.load(Path(settings.secureboot))
+    secureboot.check_outside(keys, project.root, cache_dir())
+    return keys

@@ -1,0 +1,106 @@
+"""The UEFI boot path of an image: per slot a signed unified kernel image carrying the slot's dm-verity root
+hash on its command line, signed systemd-boot, the ESP's files (clipbuild.image.esp) and what a genuine boot
+of each slot measures into the TPM (PCR 4, 7, 11: clipbuild.image.measure), recorded in the manifest.
+
+Everything the firmware runs is signed with the db key of the species' Secure Boot set; nothing else on the
+ESP is trusted. The command line is inside the signed UKI, so a root modified together with the ESP's files
+no longer boots: its root hash would need a new signature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipbuild.core import beneath
+from clipbuild.core.errors import InputError
+from clipbuild.image import bootloader, esp, measure, slot, uki
+from clipbuild.signing import secureboot
+
+# A device on this path must reboot when its boot fails, so that boot counting can fall back to the other
+# slot (a kernel panic, e.g. a corrupted root block under dm-verity, reboots after 5 s).
+UEFI_ARGUMENTS = ("panic=5",)
+
+
+@dataclass(frozen=True)
+class EspSettings:
+    guids: dict[str, str]  # partition label -> GUID
+    cmdline: tuple[str, ...]  # the profile's kernel arguments
+    keys_dir: Path
+    keys_digest: str  # what the plan saw: the step's key depends on it
+    date: int
+    work: Path
+
+
+def keys_of(settings: EspSettings) -> secureboot.SecureBootKeys:
+    keys = secureboot.load(settings.keys_dir)
+    if keys.digest() != settings.keys_digest:
+        raise InputError(f"{settings.keys_dir}: the Secure Boot certificates changed since the plan was made",
+                         hint="run the command again")
+    return keys
+
+
+def cmdline(name: str, info: dict[str, Any], settings: EspSettings) -> str:
+    return bootloader.slot_boot(name, info, settings.guids).cmdline((*settings.cmdline, *UEFI_ARGUMENTS))
+
+
+def slot_uki(name: str, info: dict[str, Any], kernel: Path, os_release: str, release: str,
+             settings: EspSettings, keys: secureboot.SecureBootKeys) -> Path:
+    """Slot `name`'s signed UKI (in settings.work)."""
+    scratch = settings.work / f"uki-{name}"
+    scratch.mkdir()
+    text = uki.os_release(os_release, release=release, slot=name, version=info["version"])
+    unsigned = scratch / "unsigned.efi"
+    uki.build(uki.UkiParts(kernel, cmdline(name, info, settings), text), unsigned, scratch, settings.date)
+    signed = settings.work / f"clip-{name}.efi"
+    secureboot.sign(unsigned, signed, keys, settings.date)
+    return signed
+
+
+def signed_loader(settings: EspSettings, keys: secureboot.SecureBootKeys) -> Path:
+    out = settings.work / "BOOTX64.EFI"
+    secureboot.sign(uki.LOADER, out, keys, settings.date)
+    return out
+
+
+def secure_boot_facts(keys: secureboot.SecureBootKeys) -> dict[str, Any]:
+    """The manifest's record of the keys an image was signed for."""
+    return {"owner": keys.owner, **{role: {"subject": keys.subject(role), "sha256": keys.fingerprint(role)}
+                                    for role in secureboot.ROLES}}
+
+
+def record_slot(info: dict[str, Any], entry: esp.Entry, signed: Path, loader: Path, vars_file: Path,
+                keys: secureboot.SecureBootKeys, command: str) -> None:
+    """A slot's manifest entry gains its UKI (path, digest), command line and PCR predictions."""
+    data = signed.read_bytes()
+    info["uki"] = entry.path
+    info["uki_sha256"] = hashlib.sha256(data).hexdigest()
+    info["cmdline"] = command
+    info["pcrs"] = measure.predict(vars_file, loader.read_bytes(), data, keys.der("db"), keys.owner).to_dict()
+
+
+def esp_files(progress: Callable[[str], None], settings: EspSettings, root: Path, slots: dict[str, dict[str, Any]],
+              manifest: dict[str, Any], release: str, scratch: Path) -> dict[str, Path]:
+    """Everything the ESP holds (path in the FAT image -> file) for a new image: slot A (the first) blessed,
+    the others on standby; the manifest gains the boot facts."""
+    keys = keys_of(settings)
+    loader = signed_loader(settings, keys)
+    vars_file = settings.work / "OVMF_VARS.fd"
+    secureboot.enrolled_vars(keys, vars_file)
+    os_release = beneath.read_text(root, "etc/os-release")
+    kernel = slot.kernel(root)
+    names = sorted(slots)
+    conf = scratch / "loader.conf"
+    conf.write_text(esp.loader_conf())
+    files = {esp.LOADER_PATH: loader, esp.LOADER_CONF: conf}
+    for name in names:
+        progress(f"unified kernel image of slot {name}, signed with {keys.subject('db')}")
+        signed = slot_uki(name, slots[name], kernel, os_release, release, settings, keys)
+        entry = esp.Entry(name) if name == names[0] else esp.standby(name)
+        record_slot(slots[name], entry, signed, loader, vars_file, keys, cmdline(name, slots[name], settings))
+        files[entry.path] = signed
+    manifest["boot"] = {"loader": "systemd-boot", "secure_boot": secure_boot_facts(keys)}
+    return files
