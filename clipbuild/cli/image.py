@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,10 @@ from clipbuild.cli.context import Options, emit_json, json_option, release_choic
 from clipbuild.core.errors import ClipbuildError, InputError, VmCheckError
 from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
-from clipbuild.image import contents, inspection, jailproof, vm
+from clipbuild.image import contents, firmware, inspection, jailproof, vm
 from clipbuild.image.manifest import check_shape, image_name
 from clipbuild.image.publish import Published, publish
-from clipbuild.signing import devpki, trust
+from clipbuild.signing import devpki, secureboot, trust
 from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
 from clipbuild.spec.profile import resolve, species_path
 from clipbuild.stages.image import STEP
@@ -209,10 +211,13 @@ def _installed_lines(trees: list[dict[str, Any]]) -> list[str]:
 @click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Console log of --check [default: WORKDIR/vm/<image>.console.log].")
 @click.option("--memory", default=512, show_default=True, help="Guest memory in MiB.")
+@click.option("--secureboot-keys", "secureboot_keys", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="UEFI images: the Secure Boot key folder whose certificates OVMF enrolls [default: the development "
+                   "set, for a development image]. Only the certificates are read.")
 @json_option
 @click.pass_obj
 def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Path | None, memory: int,
-           as_json: bool) -> None:
+           secureboot_keys: Path | None, as_json: bool) -> None:
     """Boot IMAGE (a file, or a species' latest image) in QEMU (TCG) on the serial console.
 
     The disk is opened read-only (snapshot): the image file never changes. Quit with Ctrl-A X.
@@ -220,16 +225,25 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
     dm-verity target, jails configured, slot known, the packages' self-tests passed); CLIP_BOOT_FAILED, a
     kernel panic (a corrupted root block), the timeout, or a self-test the booted slot ships (the image
     manifest's list) that did not report ok, fail. The console is saved either way.
+
+    \b
+    An image of the UEFI path (systemd-boot) boots on OVMF with Secure Boot enforcing, the species' keys
+    enrolled (a fresh copy of the variables per boot) and an emulated TPM (swtpm); --check also fails when
+    the firmware refuses an image ("Access Denied"), when the system does not report Secure Boot on, or when
+    a PCR (4, 7, 11) differs from the manifest's prediction for the booted slot.
     """
     path = image_path(opts, image)
-    if not check:
-        sys.exit(vm.boot(path, memory))
-    log_path = log_path or opts.workdir / "vm" / f"{path.name}.console.log"
-    slots = slot_expectations(path)
-    result = vm.check(path, log_path, timeout=timeout, memory_mib=memory,
-                      expected={name: info.get("selftests") for name, info in slots.items()},
-                      jails={name: [jailproof.Expected.from_dict(j) for j in info["jails"]] if "jails" in info
-                             else None for name, info in slots.items()})
+    manifest = image_manifest(path)
+    with uefi_machine(opts, path, manifest, secureboot_keys) as machine:
+        if not check:
+            sys.exit(vm.boot(path, memory, machine))
+        log_path = log_path or opts.workdir / "vm" / f"{path.name}.console.log"
+        slots = dict(manifest["slots"])
+        result = vm.check(path, log_path, timeout=timeout, memory_mib=memory,
+                          expected={name: info.get("selftests") for name, info in slots.items()},
+                          jails={name: [jailproof.Expected.from_dict(j) for j in info["jails"]] if "jails" in info
+                                 else None for name, info in slots.items()},
+                          uefi=machine, pcrs={name: info["pcrs"] for name, info in slots.items() if "pcrs" in info})
     if as_json:
         emit_json(result.to_dict())
     elif result.ok:
@@ -253,19 +267,39 @@ def jail_line(jail: jailproof.Report) -> str:
     return f"running, proven from inside ({len(rules)} rules: {', '.join(rules)})"
 
 
-def slot_expectations(path: Path) -> dict[str, dict]:
-    """What each slot of the image ships (its self-tests and jails): from the image's own manifest (a raw image,
-    as updates leave it), or from the manifest published beside a qcow2 copy (the same image, converted). A
-    slot whose manifest predates self-tests or jails lacks those keys."""
+@contextlib.contextmanager
+def uefi_machine(opts: Options, path: Path, manifest: dict[str, Any],
+                 keys_dir: Path | None) -> Iterator[firmware.Machine | None]:
+    """The UEFI machine an image of the UEFI path boots on (None for the BIOS path): OVMF with the keys of
+    --secureboot-keys, else the development set for a development image; they must be the keys the image
+    was signed for."""
+    boot = manifest.get("boot") or {"loader": "syslinux"}
+    if boot["loader"] != "systemd-boot":
+        yield None
+        return
+    if keys_dir is None and manifest["signing"] != DEVELOPMENT:
+        raise InputError(f"{path.name} is a release image of the UEFI path: give its Secure Boot certificates with "
+                         "--secureboot-keys DIR")
+    keys = secureboot.load(keys_dir) if keys_dir else secureboot.development()
+    signed_for = boot.get("secure_boot", {}).get("db", {}).get("sha256")
+    if signed_for != keys.fingerprint("db"):
+        raise InputError(f"{path.name} was signed for the db certificate {signed_for}, not {keys.cert('db')} "
+                         f"({keys.fingerprint('db')})", hint="give the image's key folder with --secureboot-keys")
+    with firmware.machine(keys, opts.workdir / "vm" / f"{path.name}.uefi") as machine:
+        yield machine
+
+
+def image_manifest(path: Path) -> dict[str, Any]:
+    """The image's manifest: what each slot ships (self-tests, jails, PCR predictions) and its boot path; from
+    the image itself (a raw image, as updates leave it), or from the manifest published beside a qcow2 copy
+    (the same image, converted). A slot whose manifest predates self-tests or jails lacks those keys."""
     if path.suffix == ".qcow2":
         sidecar = path.with_name(f"{path.stem}.manifest.json")
         if not sidecar.is_file():
             raise InputError(f"{sidecar}: missing: the boot check needs the image's manifest to know which "
                              "self-tests must pass", hint="check the raw image, or publish with clipbuild image")
-        manifest = check_shape(json.loads(sidecar.read_text()), str(sidecar))
-    else:
-        manifest = inspection.read(path).manifest
-    return dict(manifest["slots"])
+        return check_shape(json.loads(sidecar.read_text()), str(sidecar))
+    return inspection.read(path).manifest
 
 
 COMMANDS = (image_cmd, inspect_cmd, vm_cmd)

@@ -128,6 +128,19 @@ def vfat_exists(image: str, target: str) -> bool:
                check=False).returncode == 0
 
 
+def vfat_list(image: str, folder: str) -> list[str]:
+    """The names in one folder of a FAT image (none when the folder is absent)."""
+    result = run(["mdir", "-b", "-i", image, f"::/{folder}"], env={"MTOOLS_SKIP_CHECK": "1"}, check=False)
+    if result.returncode != 0:
+        return []
+    return sorted(line.rstrip("/").rsplit("/", 1)[-1] for line in result.stdout.splitlines() if line.strip())
+
+
+def vfat_rename(image: str, source: str, target: str) -> None:
+    """Rename one file of a FAT image (mtools' mren): no byte of it is rewritten."""
+    run(["mren", "-i", image, f"::/{source}", f"::/{target}"], env={"MTOOLS_SKIP_CHECK": "1"})
+
+
 def vfat_delete(image: str, target: str) -> None:
     """Remove one file of a FAT image, if it is there."""
     if vfat_exists(image, target):

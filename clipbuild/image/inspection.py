@@ -10,6 +10,7 @@ digest against the manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,9 +24,10 @@ from clipbuild.core import beneath, safefile
 from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import ImageError
 from clipbuild.core.run import run
-from clipbuild.image import bootloader, fsimage, gpt
+from clipbuild.formats import pe
+from clipbuild.image import bootloader, esp, fsimage, gpt, uefi
 from clipbuild.image.manifest import EMBEDDED_MANIFEST, check_shape
-from clipbuild.signing import trust
+from clipbuild.signing import secureboot, trust
 
 
 @dataclass
@@ -37,6 +39,12 @@ class Inspection:
     active_slot: str | None
     boot_hashes: dict[str, str]  # slot -> root hash in that slot's current entry
     table_digest: str = ""  # SHA-256 of the GPT's primary header and entries (gpt.Table.digest)
+    esp: uefi.EspState | None = None  # the UEFI path's ESP (None on the BIOS path)
+    secureboot_cert: Path | None = None  # the db certificate verify() checks the ESP's signatures with
+
+    @property
+    def uefi(self) -> bool:
+        return (self.manifest.get("boot") or {}).get("loader") == "systemd-boot"
 
     def entry(self, label: str) -> gpt.Entry:
         for e in self.entries:
@@ -148,6 +156,10 @@ def read(image: Path) -> Inspection:
     with tempfile.TemporaryDirectory(prefix="clipbuild-inspect-") as tmp:
         scratch = Path(tmp)
         manifest = _manifest(image, read_boot_file(image, boot.start, EMBEDDED_MANIFEST, scratch))
+        if (manifest.get("boot") or {}).get("loader") == "systemd-boot":
+            state = uefi.read_esp(f"{image}@@{boot.start}", manifest, scratch)
+            return Inspection(image, disk_guid, entries, manifest, state.active, state.root_hashes, table.digest,
+                              state)
         active = bootloader.active_slot(read_boot_file(image, boot.start, bootloader.SWITCH, scratch))
         hashes = {}
         for slot in manifest.get("slots", {}):
@@ -183,6 +195,8 @@ def verify(found: Inspection, policy: trust.Policy) -> Report:
     _verify_table(found, report)
     with tempfile.TemporaryDirectory(prefix="clipbuild-verify-") as tmp:
         scratch = Path(tmp)
+        if found.esp is not None:
+            _verify_esp(found, scratch, report)
         for slot, info in sorted(found.manifest["slots"].items()):
             verify_slot(found, slot, info, scratch, report)
         _verify_packages(found, policy, scratch, report)
@@ -223,12 +237,44 @@ def verify_slot(found: Inspection, slot: str, info: dict[str, Any], scratch: Pat
     intact = fsimage.verity_verify(data, hashes, boot_hash or info["root_hash"])
     report.add(f"slot {slot}: root verifies against its root hash (dm-verity)", intact,
                "" if intact else f"{info['root_partition']} does not match its hash tree")
-    kernel = scratch / f"vmlinuz-{slot}"
-    fsimage.vfat_read(found.mtools(), bootloader.kernel_name(slot), kernel)
-    same = sha256_file(kernel) == info["kernel_sha256"]
-    report.add(f"slot {slot}: kernel on the boot partition = the one installed in its root", same)
+    if found.esp is not None:
+        _verify_uki(found, slot, info, scratch, report)
+    else:
+        kernel = scratch / f"vmlinuz-{slot}"
+        fsimage.vfat_read(found.mtools(), bootloader.kernel_name(slot), kernel)
+        same = sha256_file(kernel) == info["kernel_sha256"]
+        report.add(f"slot {slot}: kernel on the boot partition = the one installed in its root", same)
     data.unlink()
     hashes.unlink()
+
+
+def _verify_esp(found: Inspection, scratch: Path, report: Report) -> None:
+    """Nothing on the ESP's EFI/Linux but the slots' UKIs; systemd-boot signed with db."""
+    assert found.esp is not None
+    report.add("ESP: no unified kernel image but the slots'", not found.esp.foreign, ", ".join(found.esp.foreign))
+    if found.secureboot_cert is not None:
+        loader = scratch / "BOOTX64.EFI"
+        fsimage.vfat_read(found.mtools(), esp.LOADER_PATH, loader)
+        signed, said = secureboot.verify(loader, found.secureboot_cert)
+        report.add(f"ESP: systemd-boot signed with db ({found.secureboot_cert})", signed, "" if signed else said)
+
+
+def _verify_uki(found: Inspection, slot: str, info: dict[str, Any], scratch: Path, report: Report) -> None:
+    """A slot's UKI on the ESP: there, holding the kernel installed in its root, and (with the db
+    certificate the image is checked against) signed by it."""
+    assert found.esp is not None
+    entry = found.esp.entries.get(slot)
+    report.add(f"slot {slot}: unified kernel image on the ESP", entry is not None,
+               entry.path if entry else f"no {esp.LINUX_DIR}/clip-{slot}*.efi")
+    if entry is None:
+        return
+    data = uefi.uki_bytes(found.mtools(), entry, scratch)
+    kernel = pe.section_data(data, ".linux") or b""
+    report.add(f"slot {slot}: kernel in its UKI = the one installed in its root",
+               hashlib.sha256(kernel).hexdigest() == info["kernel_sha256"])
+    if found.secureboot_cert is not None:
+        signed, said = secureboot.verify(scratch / f"uki-{slot}.efi", found.secureboot_cert)
+        report.add(f"slot {slot}: UKI signed with db ({found.secureboot_cert})", signed, "" if signed else said)
 
 
 def _mirror_debs(mirror: Path) -> dict[str, Path]:

@@ -10,6 +10,7 @@ no longer boots: its root hash would need a new signature.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 
 from clipbuild.core import beneath
 from clipbuild.core.errors import InputError
-from clipbuild.image import bootloader, esp, measure, slot, uki
+from clipbuild.formats import pe
+from clipbuild.image import bootloader, esp, fsimage, measure, slot, uki
 from clipbuild.signing import secureboot
 
 # A device on this path must reboot when its boot fails, so that boot counting can fall back to the other
@@ -104,3 +106,47 @@ def esp_files(progress: Callable[[str], None], settings: EspSettings, root: Path
         files[entry.path] = signed
     manifest["boot"] = {"loader": "systemd-boot", "secure_boot": secure_boot_facts(keys)}
     return files
+
+
+# -- reading an ESP back ----------------------------------------------------------------------------------
+
+VERITY_ROOT_HASH = re.compile(r"verity 1 \S+ \S+ \d+ \d+ \d+ \d+ \w+ ([0-9a-f]{64}) ")
+
+
+@dataclass(frozen=True)
+class EspState:
+    """What an image's ESP says: each slot's entry, the slot systemd-boot boots first, the root hash each
+    slot's UKI commands (from its signed .cmdline), and any other file in EFI/Linux (a stale or foreign UKI
+    anyone with access to the ESP could choose)."""
+
+    entries: dict[str, esp.Entry]
+    active: str | None
+    root_hashes: dict[str, str]
+    foreign: tuple[str, ...]
+
+
+def read_esp(mtools: str, manifest: dict[str, Any], scratch: Path) -> EspState:
+    """The ESP of an image of the UEFI path (`mtools`: the partition as mtools addresses it)."""
+    entries: dict[str, esp.Entry] = {}
+    foreign = []
+    for name in fsimage.vfat_list(mtools, esp.LINUX_DIR):
+        entry = esp.Entry.parse(name)
+        if entry is None or entry.slot not in manifest["slots"] or entry.slot in entries:
+            foreign.append(name)
+        else:
+            entries[entry.slot] = entry
+    hashes = {}
+    for slot_name, entry in entries.items():
+        data = uki_bytes(mtools, entry, scratch)
+        found = VERITY_ROOT_HASH.search((pe.section_data(data, ".cmdline") or b"").decode(errors="replace") + " ")
+        hashes[slot_name] = found.group(1) if found else ""
+    versions = {name: info["version"] for name, info in manifest["slots"].items()}
+    chosen = esp.first_choice(list(entries.values()), versions)
+    return EspState(entries, chosen.slot if chosen else None, hashes, tuple(foreign))
+
+
+def uki_bytes(mtools: str, entry: esp.Entry, scratch: Path) -> bytes:
+    out = scratch / f"uki-{entry.slot}.efi"
+    out.unlink(missing_ok=True)
+    fsimage.vfat_read(mtools, entry.path, out)
+    return out.read_bytes()

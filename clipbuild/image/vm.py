@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipbuild.core.run import run, run_watch
-from clipbuild.image import jailproof
+from clipbuild.image import bootproof, firmware, jailproof
 from clipbuild.image.selftests import Outcome, missing, parse
 
 OK_MARKER = "CLIP_BOOT_OK"
@@ -32,16 +32,22 @@ MENU_MARKER = b"Automatic boot in"  # the countdown SYSLINUX's menu.c32 prints u
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|[\x00-\x08\x0b-\x1f]")
 
 
-def qemu_command(image: Path, *, memory_mib: int = 512) -> list[str]:
+def qemu_command(image: Path, *, memory_mib: int = 512, uefi: firmware.Machine | None = None,
+                 reboot: bool = False) -> list[str]:
+    """QEMU for `image`: SeaBIOS, or with `uefi` OVMF with enrolled keys (and a TPM). The guest's reboots
+    stop QEMU unless `reboot` (boot counting needs the machine to come back)."""
     fmt = "qcow2" if image.suffix == ".qcow2" else "raw"
-    return ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mib), "-nographic", "-no-reboot",
-            "-drive", f"file={image},if=virtio,format={fmt},snapshot=on", "-nic", "none"]
+    args = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mib), "-nographic", "-nic", "none"]
+    if not reboot:
+        args.append("-no-reboot")
+    if uefi is None:
+        return [*args, "-drive", f"file={image},if=virtio,format={fmt},snapshot=on"]
+    return [*args, *uefi.qemu_args(), *firmware.disk_args(image, fmt)]
 
 
-def boot(image: Path, memory_mib: int = 512) -> int:
+def boot(image: Path, memory_mib: int = 512, uefi: firmware.Machine | None = None) -> int:
     """Boot on this terminal's serial console (Ctrl-A X quits QEMU)."""
-    return run(qemu_command(image, memory_mib=memory_mib), capture=False,
-               check=False).returncode
+    return run(qemu_command(image, memory_mib=memory_mib, uefi=uefi), capture=False, check=False).returncode
 
 
 @dataclass
@@ -77,9 +83,12 @@ def _menu_enter() -> Callable[[bytes], bytes | None]:
 
 def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int = 512,
           expected: Mapping[str, list[str] | None] | None = None,
-          jails: Mapping[str, list[jailproof.Expected] | None] | None = None) -> CheckResult:
+          jails: Mapping[str, list[jailproof.Expected] | None] | None = None,
+          uefi: firmware.Machine | None = None, pcrs: Mapping[str, Mapping[str, str]] | None = None) -> CheckResult:
     """Boot headless until the marker; the console is saved to `log_path`. `expected`: the self-tests each slot
-    ships, `jails`: the jails each slot starts (None for a slot whose manifest does not say)."""
+    ships, `jails`: the jails each slot starts (None for a slot whose manifest does not say). With `uefi`, on
+    OVMF: the firmware refusing an image fails the check at once, and the booted system must report Secure Boot
+    on and, where `pcrs` gives the slot's predictions, exactly those PCR values."""
     seen: dict[str, str] = {}
     outcomes: list[Outcome] = []
     lines: list[str] = []
@@ -93,15 +102,17 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
             outcome = parse(line)
             if outcome is not None:
                 outcomes.append(outcome)
-            for marker in (OK_MARKER, FAILED_MARKER, PANIC):
+            for marker in (OK_MARKER, FAILED_MARKER, PANIC, firmware.ACCESS_DENIED):
                 if marker in line:
                     seen.setdefault(marker, line[line.index(marker):].strip())
             if "is corrupted" in line:
                 seen.setdefault("corrupted", line.strip())
-            return OK_MARKER in seen or FAILED_MARKER in seen or PANIC in seen
+            if firmware.ACCESS_DENIED in line:
+                seen.setdefault("refused", line.strip())
+            return any(m in seen for m in (OK_MARKER, FAILED_MARKER, PANIC, firmware.ACCESS_DENIED))
 
-        outcome, status = run_watch(qemu_command(image, memory_mib=memory_mib), on_line, timeout=timeout,
-                                    keys=_menu_enter())
+        outcome, status = run_watch(qemu_command(image, memory_mib=memory_mib, uefi=uefi), on_line,
+                                    timeout=timeout, keys=None if uefi else _menu_enter())
     seconds = time.monotonic() - started
     # The booted slot, from the marker or from clip-sysinfo's report line before a failed check.
     found = re.search(r"\bslot=(\S+)", seen.get(OK_MARKER) or next((x for x in lines if x.startswith(SYSINFO)), ""))
@@ -113,11 +124,15 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
     jail_problems = jailproof.problems(expected_jails, reports)  # the host's own reading, in every outcome
     if OK_MARKER in seen:
         problems = missing((expected or {}).get(slot) or [], outcomes) + jail_problems
+        if uefi is not None:
+            problems += uefi_problems(lines, (pcrs or {}).get(slot))
         return CheckResult(not problems, "; ".join(problems) or "the system is up", seconds, str(log_path),
                            seen[OK_MARKER], slot, outcomes, listed)
     if FAILED_MARKER in seen:
         reason = seen[FAILED_MARKER].removeprefix(FAILED_MARKER).strip() or "the boot check failed"
         reason = "; ".join([reason, *(p for p in jail_problems if not reason.startswith(p))])
+    elif "refused" in seen:
+        reason = f"the firmware refused to start the boot loader or the kernel image: {seen['refused']}"
     elif PANIC in seen:
         reason = seen[PANIC] + (f" ({seen['corrupted']})" if "corrupted" in seen else "")
     elif outcome == "exited":
@@ -125,3 +140,24 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
     else:
         reason = f"no {OK_MARKER} within {timeout:g} s"
     return CheckResult(False, reason, seconds, str(log_path), seen.get(FAILED_MARKER, ""), slot, outcomes, listed)
+
+
+def uefi_problems(lines: list[str], pcrs: Mapping[str, str] | None) -> list[str]:
+    """What is wrong with the booted system's account of a UEFI boot (its CLIP_UEFI line): it must have booted
+    from UEFI with Secure Boot enforcing (not in setup mode), the kernel locked down, and read exactly the
+    predicted `pcrs` ({"4": HEX, ...}) from its TPM."""
+    reports = [r for r in map(bootproof.parse_uefi, lines) if r is not None]
+    if not reports:
+        return ["the system did not report how it booted (no well-formed CLIP_UEFI line)"]
+    report = reports[-1]
+    problems = []
+    if report.firmware != "uefi" or report.secureboot is not True or report.setupmode is not False:
+        problems.append(f"Secure Boot is not enforcing (firmware={report.firmware} secureboot={report.secureboot} "
+                        f"setupmode={report.setupmode})")
+    if report.lockdown not in ("integrity", "confidentiality"):
+        problems.append(f"the kernel is not locked down under Secure Boot (lockdown={report.lockdown})")
+    for index, predicted in sorted((pcrs or {}).items(), key=lambda item: int(item[0])):
+        found = report.pcr(int(index))
+        if found != predicted:
+            problems.append(f"PCR {index} is {found or 'unreadable'}, the manifest predicts {predicted}")
+    return problems

@@ -200,8 +200,8 @@ class Boot:
     bootloader: str = spec(Choice(BOOTLOADERS), "Boot path: syslinux (BIOS, CLIP's extlinux.conf A/B switch) or "
                            "systemd-boot (UEFI Secure Boot: signed unified kernel images, boot counting, measured "
                            "boot; docs/boot.md).", default="syslinux")
-    timeout: int = spec(Integer(0), "Boot menu timeout in tenths of a second (syslinux TIMEOUT; systemd-boot shows its menu only "
-                        "when a key is pressed at boot).",
+    timeout: int = spec(Integer(0), "Boot menu timeout in tenths of a second (syslinux TIMEOUT; systemd-boot "
+                        "shows its menu only when a key is pressed at boot).",
                         default=30)
     cmdline: tuple[str, ...] = spec(ListOf(KERNEL_ARGUMENT),
                                     "Kernel command line arguments, added to what clipbuild sets (root, verity); "

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from clipbuild.core.digest import sha256_file
-from clipbuild.core.paths import cache_dir
 from clipbuild.core.errors import InputError, StepError
+from clipbuild.core.paths import cache_dir
 from clipbuild.core.plan import PlanSettings, Step, StepContext, StepKind
 from clipbuild.core.project import Project
 from clipbuild.image import bootloader, fsimage, gpt, install, jailproof, selftests, slot, uefi

@@ -38,10 +38,10 @@ def test_a_qcow2_copy_without_its_manifest_is_refused(tmp_path):
     published beside it is needed, and its absence stops the check instead of expecting nothing."""
     import pytest
 
-    from clipbuild.cli.image import slot_expectations
+    from clipbuild.cli.image import image_manifest
     from clipbuild.core.errors import InputError
 
     copy = tmp_path / "client-4.5.0-dev.qcow2"
     copy.write_bytes(b"QFI\xfb")
     with pytest.raises(InputError, match=r"client-4\.5\.0-dev\.manifest\.json: missing"):
-        slot_expectations(copy)
+        image_manifest(copy)
