@@ -35,7 +35,7 @@ class Machine:
     tpm_socket: Path | None
 
     def qemu_args(self) -> list[str]:
-        args = ["-machine", "q35,smm=on,accel=tcg", "-global", "driver=cfi.pflash01,property=secure,value=on",
+        args = ["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on",
                 "-drive", f"if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on",
                 "-drive", f"if=pflash,format=raw,unit=1,file={self.vars_file}"]
         if self.tpm_socket is not None:

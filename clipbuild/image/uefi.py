@@ -108,6 +108,50 @@ def esp_files(progress: Callable[[str], None], settings: EspSettings, root: Path
     return files
 
 
+# -- updates -----------------------------------------------------------------------------------------------
+
+def keys_for(manifest: dict[str, Any], keys_dir: Path | None, where: str) -> secureboot.SecureBootKeys:
+    """The Secure Boot keys to sign an image's new UKI with: `keys_dir`, else the development set for a
+    development image; either way the set the image's firmware has enrolled (same db certificate)."""
+    if keys_dir is None and manifest["signing"] != "development":
+        raise InputError(f"{where}: a release image of the UEFI path: its new kernel image must be signed with the "
+                         "release db key: --secureboot-keys DIR")
+    keys = secureboot.load(keys_dir) if keys_dir else secureboot.development()
+    enrolled = (manifest.get("boot") or {}).get("secure_boot", {}).get("db", {}).get("sha256")
+    if enrolled != keys.fingerprint("db"):
+        raise InputError(f"{where}: signed for the db certificate {enrolled}, not {keys.cert('db')}",
+                         hint="give the key folder the image was built with (--secureboot-keys)")
+    return keys
+
+
+def install_slot(mtools: str, target: str, info: dict[str, Any], kernel: Path, os_release: str, release: str,
+                 settings: EspSettings, keys: secureboot.SecureBootKeys) -> None:
+    """An updated slot's signed UKI onto the ESP with TRIES boots to prove itself, every older UKI of that slot
+    removed (a superseded signed UKI left there could be chosen by anyone who can write the ESP); `info` gains
+    the UKI and its PCR predictions."""
+    signed = slot_uki(target, info, kernel, os_release, release, settings, keys)
+    for name in fsimage.vfat_list(mtools, esp.LINUX_DIR):
+        entry = esp.Entry.parse(name)
+        if entry is not None and entry.slot == target:
+            fsimage.vfat_delete(mtools, entry.path)
+    entry = esp.trying(target)
+    fsimage.vfat_replace(mtools, entry.path, signed, settings.date)
+    loader = settings.work / "BOOTX64.EFI"
+    fsimage.vfat_read(mtools, esp.LOADER_PATH, loader)
+    vars_file = settings.work / "OVMF_VARS.fd"
+    secureboot.enrolled_vars(keys, vars_file)
+    record_slot(info, entry, signed, loader, vars_file, keys, cmdline(target, info, settings))
+
+
+def switch_to(mtools: str, state: EspState, slot_name: str) -> None:
+    """Make `slot_name` the slot systemd-boot boots first (rollback): its entry blessed, every other slot's
+    on standby (no tries left), by renaming only."""
+    for name, entry in state.entries.items():
+        wanted = esp.Entry(name) if name == slot_name else esp.standby(name)
+        if entry.name != wanted.name:
+            fsimage.vfat_rename(mtools, entry.path, wanted.path)
+
+
 # -- reading an ESP back ----------------------------------------------------------------------------------
 
 VERITY_ROOT_HASH = re.compile(r"verity 1 \S+ \S+ \d+ \d+ \d+ \d+ \w+ ([0-9a-f]{64}) ")

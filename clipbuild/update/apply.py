@@ -15,6 +15,7 @@ again starts over from the beginning.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import email.utils
 import functools
@@ -29,8 +30,8 @@ from clipbuild.core import beneath, safefile
 from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import ClipbuildError, ImageError, InputError, UpdateRefused
 from clipbuild.core.run import run
-from clipbuild.image import bootloader, fsimage, inspection, install, jailproof, selftests, slot
-from clipbuild.signing import trust, truststore
+from clipbuild.image import bootloader, fsimage, inspection, install, jailproof, selftests, slot, uefi
+from clipbuild.signing import secureboot, trust, truststore
 from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.spec import cmdline
 from clipbuild.update import apps, imageedit, intake, noupdate, releasemeta
@@ -128,10 +129,12 @@ class Outcome:
 
 
 def apply(image: Path, repo: Path, policy: trust.Policy | None = None, overrides: Overrides | None = None,
-          progress: Callable[[str], None] = lambda message: None, now: dt.datetime | None = None) -> Outcome:
+          progress: Callable[[str], None] = lambda message: None, now: dt.datetime | None = None,
+          secureboot_keys: Path | None = None) -> Outcome:
     """`overrides` (update apply --max-age, --allow-high-impact) change the rules the running root carries
     only on a development image (rules.overridden); `now` (update apply --at) and `policy` (--policy, instead
-    of the trust store of the running root) likewise."""
+    of the trust store of the running root) likewise. On the UEFI path the new slot's UKI is signed with
+    `secureboot_keys` (default: the development set, for a development image)."""
     found = inspection.read(image)
     active = found.check_writable()
     notes = [note] if (note := apps.recover(found)) else []
@@ -140,11 +143,12 @@ def apply(image: Path, repo: Path, policy: trust.Policy | None = None, overrides
     if target is None:
         raise ImageError(f"{image}: the image has a single slot; a core update needs an inactive one")
     _extra(manifest, active)  # the arguments the new entries will carry: checked before anything is written
+    keys = uefi.keys_for(manifest, secureboot_keys, str(image)) if found.esp is not None else None
     if (previous := imageedit.read_journal(found)) is not None:
         notes.append(f"an update to slot {previous['target']} ({previous['version']}) was interrupted "
                      f"at '{previous['state']}'; slot {active} was still active; it is applied again from the start")
     with imageedit.scratch(image) as tmp:
-        accepted = _take_in(found, repo, policy, overrides or Overrides(), now, tmp)
+        accepted = dataclasses.replace(_take_in(found, repo, policy, overrides or Overrides(), now, tmp), keys=keys)
         notes += accepted.notes
         outcome = _install(found, accepted, target, tmp, progress, notes)
     statement = accepted.signed.statement
@@ -165,6 +169,7 @@ class _Accepted:
     root_version: str
     marked: str  # the release `update rollback` left, or ""
     notes: list[str]
+    keys: secureboot.SecureBootKeys | None = None  # the UEFI path: what signs the new slot's UKI
 
 
 def _take_in(found: inspection.Inspection, repo: Path, given: trust.Policy | None, overrides: Overrides,
@@ -336,6 +341,7 @@ class _Built:
     info: dict[str, Any]
     kernel: Path
     release: str
+    os_release: str = ""  # the new root's /etc/os-release (the UEFI path's UKI carries it)
 
 
 @dataclass(frozen=True)
@@ -381,7 +387,7 @@ def _apply_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
         raise ImageError(f"update not applied: {exc.lines()[0]}", hint=f"nothing was written: "
                          f"{found.image.name} still boots slot {found.active_slot}; fix the cause and run the "
                          "same command again") from exc
-    _write_core(found, built, target, scratch)
+    _write_core(found, built, target, scratch, accepted.keys)
 
 
 def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target: str, scratch: Path,
@@ -428,10 +434,11 @@ def _build_core(found: inspection.Inspection, parts: dict[str, RepoPart], target
     info["release"] = slot.release(trees["root"])
     info["selftests"] = selftests.shipped(trees["root"])
     info["jails"] = [jail.to_dict() for jail in jailproof.shipped(trees["root"])]
-    return _Built(files, info, kernel, info["release"])
+    return _Built(files, info, kernel, info["release"], beneath.read_text(trees["root"], "etc/os-release"))
 
 
-def _write_core(found: inspection.Inspection, built: _Built, target: str, scratch: Path) -> None:
+def _write_core(found: inspection.Inspection, built: _Built, target: str, scratch: Path,
+                keys: secureboot.SecureBootKeys | None) -> None:
     """The inactive slot written first, the switch last (see the module's docstring for why)."""
     manifest, image, info, files = found.manifest, found.image, built.info, built.files
     active = found.active_slot or ""
@@ -443,10 +450,13 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
     journal.step("writing the partitions of the inactive slot")
     for label, source in files.items():
         imageedit.replace_partition(image, by_label[label], source)
+    guids = {s.label: s.guid for s in slices}
+    if found.esp is not None:
+        _write_uefi_entry(found, built, target, guids, scratch, keys, journal)
+        return
     journal.step("writing the inactive slot's kernel and boot entries")
     boot = found.mtools()
     fsimage.vfat_replace(boot, bootloader.kernel_name(target), built.kernel, date)
-    guids = {s.label: s.guid for s in slices}
     title = f"{built.release} ({manifest['species']})"
     configs = bootloader.configs(title, _timeout(found, active, scratch), slots, guids, _extra(manifest, active))
     imageedit.write_boot_file(boot, f"{bootloader.DIRECTORY}/{bootloader.slot_config_name(target)}",
@@ -461,6 +471,25 @@ def _write_core(found: inspection.Inspection, built: _Built, target: str, scratc
                     "packages": info["packages"]}
     imageedit.write_manifest(found, new_manifest, scratch)
     noupdate.clear(found)  # a newer release than the one rolled back is installed
+    journal.done()
+
+
+def _write_uefi_entry(found: inspection.Inspection, built: _Built, target: str, guids: dict[str, str], scratch: Path,
+                      keys: secureboot.SecureBootKeys | None, journal: imageedit.Journal) -> None:
+    """The UEFI path: the new slot's signed UKI replaces the slot's old one on the ESP, trying (boot counting):
+    writing it is the switch, since systemd-boot boots the newest version with tries left."""
+    manifest, info, active = found.manifest, built.info, found.active_slot or ""
+    assert keys is not None
+    journal.step("writing the inactive slot's signed kernel image (the switch)")
+    settings = uefi.EspSettings(guids, _extra(manifest, active), keys.directory, keys.digest(),
+                                manifest["source_date_epoch"], scratch)
+    uefi.install_slot(found.mtools(), target, info, built.kernel, built.os_release, built.release, settings, keys)
+    journal.step("updating the manifest")
+    slots = {**manifest["slots"], target: info}
+    new_manifest = {**manifest, "slots": slots, "active_slot": target, "version": info["version"],
+                    "release": built.release, "packages": info["packages"]}
+    imageedit.write_manifest(found, new_manifest, scratch)
+    noupdate.clear(found)
     journal.done()
 
 
@@ -488,7 +517,10 @@ def rollback(image: Path) -> tuple[str, str, str]:
             noupdate.mark(found, marked, tmp)
         else:
             noupdate.clear(found)
-        imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), tmp, date)
+        if found.esp is not None:
+            uefi.switch_to(boot, found.esp, other)
+        else:
+            imageedit.write_boot_file(boot, bootloader.SWITCH, bootloader.switch_config(other), tmp, date)
         manifest = {**found.manifest, "active_slot": other, "version": info["version"],
                     "release": info.get("release", found.manifest["release"]),
                     "packages": info.get("packages", found.manifest["packages"])}
@@ -537,7 +569,7 @@ def _timeout(found: inspection.Inspection, active: str, scratch: Path) -> int:
 def _extra(manifest: dict[str, Any], active: str) -> tuple[str, ...]:
     """The profile's own kernel arguments, as the active slot's entry carries them."""
     words = manifest["slots"][active].get("cmdline", "").split('" ', 1)[-1].split()
-    ours = ("dm-mod.waitfor=", "root=", "rootfstype=", "ro", "clip.slot=")
+    ours = ("dm-mod.waitfor=", "root=", "rootfstype=", "ro", "clip.slot=", *uefi.UEFI_ARGUMENTS)
     extra = tuple(w for w in words if not any(w == o or (o.endswith("=") and w.startswith(o)) for o in ours))
     if refused := [reason for word in extra if (reason := cmdline.refusal(word))]:
         raise ImageError(f"slot {active}'s kernel arguments in the manifest on the boot partition: {refused[0]}; "
