@@ -211,13 +211,16 @@ def _installed_lines(trees: list[dict[str, Any]]) -> list[str]:
 @click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Console log of --check [default: WORKDIR/vm/<image>.console.log].")
 @click.option("--memory", default=512, show_default=True, help="Guest memory in MiB.")
+@click.option("--reboots", default=0, show_default=True, type=click.IntRange(0, 10),
+              help="With --check: let up to this many boots end in a kernel panic, the machine rebooting as a "
+                   "device does (UEFI boot counting then falls back to the other slot).")
 @click.option("--secureboot-keys", "secureboot_keys", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="UEFI images: the Secure Boot key folder whose certificates OVMF enrolls [default: the development "
                    "set, for a development image]. Only the certificates are read.")
 @json_option
 @click.pass_obj
 def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Path | None, memory: int,
-           secureboot_keys: Path | None, as_json: bool) -> None:
+           reboots: int, secureboot_keys: Path | None, as_json: bool) -> None:
     """Boot IMAGE (a file, or a species' latest image) in QEMU (TCG) on the serial console.
 
     The disk is opened read-only (snapshot): the image file never changes. Quit with Ctrl-A X.
@@ -243,11 +246,17 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
                           expected={name: info.get("selftests") for name, info in slots.items()},
                           jails={name: [jailproof.Expected.from_dict(j) for j in info["jails"]] if "jails" in info
                                  else None for name, info in slots.items()},
-                          uefi=machine, pcrs={name: info["pcrs"] for name, info in slots.items() if "pcrs" in info})
+                          uefi=machine, pcrs={name: info["pcrs"] for name, info in slots.items() if "pcrs" in info},
+                          reboots=reboots)
     if as_json:
         emit_json(result.to_dict())
     elif result.ok:
         click.echo(f"boot ok in {result.seconds:.1f} s: {result.marker}")
+        for failed in result.failed_boots:
+            click.echo(f"  an earlier boot failed, the machine rebooted: {failed}")
+        if result.uefi is not None and result.uefi.firmware == "uefi":
+            click.echo(f"  UEFI: Secure Boot {'on' if result.uefi.secureboot else 'OFF'}, lockdown "
+                       f"{result.uefi.lockdown}, entry {result.uefi.entry}, PCR 4/7/11 as the manifest predicts")
         for test in result.selftests:
             click.echo(f"  self-test {test.name}: {'ok' if test.ok else 'FAILED'} in {test.seconds} s: {test.output}")
         for jail in result.jails:
