@@ -16,7 +16,7 @@ from clipbuild.cli.context import Options, emit_json, json_option, release_choic
 from clipbuild.core.errors import ClipbuildError, InputError, VmCheckError
 from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
-from clipbuild.image import contents, firmware, inspection, jailproof, vm
+from clipbuild.image import contents, firmware, inspection, jailproof, uefi, vm
 from clipbuild.image.manifest import check_shape, image_name
 from clipbuild.image.publish import Published, publish
 from clipbuild.signing import devpki, secureboot, trust
@@ -129,9 +129,13 @@ def _is_species(opts: Options, name: str) -> bool:
               "every package's signatures, from the image itself. Exit 1 on any failure.")
 @click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Trust policy for --verify [default: the development PKI's, for a development image].")
+@click.option("--secureboot-keys", "secureboot_keys", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="UEFI images, --verify: the Secure Boot key folder whose db certificate the UKIs and systemd-boot "
+                   "must be signed with [default: the development set, for a development image].")
 @json_option
 @click.pass_obj
-def inspect_cmd(opts: Options, image: str, verify: bool, policy: Path | None, as_json: bool) -> None:
+def inspect_cmd(opts: Options, image: str, verify: bool, policy: Path | None, secureboot_keys: Path | None,
+                as_json: bool) -> None:
     """Show what IMAGE (a file, or a species' latest image) holds: partitions, slots, the active slot,
     packages, signers, development or release; and, read from the active slot's trees and each RM partition,
     every installed package's size and the results of the image's ELF and file-owner checks."""
@@ -140,6 +144,8 @@ def inspect_cmd(opts: Options, image: str, verify: bool, policy: Path | None, as
     data["installed"] = contents.installed(found)
     report = None
     if verify:
+        if found.esp is not None:
+            found.secureboot_cert = uefi.keys_for(found.manifest, secureboot_keys, str(found.image)).cert("db")
         report = inspection.verify(found, trust.load_policy(image_policy(found.manifest, policy, "--verify of")))
         for tree in data["installed"]:
             report.add(f"{tree['tree']}: ELF hardening, libraries, file owners", tree["ok"],
