@@ -16,10 +16,8 @@ image to 8 bytes before appending its certificate table, and that padding is has
 
 from __future__ import annotations
 
-import array
 import hashlib
 import struct
-import sys
 from dataclasses import dataclass
 
 from clipbuild.core.errors import InputError
@@ -57,7 +55,6 @@ class PeLayout:
     """Where the parts Authenticode needs lie in the file."""
 
     size_of_headers: int
-    timestamp_offset: int  # the COFF header's TimeDateStamp
     checksum_offset: int
     cert_entry_offset: int | None  # the Certificate Table directory entry, None when the image has no such entry
     cert_table: tuple[int, int]  # (file offset, size); (0, 0) for an unsigned image
@@ -156,8 +153,7 @@ def layout(data: bytes) -> PeLayout:
         raise InputError(f"PE image: SizeOfHeaders {size_of_headers} must cover the section table (up to byte "
                          f"{table_end}) and lie within the file ({len(data)} bytes)")
     sections, names = _section_table(data, table_at, n_sections, size_of_image)
-    pe_at = opt_at - COFF.size - len(PE_SIGNATURE)
-    return PeLayout(size_of_headers, pe_at + 8, opt_at + CHECKSUM_AT, entry_at, cert_table, sections, names)
+    return PeLayout(size_of_headers, opt_at + CHECKSUM_AT, entry_at, cert_table, sections, names)
 
 
 def sections(data: bytes) -> list[Section]:
@@ -202,33 +198,3 @@ def authenticode_sha256(data: bytes) -> bytes:
                          f"byte {trailing_end}")
     digest.update(data[hashed:trailing_end])
     return digest.digest()
-
-
-def checksum(data: bytes) -> int:
-    """The image's PE CheckSum as objcopy, sbsign and the kernel's build write it: the 16-bit words of the file
-    (CheckSum field as zero) summed with end-around carry, plus the file's length."""
-    pe = layout(data)
-    words = bytearray(data)
-    words[pe.checksum_offset:pe.checksum_offset + 4] = bytes(4)
-    if len(words) % 2:
-        words.append(0)
-    halves = array.array("H", bytes(words))
-    if sys.byteorder == "big":
-        halves.byteswap()
-    total = sum(halves)
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return (total + len(data)) & 0xFFFFFFFF
-
-
-def with_timestamp(data: bytes, timestamp: int) -> bytes:
-    """`data` with its COFF TimeDateStamp set to `timestamp` and the CheckSum recomputed. objcopy 2.40 writes the
-    current time into TimeDateStamp (it ignores SOURCE_DATE_EPOCH), which the Authenticode digest covers: fix
-    it before signing for a reproducible image and a stable PCR 4."""
-    if not 0 <= timestamp <= 0xFFFFFFFF:
-        raise InputError(f"PE image: timestamp {timestamp} does not fit the 32-bit TimeDateStamp")
-    pe = layout(data)
-    out = bytearray(data)
-    U32.pack_into(out, pe.timestamp_offset, timestamp)
-    U32.pack_into(out, pe.checksum_offset, checksum(bytes(out)))
-    return bytes(out)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +42,7 @@ from pathlib import Path
 from clipbuild.core.errors import InputError
 from clipbuild.core.run import run
 from clipbuild.formats import pe
+from clipbuild.signing import secureboot
 
 CALLING_EFI_APPLICATION = b"Calling EFI Application from Boot Option"
 RETURNING_FROM_EFI_APPLICATION = b"Returning from EFI Application from Boot Option"
@@ -172,19 +172,13 @@ def signature_entries(esl: bytes, what: str) -> list[tuple[str, str, bytes]]:
     return entries
 
 
-def _virt_fw_vars() -> str:
-    """virt-fw-vars: the one installed beside this Python (a virtual environment's bin), else from PATH."""
-    beside = Path(sys.executable).parent / "virt-fw-vars"
-    return str(beside) if beside.is_file() else "virt-fw-vars"
-
-
 def read_variables(vars_file: Path) -> dict[tuple[str, str], bytes]:
     """The variables of an OVMF variable store, by (name, vendor GUID), read by virt-firmware."""
     if not vars_file.is_file():
         raise InputError(f"{vars_file}: no such OVMF variable store")
     with tempfile.TemporaryDirectory(prefix="clipbuild-vars-") as scratch:
         out = Path(scratch) / "vars.json"
-        run([_virt_fw_vars(), "--input", str(vars_file), "--output-json", str(out)])
+        run([secureboot._virt_fw_vars(), "--input", str(vars_file), "--output-json", str(out)])
         try:
             listing = json.loads(out.read_text(encoding="utf-8"))
             return {(v["name"], v["guid"].lower()): bytes.fromhex(v["data"]) for v in listing["variables"]}

@@ -1,21 +1,16 @@
-"""PE images for the tests, made by the real tools: unified kernel images (objcopy onto systemd-boot-efi's
-stub), Authenticode signatures (sbsign, with keys made here), and the digest sbsign wrote into a signature."""
+"""PE images for the tests, made by the real tools: unified kernel images with any sections (objcopy onto
+systemd-boot-efi's stub), Authenticode signatures (sbsign, through clipbuild's Secure Boot key code), and the
+digest sbsign wrote into a signature."""
 
 from __future__ import annotations
 
-import datetime
 import shutil
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from clipbuild.core.run import run
+from clipbuild.signing import secureboot
 
 EFI = Path("/usr/lib/systemd/boot/efi")
 STUB = EFI / "linuxx64.efi.stub"
@@ -34,27 +29,9 @@ def need(*tools: str) -> None:
         pytest.skip("needs systemd-boot-efi (the UKI stub and systemd-boot)")
 
 
-@dataclass(frozen=True)
-class SigningKey:
-    key: Path  # PEM, unencrypted
-    cert: Path  # PEM
-    der: bytes
-    owner: str  # the GUID enrolled with it
-
-
-def signing_key(folder: Path, name: str) -> SigningKey:
-    """A fresh RSA-2048 key and self-signed certificate (what OVMF accepts in db)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"clipbuild test {name}")])
-    now = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
-    key_path, cert_path = folder / f"{name}.key", folder / f"{name}.crt"
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return SigningKey(key_path, cert_path, cert.public_bytes(serialization.Encoding.DER), str(uuid.uuid4()))
+def keys(folder: Path, name: str = "keys") -> secureboot.SecureBootKeys:
+    """A fresh PK/KEK/db set (RSA-2048), made by clipbuild's own Secure Boot key code."""
+    return secureboot.init(folder / name, f"clipbuild test {name}")
 
 
 def stub_end() -> int:
@@ -80,9 +57,10 @@ def uki(folder: Path, sections: dict[str, bytes], name: str = "uki.efi") -> Path
     return out
 
 
-def sign(image: Path, key: SigningKey, out: Path | None = None) -> Path:
-    out = out or image.with_suffix(".signed.efi")
-    run(["sbsign", "--key", str(key.key), "--cert", str(key.cert), "--output", str(out), str(image)])
+def sign(image: Path, keys: secureboot.SecureBootKeys) -> Path:
+    """`image` signed with the db key (sbsign under clipbuild's frozen clock), beside it."""
+    out = image.with_suffix(".signed.efi")
+    secureboot.sign(image, out, keys, 1_700_000_000)
     return out
 
 

@@ -15,12 +15,13 @@ import pytest
 from clipbuild.core.errors import InputError
 from clipbuild.core.run import run
 from clipbuild.image import measure
+from clipbuild.signing import secureboot
 from tests.unit.formats import pecraft
 
 ROOT = Path(__file__).resolve().parents[3]
 RECORDED = ROOT / "tests" / "data" / "vectors" / "measured-boot"
 SYSTEMD_MEASURE = Path("/usr/lib/systemd/systemd-measure")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+OVMF_VARS = secureboot.OVMF_VARS
 # sha256 of the events' data, as OVMF's event log shows them (and as the TCG PC Client spec fixes them)
 CALLING = "3d6772b4f84ed47595d72a2c4c5ffd15f5bb72c7507fe26f2aaee2c69d5633ba"
 RETURNING = "7044f06303e54fa96c3fcd1a0f11047c03d209074470b1fd60460c9f007e28a6"
@@ -30,12 +31,12 @@ SECTIONS = {".osrel": b"ID=clip\nIMAGE_VERSION=7\n", ".cmdline": b"console=ttyS0
 
 
 def _virt_fw_vars(*args: str | Path) -> None:
-    run([measure._virt_fw_vars(), *map(str, args)])
+    run([secureboot._virt_fw_vars(), *map(str, args)])
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    pecraft.need("objcopy", "objdump", "sbsign")
+    pecraft.need("objcopy", "objdump", "sbsign", "faketime")
     return tmp_path_factory.mktemp("measure")
 
 
@@ -107,7 +108,7 @@ def test_pcr11_refuses_what_the_stub_would_misread(folder):
 
 @pytest.fixture(scope="module")
 def signed(folder):
-    key = pecraft.signing_key(folder, "db")
+    key = pecraft.keys(folder)
     loader = folder / "systemd-boot.efi"
     loader.write_bytes(pecraft.SYSTEMD_BOOT.read_bytes())
     uki = pecraft.uki(folder, SECTIONS, name="slot.efi")
@@ -141,11 +142,8 @@ def test_pcr4_counts_failed_boot_options(signed):
 def enrolled(folder, signed):
     if not OVMF_VARS.is_file():
         pytest.skip("needs Debian's ovmf")
-    pk, kek = pecraft.signing_key(folder, "PK"), pecraft.signing_key(folder, "KEK")
-    owner = signed["key"].owner
     vars_file = folder / "vars.fd"
-    _virt_fw_vars("--input", OVMF_VARS, "--output", vars_file, "--set-pk", pk.owner, pk.cert, "--add-kek", kek.owner,
-                  kek.cert, "--add-db", owner, signed["key"].cert, "--no-microsoft", "--secure-boot")
+    secureboot.enrolled_vars(signed["key"], vars_file)
     return vars_file
 
 
@@ -156,12 +154,12 @@ def test_pcr7_policy_events_are_virt_firmwares(enrolled, signed):
     varlist = edk2.Edk2VarStore(str(enrolled)).get_varlist()
     theirs = [bytes.fromhex(r["digests"][0]["digest"]) for r in virt_measure.measure_varlist(["sha256"], varlist)]
     key = signed["key"]
-    events = measure.pcr7_events(measure.read_variables(enrolled), key.der, key.owner)
+    events = measure.pcr7_events(measure.read_variables(enrolled), key.der("db"), key.owner)
     assert events[:-1] == theirs  # SecureBoot, PK, KEK, db, dbx (all present here), separator
     authority = efivar.EfiVar("db", guid=measure.EFI_IMAGE_SECURITY_DATABASE)
-    authority.data = uuid.UUID(key.owner).bytes_le + key.der  # one EFI_SIGNATURE_DATA, not a list: set it raw
+    authority.data = uuid.UUID(key.owner).bytes_le + key.der("db")  # one EFI_SIGNATURE_DATA, not a list: set it raw
     assert events[-1].hex() == virt_measure.measure_var(["sha256"], authority, False)["digests"][0]["digest"]
-    assert measure.pcr7(enrolled, key.der, key.owner) == virt_measure.calculate_pcrs(
+    assert measure.pcr7(enrolled, key.der("db"), key.owner) == virt_measure.calculate_pcrs(
         ["sha256"], [*virt_measure.measure_varlist(["sha256"], varlist),
                      virt_measure.measure_var(["sha256"], authority, False)])[0]["digest"]
 
@@ -171,7 +169,7 @@ def test_pcr7_measures_an_absent_dbx_with_no_data(folder, enrolled, signed):
     no_dbx = folder / "vars-no-dbx.fd"
     _virt_fw_vars("--input", enrolled, "--output", no_dbx, "--delete", "dbx")
     key = signed["key"]
-    events = measure.pcr7_events(measure.read_variables(no_dbx), key.der, key.owner)
+    events = measure.pcr7_events(measure.read_variables(no_dbx), key.der("db"), key.owner)
     empty_dbx = (uuid.UUID(measure.EFI_IMAGE_SECURITY_DATABASE).bytes_le + struct.pack("<QQ", 3, 0)
                  + "dbx".encode("utf-16-le"))
     assert events[4] == hashlib.sha256(empty_dbx).digest()
@@ -181,16 +179,16 @@ def test_pcr7_measures_an_absent_dbx_with_no_data(folder, enrolled, signed):
 def test_pcr7_refuses_a_store_that_would_not_verify_the_loader(folder, enrolled, signed):
     key = signed["key"]
     with pytest.raises(InputError, match=r"no X\.509 entry with owner"):
-        measure.pcr7(enrolled, key.der, str(uuid.uuid4()))
-    other = pecraft.signing_key(folder, "other")
+        measure.pcr7(enrolled, key.der("db"), str(uuid.uuid4()))
+    other = pecraft.keys(folder, "other")
     with pytest.raises(InputError, match=r"no X\.509 entry with owner"):
-        measure.pcr7(enrolled, other.der, key.owner)
+        measure.pcr7(enrolled, other.der("db"), key.owner)
     setup_mode = folder / "vars-setup.fd"
-    _virt_fw_vars("--input", OVMF_VARS, "--output", setup_mode, "--add-db", key.owner, key.cert)
+    _virt_fw_vars("--input", OVMF_VARS, "--output", setup_mode, "--add-db", key.owner, key.cert("db"))
     with pytest.raises(InputError, match="Secure Boot is not enabled"):
-        measure.pcr7(setup_mode, key.der, key.owner)
+        measure.pcr7(setup_mode, key.der("db"), key.owner)
     with pytest.raises(InputError, match="no such OVMF variable store"):
-        measure.pcr7(folder / "missing.fd", key.der, key.owner)
+        measure.pcr7(folder / "missing.fd", key.der("db"), key.owner)
 
 
 def test_signature_lists_are_read_strictly():
