@@ -2,7 +2,7 @@
 
 Each PCR starts at 32 zero bytes and is extended with the digest of each event: pcr = sha256(pcr || digest).
 The events, as OVMF 2022.11 (EDK II Tcg2Dxe, DxeImageVerificationLib) and systemd 252 (systemd-stub,
-systemd-boot) make them, checked against a TPM read after a real boot (docs/secure-boot.md):
+systemd-boot) make them (read in their sources, then checked against real boots):
 
 - PCR 4: EV_EFI_ACTION "Calling EFI Application from Boot Option" (at the first ReadyToBoot), EV_SEPARATOR
   (4 zero bytes), then EV_EFI_BOOT_SERVICES_APPLICATION with the Authenticode digest of each PE image the
@@ -10,11 +10,11 @@ systemd-boot) make them, checked against a TPM read after a real boot (docs/secu
   kernel with LoadImage too, but under Secure Boot it overrides the firmware's security protocols for that
   call, so the kernel adds no event (without Secure Boot it would).
 - PCR 7: EV_EFI_VARIABLE_DRIVER_CONFIG for SecureBoot, PK, KEK, db, dbx in that order (an absent variable
-  is measured with no data), dbt only if present, EV_SEPARATOR, then one EV_EFI_VARIABLE_AUTHORITY per db
-  entry that verified an image (measured once however many images it verified): variable "db" holding that
-  EFI_SIGNATURE_DATA (owner GUID, then the certificate's DER). Each digest is sha256 of the whole
-  UEFI_VARIABLE_DATA (vendor GUID, UINT64 name length in UTF-16 units, UINT64 data length, UTF-16LE name
-  without its NUL, data).
+  is measured with no data), dbt only if present (EDK II's source; no boot here had one), EV_SEPARATOR, then
+  one EV_EFI_VARIABLE_AUTHORITY per db entry that verified an image (measured once however many images it
+  verified): variable "db" holding that EFI_SIGNATURE_DATA (owner GUID, then the certificate's DER). Each
+  digest is sha256 of the whole UEFI_VARIABLE_DATA (vendor GUID, UINT64 name length in UTF-16 units, UINT64
+  data length, UTF-16LE name without its NUL, data).
 - PCR 11: systemd-stub 252 extends, for each of .linux, .osrel, .cmdline, .initrd, .splash, .dtb, .pcrpkey
   the UKI holds (in that order; .pcrsig never), sha256 of the section name with its NUL, then sha256 of the
   section's VirtualSize bytes in memory (EV_IPL events).
@@ -24,8 +24,8 @@ DVD-ROM drive, a network boot) adds "Returning from EFI Application from Boot Op
 Application from Boot Option" again (`earlier_attempts`). A VM that must match a manifest boots its disk first
 (`bootindex=0`). PCR 11 is the stub's alone: userspace (systemd-pcrphase) would extend it further.
 
-Checked against a TPM (swtpm) read by the guest after real boots of OVMF 2022.11 with enrolled keys, and
-against the event log the firmware kept (also the no-Secure-Boot and dbx-absent cases).
+Checked against the PCRs a guest read from swtpm after real boots of OVMF 2022.11 with enrolled keys, and
+against the event logs the firmware kept (tests/data/vectors/measured-boot: slot A, with and without dbx).
 """
 
 from __future__ import annotations
