@@ -178,7 +178,7 @@ def read_variables(vars_file: Path) -> dict[tuple[str, str], bytes]:
         raise InputError(f"{vars_file}: no such OVMF variable store")
     with tempfile.TemporaryDirectory(prefix="clipbuild-vars-") as scratch:
         out = Path(scratch) / "vars.json"
-        run([secureboot._virt_fw_vars(), "--input", str(vars_file), "--output-json", str(out)])
+        run([secureboot.virt_fw_vars(), "--input", str(vars_file), "--output-json", str(out)])
         try:
             listing = json.loads(out.read_text(encoding="utf-8"))
             return {(v["name"], v["guid"].lower()): bytes.fromhex(v["data"]) for v in listing["variables"]}

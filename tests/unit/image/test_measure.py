@@ -31,7 +31,7 @@ SECTIONS = {".osrel": b"ID=clip\nIMAGE_VERSION=7\n", ".cmdline": b"console=ttyS0
 
 
 def _virt_fw_vars(*args: str | Path) -> None:
-    run([secureboot._virt_fw_vars(), *map(str, args)])
+    run([secureboot.virt_fw_vars(), *map(str, args)])
 
 
 @pytest.fixture(scope="module")
