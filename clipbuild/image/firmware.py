@@ -50,34 +50,42 @@ def disk_args(image: Path, fmt: str) -> list[str]:
             "-device", "virtio-blk-pci,drive=disk0,bootindex=0"]
 
 
-@contextlib.contextmanager
-def machine(keys: secureboot.SecureBootKeys, folder: Path, *, tpm: bool = True) -> Iterator[Machine]:
-    """A fresh UEFI machine in `folder` (emptied first): enrolled variables, and swtpm listening when `tpm`;
-    swtpm is stopped on the way out."""
+def start(keys: secureboot.SecureBootKeys, folder: Path, *, tpm: bool = True,
+          lifetime: float | None = None) -> tuple[Machine, int | None]:
+    """A fresh UEFI machine in `folder` (emptied first): enrolled variables, and swtpm listening when `tpm`:
+    (the machine, swtpm's pid). swtpm ends when QEMU closes its socket, or after `lifetime` seconds."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     vars_file = folder / "OVMF_VARS.fd"
     secureboot.enrolled_vars(keys, vars_file)
     if not tpm:
-        yield Machine(vars_file, None)
-        return
+        return Machine(vars_file, None), None
     state = (folder / "tpm").absolute()  # swtpm changes to / : absolute paths only
     state.mkdir()
     socket = state / "sock"
-    pid = spawn(["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--ctrl", f"type=unixio,path={socket}",
-                 "--terminate"], folder / "swtpm.log")
+    bounded = ["timeout", "--signal=TERM", "--kill-after=10", f"{int(lifetime)}s"] if lifetime else []
+    pid = spawn([*bounded, "swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
+                 "--ctrl", f"type=unixio,path={socket}", "--terminate"], folder / "swtpm.log")
+    _wait_for(socket, pid, folder / "swtpm.log")
+    return Machine(vars_file, socket), pid
+
+
+@contextlib.contextmanager
+def machine(keys: secureboot.SecureBootKeys, folder: Path, *, tpm: bool = True) -> Iterator[Machine]:
+    """`start`, swtpm stopped on the way out."""
+    started, pid = start(keys, folder, tpm=tpm)
     try:
-        _wait_for(socket, pid, folder / "swtpm.log")
-        yield Machine(vars_file, socket)
+        yield started
     finally:
-        _stop(pid)
+        if pid is not None:
+            stop(pid)
 
 
 def _wait_for(socket: Path, pid: int, log: Path, seconds: float = 10) -> None:
     deadline = time.monotonic() + seconds
     while not socket.exists():
         if _reaped(pid) or time.monotonic() > deadline:
-            _stop(pid)
+            stop(pid)
             raise ToolError(f"swtpm did not start (its log: {log})", hint="is swtpm installed (apt-get install swtpm)?")
         time.sleep(0.05)
 
@@ -90,7 +98,8 @@ def _reaped(pid: int) -> bool:
         return not alive(pid)
 
 
-def _stop(pid: int) -> None:
+def stop(pid: int) -> None:
+    """swtpm (and what runs it) stopped: TERM, then KILL."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, sig)

@@ -22,6 +22,7 @@ from typing import Any
 from clipbuild.core.errors import InputError, VmCheckError
 from clipbuild.core.run import alive, require, spawn
 from clipbuild.core.safefile import write_atomic
+from clipbuild.image import firmware, inspection, uefi
 from clipbuild.image.vm import ANSI, FAILED_MARKER, PANIC
 from clipbuild.lab.topology import ADMIN_NETS, Machine, plan, qemu_command
 from clipbuild.signing import sshkeys
@@ -145,11 +146,22 @@ def up(folder: Path, species: list[str], images: dict[str, Path], provision: Pro
 def _start(lab: Lab, machine: Machine) -> None:
     """One machine's QEMU, for what is left of the lab's life; its console appended to."""
     left = max(1, int(lab.deadline - time.time()))
+    image = Path(lab.images[machine.name])
     command = ["timeout", "--signal=TERM", "--kill-after=10", f"{left}s",
-               *qemu_command(machine, Path(lab.images[machine.name]), lab.folder / f"{machine.name}.provision.img",
+               *qemu_command(machine, image, lab.folder / f"{machine.name}.provision.img",
                              Path(lab.consoles[machine.name]), lab.ports[machine.name],
-                             lab.ssh_ports.get(machine.name, {}))]
+                             lab.ssh_ports.get(machine.name, {}), uefi=_uefi(lab, machine, image, left))]
     lab.pids[machine.name] = spawn(command, lab.folder / f"{machine.name}.qemu.log")
+
+
+def _uefi(lab: Lab, machine: Machine, image: Path, lifetime: int) -> firmware.Machine | None:
+    """The UEFI machine (OVMF with the image's enrolled keys, swtpm for the lab's life) of an image of the UEFI
+    path; None for the BIOS path. Development images only: the lab has no release key folder to enroll."""
+    manifest = inspection.read(image).manifest
+    if (manifest.get("boot") or {}).get("loader") != "systemd-boot":
+        return None
+    keys = uefi.keys_for(manifest, None, str(image))
+    return firmware.start(keys, lab.folder / f"{machine.name}.uefi", lifetime=lifetime)[0]
 
 
 def _stop(pid: int) -> None:

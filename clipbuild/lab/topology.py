@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from clipbuild.core.errors import InputError
+from clipbuild.image import firmware
 
 OUTSIDE = ipaddress.ip_network("192.0.2.0/24")
 PRIVATE = ipaddress.ip_network("10.99.0.0/24")
@@ -117,16 +118,19 @@ def admin_netdevs(machine: Machine, ssh_ports: dict[str, int]) -> list[str]:
 
 
 def qemu_command(machine: Machine, image: Path, provision: Path, console: Path, ports: tuple[int, int],
-                 ssh_ports: dict[str, int] | None = None, *, memory_mib: int = 512) -> list[str]:
+                 ssh_ports: dict[str, int] | None = None, *, memory_mib: int = 512,
+                 uefi: firmware.Machine | None = None) -> list[str]:
     """QEMU for one machine: its image (snapshot: nothing it writes reaches the file), its provisioning disk
     read-only, its outside NIC on the UDP pair (`ports`: this machine's and its peer's), its SSH jails' networks
-    (`ssh_ports`: jail -> host port), the console to a file."""
+    (`ssh_ports`: jail -> host port), the console to a file; an image of the UEFI path on `uefi` (OVMF with
+    enrolled keys, a TPM)."""
     local, remote = ports
+    disk = (["-drive", f"file={image},if=virtio,format=raw,snapshot=on"] if uefi is None
+            else [*uefi.qemu_args(), *firmware.disk_args(image, "raw")])
     return ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mib), "-display", "none", "-no-reboot",
             "-name", machine.name, "-monitor", "none",
             "-chardev", f"file,id=console,path={console},append=on", "-serial", "chardev:console",
-            "-drive", f"file={image},if=virtio,format=raw,snapshot=on",
-            "-drive", f"file={provision},if=virtio,format=raw,readonly=on",
+            *disk, "-drive", f"file={provision},if=virtio,format=raw,readonly=on",
             "-netdev", f"socket,id=outside,udp=127.0.0.1:{remote},localaddr=127.0.0.1:{local}",
             "-device", f"virtio-net-pci,netdev=outside,mac={machine.mac}",
             *admin_netdevs(machine, ssh_ports or {})]
