@@ -63,7 +63,7 @@ def test_client_builds_every_package_from_source(client):
         "build/clip-core sys-apps/busybox-1.35.0": "built",
         "build/clip-core sys-apps/iproute2-6.1.0": "built",
         "build/clip-core net-firewall/iptables-1.8.9": "built",
-        "build/clip-core app-clip/clip-sysinfo-1.0.0": "built",
+        "build/clip-core app-clip/clip-sysinfo-1.1.0": "built",
         "build/clip-core app-clip/clip-jail-1.0.0": "built",
         "build/clip-core app-clip/clip-net-1.0.0": "built",
         "build/clip-core net-vpn/strongswan-5.9.8": "built",
@@ -230,7 +230,7 @@ def test_a_second_build_rebuilds_nothing(project, client, tmp_path):
 def test_gateway_shares_what_it_can(project, client):
     gateway = statuses(project.build("gateway"))
     assert gateway["build/clip-core sys-apps/busybox-1.35.0"] == "reused"
-    assert gateway["build/clip-core app-clip/clip-sysinfo-1.0.0"] == "reused"
+    assert gateway["build/clip-core app-clip/clip-sysinfo-1.1.0"] == "reused"
     assert gateway["build/clip-core sys-apps/iproute2-6.1.0"] == "reused"  # same USE for both species
     assert gateway["build/clip-core net-firewall/iptables-1.8.9"] == "reused"
     assert gateway["build/clip-core clip-layout/baselayout-clip-4.5.0"] == "built"  # USE clip-gtw
@@ -238,12 +238,12 @@ def test_gateway_shares_what_it_can(project, client):
 
 
 def test_editing_one_ebuild_rebuilds_that_package_only(project, client):
-    ebuild = project.root / "overlays" / "clip" / "app-clip" / "clip-sysinfo" / "clip-sysinfo-1.0.0.ebuild"
+    ebuild = project.root / "overlays" / "clip" / "app-clip" / "clip-sysinfo" / "clip-sysinfo-1.1.0.ebuild"
     ebuild.write_text(ebuild.read_text() + f"\n# edited by a test at {time.time_ns()}\n")
     report = project.build("client")
     built = {k: v for k, v in statuses(report).items() if v == "built"}
-    assert built == {"build/clip-core app-clip/clip-sysinfo-1.0.0": "built"}
-    row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.0.0")
+    assert built == {"build/clip-core app-clip/clip-sysinfo-1.1.0": "built"}
+    row = next(r for e in report["sets"] for r in e["packages"] if r["cpv"] == "app-clip/clip-sysinfo-1.1.0")
     assert row["reason"] == "ebuild or its files changed"
     explained = project.clipbuild("build", "client", "--explain")
     assert "build/clip-core: cached, 17 packages unchanged" in explained.stdout
@@ -256,7 +256,7 @@ def test_editing_a_library_rebuilds_it_and_what_links_it_only(project, client):
     ebuild.write_text(ebuild.read_text() + f"\n# edited by a test at {time.time_ns()}\n")
     report = project.build("client")
     built = {k for k, v in statuses(report).items() if v == "built"}
-    assert built == {"build/clip-core sys-libs/zlib-1.2.13", "build/clip-core app-clip/clip-sysinfo-1.0.0",
+    assert built == {"build/clip-core sys-libs/zlib-1.2.13", "build/clip-core app-clip/clip-sysinfo-1.1.0",
                      "build/clip-core net-misc/openssh-9.2_p1"}
     reasons = {r["cpv"]: r["reason"] for e in report["sets"] for r in e["packages"] if r["status"] == "built"}
     assert reasons["sys-libs/zlib-1.2.13"] == "ebuild or its files changed"

@@ -13,6 +13,11 @@
  * /run/clip/jails/summary); it prints CLIP_BOOT_OK when all holds, with the number of self-tests passed, the
  * jails proven out of those configured (jails=7/8) and the KEY=VALUE words the tests
  * asked for (/run/clip/selftest/marker, e.g. the IPsec stack), else CLIP_BOOT_FAILED and why.
+ *
+ * Before the marker it prints the boot path's proof, the CLIP_UEFI line (firmware, Secure Boot, lockdown, the
+ * entry systemd-boot booted, TPM PCRs: clip-efi.c). With --check, once every check passed and before
+ * CLIP_BOOT_OK, it blesses the entry systemd-boot is counting tries of (clip-bless.c) and prints CLIP_BLESSED
+ * or CLIP_BLESS_FAILED: a failure to bless is shown but does not fail a good boot.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -25,6 +30,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
+
+#include "clip-efi.h"
 
 #define LINE 4096
 
@@ -245,6 +252,7 @@ int main(int argc, char **argv)
 
 	printf("clip-sysinfo: release=\"%s\" slot=%s root=%s device=%s target=%s state=%s roothash=%s jails=%d "
 	       "zlib=%s\n", release, slot, read_only ? "ro" : "rw", device, target, state, root_hash, jails, zlibVersion());
+	efi_report();
 	if (!check)
 		return 0;
 	const char *why = NULL;
@@ -272,6 +280,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	selftest_words(words, sizeof(words));
+	bless_boot();
 	printf("CLIP_BOOT_OK slot=%s release=\"%s\" roothash=%s zlib=%s selftests=%d jails=%d/%d%s\n", slot, release,
 	       root_hash, zlibVersion(), passed, proven, jails, words);
 	return 0;

@@ -2,6 +2,8 @@
 # A dynamically linked PIE against the system's own libraries (clip-toolchain.eclass): musl's loader and
 # libc, and zlib, whose version it reports, so the boot check proves both load from the image.
 # Also clip-selftest, which runs the packages' boot self-tests (clip-selftest.eclass) before the check.
+# 1.1.0: the UEFI boot path's proof (the CLIP_UEFI line: clip-efi.c) and the blessing of the entry systemd-boot
+# counts the tries of, once the check passed (clip-bless.c).
 EAPI=8
 
 inherit clip-toolchain
@@ -16,13 +18,15 @@ KEYWORDS="amd64"
 DEPEND="sys-libs/zlib"
 RDEPEND=">=sys-libs/zlib-1.2.13"
 
+CLIP_SYSINFO_SOURCES=( clip-sysinfo.c clip-efi.c clip-bless.c )
+
 src_unpack() {
-	cp "${FILESDIR}/clip-sysinfo.c" "${S}/" || die
+	cp "${CLIP_SYSINFO_SOURCES[@]/#/${FILESDIR}/}" "${FILESDIR}/clip-efi.h" "${S}/" || die
 }
 
 src_compile() {
-	echo ${CC} ${CFLAGS} ${CPPFLAGS} ${LDFLAGS} -o clip-sysinfo clip-sysinfo.c -lz
-	${CC} ${CFLAGS} ${CPPFLAGS} ${LDFLAGS} -o clip-sysinfo clip-sysinfo.c -lz || die "compile failed"
+	echo ${CC} ${CFLAGS} ${CPPFLAGS} ${LDFLAGS} -o clip-sysinfo "${CLIP_SYSINFO_SOURCES[@]}" -lz
+	${CC} ${CFLAGS} ${CPPFLAGS} ${LDFLAGS} -o clip-sysinfo "${CLIP_SYSINFO_SOURCES[@]}" -lz || die "compile failed"
 }
 
 src_install() {
