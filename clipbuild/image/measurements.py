@@ -123,6 +123,11 @@ def draft(statement: Statement) -> bytes:
     return (json.dumps({"signed": statement.to_signed(), "signatures": []}, indent=1, sort_keys=True) + "\n").encode()
 
 
+def write_draft(statement: Statement, out: Path) -> Path:
+    safefile.write_atomic(out, draft(statement))
+    return out
+
+
 def countersign(statement: Statement, image: Path, keys: secureboot.SecureBootKeys, signer: SigningKey,
                 out: Path) -> inspection.Report:
     """Sign `statement` into `out` as `signer`, once `image` has passed every check of `check_image` against
@@ -229,6 +234,21 @@ def verified(path: Path, policy: Policy, at: dt.datetime) -> Signed:
         raise SigningError(problems[0], detail=[f"  {p}" for p in problems[1:]],
                            hint="countersigned measurements come from clipbuild measurements sign (or release)")
     return found
+
+
+def for_image(path: Path, image: Path, policy: Policy, at: dt.datetime) -> Statement:
+    """The statement of a document whose controller signature holds and which measures `image` (its
+    SHA-256), else an error saying which."""
+    statement = verified(path, policy, at).statement
+    if image.suffix == ".qcow2":
+        raise InputError(f"{path}: measures the raw image {statement.image_file}, not a qcow2 copy",
+                         hint="check the raw image itself")
+    digest = sha256_file(image)
+    if digest != statement.image_sha256:
+        raise InputError(f"{path}: measures {statement.image_file} (SHA-256 {statement.image_sha256[:16]}...), not "
+                         f"{image} (SHA-256 {digest[:16]}...)",
+                         hint="give the measurements of this image (an updated image is another image)")
+    return statement
 
 
 # -- the image against a statement ------------------------------------------------------------------------
