@@ -206,7 +206,7 @@ def _shape(value: Any, spec: Any, path: str) -> str | None:
         return f"{path}: {str(value)[:80]!r} is not a valid value"
     if isinstance(spec, type):
         ok = isinstance(value, spec) and not (isinstance(value, bool) and spec is not bool)
-        return None if ok else f"{path}: a {spec.__name__} is expected"
+        return None if ok else f"{path}: {'an integer' if spec is int else 'text'} is expected"
     if not isinstance(value, dict):
         return f"{path}: an object is expected"
     if isinstance(spec, tuple):  # ("*", key form, value spec)
