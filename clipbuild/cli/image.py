@@ -16,7 +16,7 @@ from clipbuild.cli.context import Options, emit_json, json_option, release_choic
 from clipbuild.core.errors import ClipbuildError, InputError, VmCheckError
 from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
-from clipbuild.image import contents, firmware, inspection, jailproof, measurements, vm
+from clipbuild.image import contents, firmware, inspection, jailproof, measurements, uefi, vm
 from clipbuild.image.manifest import check_shape, image_name
 from clipbuild.image.publish import Published, publish
 from clipbuild.signing import devpki, secureboot, trust
@@ -129,9 +129,13 @@ def _is_species(opts: Options, name: str) -> bool:
               "every package's signatures, from the image itself. Exit 1 on any failure.")
 @click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
               help="Trust policy for --verify [default: the development PKI's, for a development image].")
+@click.option("--secureboot-keys", "secureboot_keys", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="UEFI images, --verify: the Secure Boot key folder whose db certificate the UKIs and systemd-boot "
+                   "must be signed with [default: the development set, for a development image].")
 @json_option
 @click.pass_obj
-def inspect_cmd(opts: Options, image: str, verify: bool, policy: Path | None, as_json: bool) -> None:
+def inspect_cmd(opts: Options, image: str, verify: bool, policy: Path | None, secureboot_keys: Path | None,
+                as_json: bool) -> None:
     """Show what IMAGE (a file, or a species' latest image) holds: partitions, slots, the active slot,
     packages, signers, development or release; and, read from the active slot's trees and each RM partition,
     every installed package's size and the results of the image's ELF and file-owner checks."""
@@ -140,6 +144,8 @@ def inspect_cmd(opts: Options, image: str, verify: bool, policy: Path | None, as
     data["installed"] = contents.installed(found)
     report = None
     if verify:
+        if found.esp is not None:
+            found.secureboot_cert = uefi.keys_for(found.manifest, secureboot_keys, str(found.image)).cert("db")
         report = inspection.verify(found, trust.load_policy(image_policy(found.manifest, policy, "--verify of")))
         for tree in data["installed"]:
             report.add(f"{tree['tree']}: ELF hardening, libraries, file owners", tree["ok"],
@@ -211,6 +217,9 @@ def _installed_lines(trees: list[dict[str, Any]]) -> list[str]:
 @click.option("--log", "log_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Console log of --check [default: WORKDIR/vm/<image>.console.log].")
 @click.option("--memory", default=512, show_default=True, help="Guest memory in MiB.")
+@click.option("--reboots", default=0, show_default=True, type=click.IntRange(0, 10),
+              help="With --check: let up to this many boots end in a kernel panic, the machine rebooting as a "
+                   "device does (UEFI boot counting then falls back to the other slot).")
 @click.option("--secureboot-keys", "secureboot_keys", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="UEFI images: the Secure Boot key folder whose certificates OVMF enrolls [default: the development "
                    "set, for a development image]. Only the certificates are read.")
@@ -222,7 +231,8 @@ def _installed_lines(trees: list[dict[str, Any]]) -> list[str]:
 @json_option
 @click.pass_obj
 def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Path | None, memory: int,
-           secureboot_keys: Path | None, measured: Path | None, policy: Path | None, as_json: bool) -> None:
+           reboots: int, secureboot_keys: Path | None, measured: Path | None, policy: Path | None,
+           as_json: bool) -> None:
     """Boot IMAGE (a file, or a species' latest image) in QEMU (TCG) on the serial console.
 
     The disk is opened read-only (snapshot): the image file never changes. Quit with Ctrl-A X.
@@ -240,14 +250,9 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
     """
     path = image_path(opts, image)
     manifest = image_manifest(path)
-    pcrs = {name: info["pcrs"] for name, info in manifest["slots"].items() if "pcrs" in info}
-    source = "the manifest"
-    if measured is not None:
-        if not check:
-            raise click.UsageError("--measurements goes with --check")
-        loaded = trust.load_policy(image_policy(manifest, policy, "--measurements of"))
-        pcrs = measurements.for_image(measured, path, loaded, trust.now()).pcrs()
-        source = f"the countersigned {measured.name}"
+    if measured is not None and not check:
+        raise click.UsageError("--measurements goes with --check")
+    pcrs, source = expected_pcrs(path, manifest, measured, policy)
     with uefi_machine(opts, path, manifest, secureboot_keys) as machine:
         if not check:
             sys.exit(vm.boot(path, memory, machine))
@@ -257,11 +262,16 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
                           expected={name: info.get("selftests") for name, info in slots.items()},
                           jails={name: [jailproof.Expected.from_dict(j) for j in info["jails"]] if "jails" in info
                                  else None for name, info in slots.items()},
-                          uefi=machine, pcrs=pcrs, pcrs_source=source)
+                          uefi=machine, pcrs=pcrs, reboots=reboots, pcrs_source=source)
     if as_json:
         emit_json(result.to_dict())
     elif result.ok:
         click.echo(f"boot ok in {result.seconds:.1f} s: {result.marker}")
+        for failed in result.failed_boots:
+            click.echo(f"  an earlier boot failed, the machine rebooted: {failed}")
+        if result.uefi is not None and result.uefi.firmware == "uefi":
+            click.echo(f"  UEFI: Secure Boot {'on' if result.uefi.secureboot else 'OFF'}, lockdown "
+                       f"{result.uefi.lockdown}, entry {result.uefi.entry}, PCR 4/7/11 as {source} predicts")
         for test in result.selftests:
             click.echo(f"  self-test {test.name}: {'ok' if test.ok else 'FAILED'} in {test.seconds} s: {test.output}")
         for jail in result.jails:
@@ -270,6 +280,16 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
     if not result.ok:
         raise VmCheckError(f"boot check of {path.name} failed after {result.seconds:.1f} s: {result.reason}; "
                            f"console log: {result.log}")
+
+
+def expected_pcrs(path: Path, manifest: dict[str, Any], measured: Path | None,
+                  policy: Path | None) -> tuple[dict[str, dict[str, str]], str]:
+    """The PCR values each slot of the image must read, and whose word they are: the manifest's predictions,
+    or those of a countersigned measurements document (`measured`) that verifies and names this image."""
+    if measured is None:
+        return {name: info["pcrs"] for name, info in manifest["slots"].items() if "pcrs" in info}, "the manifest"
+    loaded = trust.load_policy(image_policy(manifest, policy, "--measurements of"))
+    return measurements.for_image(measured, path, loaded, trust.now()).pcrs(), f"the countersigned {measured.name}"
 
 
 def jail_line(jail: jailproof.Report) -> str:

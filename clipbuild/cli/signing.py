@@ -11,7 +11,7 @@ import click
 
 from clipbuild.cli.context import emit_json, json_option
 from clipbuild.core.errors import EXIT_FAILED, InputError
-from clipbuild.signing import batch, pki, signer, trust
+from clipbuild.signing import batch, pki, secureboot, signer, trust
 from clipbuild.update import releasemeta, repository
 
 ROLE = click.Choice(["developer", "controller"])
@@ -69,6 +69,42 @@ def pki_revoke(directory: Path, certificate: Path, passphrase_file: Path | None)
     """Revoke CERTIFICATE: its CA's CRL is re-issued with it."""
     role = pki.revoke(directory, certificate, secret_of(passphrase_file))
     click.echo(f"revoked {certificate} ({role}); publish {directory / (role + '-ca.crl.pem')}")
+
+
+@pki_group.group("secureboot")
+def secureboot_group() -> None:
+    """UEFI Secure Boot keys (PK, KEK, db; RSA), kept apart from the package-signing PKI.
+
+    \b
+    A key set signs systemd-boot and the unified kernel images of the UEFI boot path (docs/boot.md). Development
+    images use a development set made on first use in clipbuild's cache; a release needs its own set, whose
+    private keys stay outside every build tree: `clipbuild image SPECIES --release --bootloader systemd-boot
+    --secureboot-keys DIR` reads the certificates and db.key from DIR and refuses a DIR inside the project or
+    the cache. PK.key and KEK.key sign changes to the firmware's keys only: keep them offline.
+    """
+
+
+@secureboot_group.command("init")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--organisation", default="clipbuild Secure Boot", show_default=True,
+              help="O= of the three certificates (their CN adds the role).")
+@click.option("--bits", type=click.Choice([str(b) for b in secureboot.BITS]), default="2048", show_default=True,
+              help="RSA key size (OVMF refuses ECDSA Secure Boot keys).")
+@click.option("--days", type=click.IntRange(1), default=3650, show_default=True)
+@json_option
+def secureboot_init(directory: Path, organisation: str, bits: str, days: int, as_json: bool) -> None:
+    """Create a Secure Boot key set in DIRECTORY (which must not exist): PK, KEK signed by PK, db signed by KEK,
+    and the EFI signature owner GUID."""
+    keys = secureboot.init(directory, organisation, bits=int(bits), days=days)
+    data = {"directory": str(keys.directory), "owner": keys.owner,
+            **{role: {"certificate": str(keys.cert(role)), "subject": keys.subject(role),
+                      "sha256": keys.fingerprint(role)} for role in secureboot.ROLES}}
+    if as_json:
+        emit_json(data)
+        return
+    for role in secureboot.ROLES:
+        click.echo(f"{role:<4} {keys.cert(role)}  sha256 {keys.fingerprint(role)}")
+    click.echo(f"owner GUID {keys.owner}; private keys {directory}/*.key (mode 0600): keep PK.key and KEK.key offline")
 
 
 @click.command("sign")

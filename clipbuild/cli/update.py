@@ -102,10 +102,14 @@ def update_group() -> None:
                    "option_install_high_impact_packages, /etc/admin/clip_install/clip_install_clip_*.conf].")
 @click.option("--at", "at", type=click.DateTime(),
               help="Development images only: check as of this time (UTC) instead of now (expiry, ages, certificates).")
+@click.option("--secureboot-keys", "secureboot_keys", type=click.Path(path_type=Path, file_okay=False, exists=True),
+              help="UEFI path: the Secure Boot key folder whose db key signs the new slot's kernel image [default: the "
+                   "development set, for a development image].")
 @json_option
 @click.pass_obj
 def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_age: int | None,
-              allow_high_impact: bool | None, at: dt.datetime | None, as_json: bool) -> None:
+              allow_high_impact: bool | None, at: dt.datetime | None, secureboot_keys: Path | None,
+              as_json: bool) -> None:
     """Apply the update repositories under REPO to IMAGE (a file, or a species' latest image), in place.
 
     REPO's signed release metadata (REPO/release.json) is checked before anything else: signed by a
@@ -120,7 +124,8 @@ def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_ag
     \b
       core newer: into the inactive slot (new root, dm-verity tree, mounts partition with the local
         configuration carried over, kernel, boot entry), the A/B switch flipped last: an update stopped
-        at any point leaves the old slot booting;
+        at any point leaves the old slot booting; on the UEFI path the new slot's signed kernel image,
+        with three boot tries (docs/boot.md);
       apps newer (core the same): in place on the running slot with CLIP's journal lists, rolled back
         when dpkg fails, the partition backed up beside the image while it is written.
 
@@ -135,7 +140,7 @@ def apply_cmd(opts: Options, image: str, repo: Path, policy: Path | None, max_ag
         raise InputError(f"{path}: --at is for development images: a release image checks dates against the clock")
     outcome = apply.apply(path, repo, trust.load_policy(policy) if policy else None, overrides,
                           progress=lambda message: click.echo(f"update: {message}", err=True),
-                          now=at.replace(tzinfo=dt.UTC) if at else None)
+                          now=at.replace(tzinfo=dt.UTC) if at else None, secureboot_keys=secureboot_keys)
     if as_json:
         emit_json(outcome.to_dict(), sort_keys=False)
         return

@@ -2,7 +2,7 @@
 
 Each PCR starts at 32 zero bytes and is extended with the digest of each event: pcr = sha256(pcr || digest).
 The events, as OVMF 2022.11 (EDK II Tcg2Dxe, DxeImageVerificationLib) and systemd 252 (systemd-stub,
-systemd-boot) make them, checked against a TPM read after a real boot (docs/secure-boot.md):
+systemd-boot) make them (read in their sources, then checked against real boots):
 
 - PCR 4: EV_EFI_ACTION "Calling EFI Application from Boot Option" (at the first ReadyToBoot), EV_SEPARATOR
   (4 zero bytes), then EV_EFI_BOOT_SERVICES_APPLICATION with the Authenticode digest of each PE image the
@@ -10,11 +10,11 @@ systemd-boot) make them, checked against a TPM read after a real boot (docs/secu
   kernel with LoadImage too, but under Secure Boot it overrides the firmware's security protocols for that
   call, so the kernel adds no event (without Secure Boot it would).
 - PCR 7: EV_EFI_VARIABLE_DRIVER_CONFIG for SecureBoot, PK, KEK, db, dbx in that order (an absent variable
-  is measured with no data), dbt only if present, EV_SEPARATOR, then one EV_EFI_VARIABLE_AUTHORITY per db
-  entry that verified an image (measured once however many images it verified): variable "db" holding that
-  EFI_SIGNATURE_DATA (owner GUID, then the certificate's DER). Each digest is sha256 of the whole
-  UEFI_VARIABLE_DATA (vendor GUID, UINT64 name length in UTF-16 units, UINT64 data length, UTF-16LE name
-  without its NUL, data).
+  is measured with no data), dbt only if present (EDK II's source; no boot here had one), EV_SEPARATOR, then
+  one EV_EFI_VARIABLE_AUTHORITY per db entry that verified an image (measured once however many images it
+  verified): variable "db" holding that EFI_SIGNATURE_DATA (owner GUID, then the certificate's DER). Each
+  digest is sha256 of the whole UEFI_VARIABLE_DATA (vendor GUID, UINT64 name length in UTF-16 units, UINT64
+  data length, UTF-16LE name without its NUL, data).
 - PCR 11: systemd-stub 252 extends, for each of .linux, .osrel, .cmdline, .initrd, .splash, .dtb, .pcrpkey
   the UKI holds (in that order; .pcrsig never), sha256 of the section name with its NUL, then sha256 of the
   section's VirtualSize bytes in memory (EV_IPL events).
@@ -24,8 +24,8 @@ DVD-ROM drive, a network boot) adds "Returning from EFI Application from Boot Op
 Application from Boot Option" again (`earlier_attempts`). A VM that must match a manifest boots its disk first
 (`bootindex=0`). PCR 11 is the stub's alone: userspace (systemd-pcrphase) would extend it further.
 
-Checked against a TPM (swtpm) read by the guest after real boots of OVMF 2022.11 with enrolled keys, and
-against the event log the firmware kept (also the no-Secure-Boot and dbx-absent cases).
+Checked against the PCRs a guest read from swtpm after real boots of OVMF 2022.11 with enrolled keys, and
+against the event logs the firmware kept (tests/data/vectors/measured-boot: slot A, with and without dbx).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +42,7 @@ from pathlib import Path
 from clipbuild.core.errors import InputError
 from clipbuild.core.run import run
 from clipbuild.formats import pe
+from clipbuild.signing import secureboot
 
 CALLING_EFI_APPLICATION = b"Calling EFI Application from Boot Option"
 RETURNING_FROM_EFI_APPLICATION = b"Returning from EFI Application from Boot Option"
@@ -172,19 +172,13 @@ def signature_entries(esl: bytes, what: str) -> list[tuple[str, str, bytes]]:
     return entries
 
 
-def _virt_fw_vars() -> str:
-    """virt-fw-vars: the one installed beside this Python (a virtual environment's bin), else from PATH."""
-    beside = Path(sys.executable).parent / "virt-fw-vars"
-    return str(beside) if beside.is_file() else "virt-fw-vars"
-
-
 def read_variables(vars_file: Path) -> dict[tuple[str, str], bytes]:
     """The variables of an OVMF variable store, by (name, vendor GUID), read by virt-firmware."""
     if not vars_file.is_file():
         raise InputError(f"{vars_file}: no such OVMF variable store")
     with tempfile.TemporaryDirectory(prefix="clipbuild-vars-") as scratch:
         out = Path(scratch) / "vars.json"
-        run([_virt_fw_vars(), "--input", str(vars_file), "--output-json", str(out)])
+        run([secureboot.virt_fw_vars(), "--input", str(vars_file), "--output-json", str(out)])
         try:
             listing = json.loads(out.read_text(encoding="utf-8"))
             return {(v["name"], v["guid"].lower()): bytes.fromhex(v["data"]) for v in listing["variables"]}

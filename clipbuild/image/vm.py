@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from clipbuild.core.run import run, run_watch
 from clipbuild.image import bootproof, firmware, jailproof
@@ -60,11 +61,14 @@ class CheckResult:
     slot: str = ""
     selftests: list[Outcome] = field(default_factory=list)
     jails: list[jailproof.Report] = field(default_factory=list)
+    uefi: bootproof.UefiReport | None = None
+    failed_boots: list[str] = field(default_factory=list)  # what ended each boot the machine came back from
 
     def to_dict(self) -> dict[str, object]:
         return {"ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 1), "log": self.log,
                 "marker": self.marker, "slot": self.slot, "selftests": [t.to_dict() for t in self.selftests],
-                "jails": [j.to_dict() for j in self.jails]}
+                "jails": [j.to_dict() for j in self.jails], "uefi": self.uefi.to_dict() if self.uefi else None,
+                "failed_boots": self.failed_boots}
 
 
 def _menu_enter() -> Callable[[bytes], bytes | None]:
@@ -81,39 +85,58 @@ def _menu_enter() -> Callable[[bytes], bytes | None]:
     return keys
 
 
+class _Console:
+    """The console of one check, line by line: what each boot showed, and whether to stop watching. A panic
+    ends a boot; with `reboots` left the machine comes back (a device that reboots on failure) and the next
+    boot is watched afresh."""
+
+    STOPS = (OK_MARKER, FAILED_MARKER, PANIC, firmware.ACCESS_DENIED)
+
+    def __init__(self, log: TextIO, reboots: int):
+        self.log, self.reboots = log, reboots
+        self.seen: dict[str, str] = {}
+        self.lines: list[str] = []
+        self.outcomes: list[Outcome] = []
+        self.failed_boots: list[str] = []
+
+    def __call__(self, raw: str) -> bool:
+        line = ANSI.sub("", raw)
+        self.log.write(line + "\n")
+        self.lines.append(line)
+        if (outcome := parse(line)) is not None:
+            self.outcomes.append(outcome)
+        for marker in self.STOPS:
+            if marker in line:  # the firmware's refusal names the file before the marker: keep the line
+                self.seen.setdefault(marker, line.strip() if marker == firmware.ACCESS_DENIED
+                                     else line[line.index(marker):].strip())
+        if "is corrupted" in line:
+            self.seen.setdefault("corrupted", line.strip())
+        if PANIC in self.seen and len(self.failed_boots) < self.reboots:
+            self.failed_boots.append(self.seen[PANIC] + (f" ({self.seen['corrupted']})" if "corrupted" in self.seen
+                                                        else ""))
+            self.seen, self.lines, self.outcomes = {}, [], []
+            return False
+        return any(m in self.seen for m in self.STOPS)
+
+
 def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int = 512,
           expected: Mapping[str, list[str] | None] | None = None,
           jails: Mapping[str, list[jailproof.Expected] | None] | None = None,
           uefi: firmware.Machine | None = None, pcrs: Mapping[str, Mapping[str, str]] | None = None,
-          pcrs_source: str = "the manifest") -> CheckResult:
+          reboots: int = 0, pcrs_source: str = "the manifest") -> CheckResult:
     """Boot headless until the marker; the console is saved to `log_path`. `expected`: the self-tests each slot
     ships, `jails`: the jails each slot starts (None for a slot whose manifest does not say). With `uefi`, on
     OVMF: the firmware refusing an image fails the check at once, and the booted system must report Secure Boot
-    on and, where `pcrs` gives the slot's predictions (from `pcrs_source`), exactly those PCR values."""
-    seen: dict[str, str] = {}
-    outcomes: list[Outcome] = []
-    lines: list[str] = []
+    on and, where `pcrs` gives the slot's predictions (from `pcrs_source`), exactly those PCR values. With
+    `reboots`, up to that many boots may end in a panic, the machine rebooting (what boot counting's fallback
+    needs)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with log_path.open("w", encoding="utf-8") as log:
-        def on_line(raw: str) -> bool:
-            line = ANSI.sub("", raw)
-            log.write(line + "\n")
-            lines.append(line)
-            outcome = parse(line)
-            if outcome is not None:
-                outcomes.append(outcome)
-            for marker in (OK_MARKER, FAILED_MARKER, PANIC, firmware.ACCESS_DENIED):
-                if marker in line:
-                    seen.setdefault(marker, line[line.index(marker):].strip())
-            if "is corrupted" in line:
-                seen.setdefault("corrupted", line.strip())
-            if firmware.ACCESS_DENIED in line:
-                seen.setdefault("refused", line.strip())
-            return any(m in seen for m in (OK_MARKER, FAILED_MARKER, PANIC, firmware.ACCESS_DENIED))
-
-        outcome, status = run_watch(qemu_command(image, memory_mib=memory_mib, uefi=uefi), on_line,
-                                    timeout=timeout, keys=None if uefi else _menu_enter())
+        console = _Console(log, reboots)
+        outcome, status = run_watch(qemu_command(image, memory_mib=memory_mib, uefi=uefi, reboot=reboots > 0),
+                                    console, timeout=timeout, keys=None if uefi else _menu_enter())
+    seen, lines, outcomes = console.seen, console.lines, console.outcomes
     seconds = time.monotonic() - started
     # The booted slot, from the marker or from clip-sysinfo's report line before a failed check.
     found = re.search(r"\bslot=(\S+)", seen.get(OK_MARKER) or next((x for x in lines if x.startswith(SYSINFO)), ""))
@@ -123,34 +146,35 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
     order = {jail.name: index for index, jail in enumerate(expected_jails)}
     listed = sorted(reports.values(), key=lambda r: order.get(r.name, len(order)))
     jail_problems = jailproof.problems(expected_jails, reports)  # the host's own reading, in every outcome
+    report = next((r for r in reversed([bootproof.parse_uefi(x) for x in lines]) if r is not None), None)
     if OK_MARKER in seen:
         problems = missing((expected or {}).get(slot) or [], outcomes) + jail_problems
         if uefi is not None:
-            problems += uefi_problems(lines, (pcrs or {}).get(slot), pcrs_source)
+            problems += uefi_problems(report, (pcrs or {}).get(slot), pcrs_source)
         return CheckResult(not problems, "; ".join(problems) or "the system is up", seconds, str(log_path),
-                           seen[OK_MARKER], slot, outcomes, listed)
+                           seen[OK_MARKER], slot, outcomes, listed, report, console.failed_boots)
     if FAILED_MARKER in seen:
         reason = seen[FAILED_MARKER].removeprefix(FAILED_MARKER).strip() or "the boot check failed"
         reason = "; ".join([reason, *(p for p in jail_problems if not reason.startswith(p))])
-    elif "refused" in seen:
-        reason = f"the firmware refused to start the boot loader or the kernel image: {seen['refused']}"
+    elif firmware.ACCESS_DENIED in seen:
+        reason = f"the firmware refused to start the boot loader or the kernel image: {seen[firmware.ACCESS_DENIED]}"
     elif PANIC in seen:
         reason = seen[PANIC] + (f" ({seen['corrupted']})" if "corrupted" in seen else "")
     elif outcome == "exited":
         reason = f"QEMU exited (status {status}) before the system came up"
     else:
         reason = f"no {OK_MARKER} within {timeout:g} s"
-    return CheckResult(False, reason, seconds, str(log_path), seen.get(FAILED_MARKER, ""), slot, outcomes, listed)
+    return CheckResult(False, reason, seconds, str(log_path), seen.get(FAILED_MARKER, ""), slot, outcomes, listed,
+                       report, console.failed_boots)
 
 
-def uefi_problems(lines: list[str], pcrs: Mapping[str, str] | None, source: str = "the manifest") -> list[str]:
+def uefi_problems(report: bootproof.UefiReport | None, pcrs: Mapping[str, str] | None,
+                  source: str = "the manifest") -> list[str]:
     """What is wrong with the booted system's account of a UEFI boot (its CLIP_UEFI line): it must have booted
     from UEFI with Secure Boot enforcing (not in setup mode), the kernel locked down, and read exactly the
-    predicted `pcrs` ({"4": HEX, ...}) from its TPM."""
-    reports = [r for r in map(bootproof.parse_uefi, lines) if r is not None]
-    if not reports:
+    predicted `pcrs` ({"4": HEX, ...}, from `source`) from its TPM."""
+    if report is None:
         return ["the system did not report how it booted (no well-formed CLIP_UEFI line)"]
-    report = reports[-1]
     problems = []
     if report.firmware != "uefi" or report.secureboot is not True or report.setupmode is not False:
         problems.append(f"Secure Boot is not enforcing (firmware={report.firmware} secureboot={report.secureboot} "

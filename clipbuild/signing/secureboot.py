@@ -166,9 +166,11 @@ def check_outside(keys: SecureBootKeys, *trees: Path) -> None:
                                   "folder or signing machine)")
 
 
-def frozen_clock(date: int) -> str:
-    """faketime's argument for a clock stopped at `date` (run with TZ=UTC): for tools that stamp the time."""
-    return dt.datetime.fromtimestamp(date, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+def frozen_clock(date: int) -> list[str]:
+    """The faketime prefix that stops the clock at `date` (run with TZ=UTC), for tools that stamp the time.
+    `-f` with an absolute date freezes it; without -f faketime only starts the clock there, and a slow run
+    crossing a second would change the stamp."""
+    return ["faketime", "-f", dt.datetime.fromtimestamp(date, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")]
 
 
 def sign(source: Path, out: Path, keys: SecureBootKeys, date: int) -> None:
@@ -177,7 +179,7 @@ def sign(source: Path, out: Path, keys: SecureBootKeys, date: int) -> None:
     if key is None:
         raise SigningError(f"{keys.directory}: no db.key: this key set cannot sign",
                              hint="give the folder holding db.key (for a release: on the signing machine)")
-    run(["faketime", frozen_clock(date), "sbsign", "--key", key, "--cert", keys.cert("db"), "--output", out, source],
+    run([*frozen_clock(date), "sbsign", "--key", key, "--cert", keys.cert("db"), "--output", out, source],
         env={"TZ": "UTC"})
 
 
@@ -188,7 +190,7 @@ def verify(path: Path, cert: Path) -> tuple[bool, str]:
     return result.returncode == 0, "; ".join(lines)
 
 
-def _virt_fw_vars() -> str:
+def virt_fw_vars() -> str:
     """virt-fw-vars of clipbuild's own Python environment (the PyPI package virt-firmware), else from PATH."""
     beside = Path(sys.executable).parent / "virt-fw-vars"
     return str(beside) if beside.is_file() else "virt-fw-vars"
@@ -196,6 +198,6 @@ def _virt_fw_vars() -> str:
 
 def enrolled_vars(keys: SecureBootKeys, out: Path) -> None:
     """OVMF's variable store with this set enrolled (PK, KEK, db; no Microsoft keys) and Secure Boot on."""
-    run([_virt_fw_vars(), "--input", OVMF_VARS, "--output", out, "--set-pk", keys.owner, keys.cert("PK"),
+    run([virt_fw_vars(), "--input", OVMF_VARS, "--output", out, "--set-pk", keys.owner, keys.cert("PK"),
          "--add-kek", keys.owner, keys.cert("KEK"), "--add-db", keys.owner, keys.cert("db"), "--no-microsoft",
          "--secure-boot"])
