@@ -15,7 +15,7 @@ import pytest
 
 from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import ImageError, InputError, SigningError
-from clipbuild.image import esp, fsimage, gpt, measurements, uefi, uki, vm
+from clipbuild.image import bootproof, esp, fsimage, gpt, measurements, uefi, uki, vm
 from clipbuild.image.manifest import EMBEDDED_MANIFEST
 from clipbuild.signing import devpki, envelope, secureboot
 
@@ -301,7 +301,7 @@ def test_a_document_of_another_image_is_not_signed_over(image, keys, pki, signed
 def test_the_boot_check_names_the_countersigned_source():
     line = ("CLIP_UEFI firmware=uefi secureboot=1 setupmode=0 lockdown=integrity entry=clip-a.efi pcr4=" + "1" * 64
             + " pcr7=" + "2" * 64 + " pcr11=" + "3" * 64)
-    problems = vm.uefi_problems([line], {"4": "1" * 64, "7": "9" * 64}, "the countersigned m.json")
+    problems = vm.uefi_problems(bootproof.parse_uefi(line), {"4": "1" * 64, "7": "9" * 64}, "the countersigned m.json")
     assert problems == [f"PCR 7 is {'2' * 64}, the countersigned m.json predicts {'9' * 64}"], problems
 
 
