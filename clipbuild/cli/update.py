@@ -53,7 +53,7 @@ def release_cmd(opts: Options, species: str, release: bool, batches: tuple[Path,
     metadata = releasemeta.write_draft(out_dir / "repo", species)
     if not release:  # a development release: the development PKI's controller signs its metadata at once
         releasemeta.sign_repository(out_dir / "repo", devpki.ensure().controller, loaded)
-    measured = release_measurements(done, out_dir, release)
+    measured = release_measurements(done, out_dir, release, secureboot_keys)
     if as_json:
         emit_json({"image": str(done.image), "manifest": str(done.manifest),
                    "repositories": [str(p) for p in written], "metadata": str(metadata),
@@ -71,16 +71,18 @@ def release_cmd(opts: Options, species: str, release: bool, batches: tuple[Path,
                                     "--secureboot-keys ...)"))
 
 
-def release_measurements(done: Published, out_dir: Path, release: bool) -> Path | None:
+def release_measurements(done: Published, out_dir: Path, release: bool, keys_dir: Path | None) -> Path | None:
     """OUT/measurements.json for a release on the UEFI path (None on the BIOS path): the draft the controller
-    signs, signed at once by the development PKI's controller for a development release."""
+    signs, signed at once by the development PKI's controller for a development release (its image checked
+    with the Secure Boot certificates of `keys_dir`, else the development set)."""
     manifest = json.loads(done.manifest.read_text())
     if (manifest.get("boot") or {}).get("loader") != "systemd-boot":
         return None
     statement = measurements.of_manifest(manifest, str(done.manifest))
     target = measurements.write_draft(statement, out_dir / measurements.FILE)
     if not release:
-        measurements.countersign(statement, done.image, secureboot.development(), devpki.ensure().controller, target)
+        keys = secureboot.load(keys_dir) if keys_dir else secureboot.development()
+        measurements.countersign(statement, done.image, keys, devpki.ensure().controller, target)
     return target
 
 
