@@ -16,7 +16,7 @@ from clipbuild.cli.context import Options, emit_json, json_option, release_choic
 from clipbuild.core.errors import ClipbuildError, InputError, VmCheckError
 from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
-from clipbuild.image import contents, firmware, inspection, jailproof, uefi, vm
+from clipbuild.image import contents, firmware, inspection, jailproof, measurements, uefi, vm
 from clipbuild.image.manifest import check_shape, image_name
 from clipbuild.image.publish import Published, publish
 from clipbuild.signing import devpki, secureboot, trust
@@ -223,10 +223,16 @@ def _installed_lines(trees: list[dict[str, Any]]) -> list[str]:
 @click.option("--secureboot-keys", "secureboot_keys", type=click.Path(path_type=Path, file_okay=False, exists=True),
               help="UEFI images: the Secure Boot key folder whose certificates OVMF enrolls [default: the development "
                    "set, for a development image]. Only the certificates are read.")
+@click.option("--measurements", "measured", type=click.Path(path_type=Path, dir_okay=False),
+              help="With --check, UEFI images: compare the PCRs with this countersigned measurements document (it "
+                   "must verify and name this image) instead of the manifest's predictions.")
+@click.option("--policy", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Trust policy for --measurements [default: the development PKI's, for a development image].")
 @json_option
 @click.pass_obj
 def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Path | None, memory: int,
-           reboots: int, secureboot_keys: Path | None, as_json: bool) -> None:
+           reboots: int, secureboot_keys: Path | None, measured: Path | None, policy: Path | None,
+           as_json: bool) -> None:
     """Boot IMAGE (a file, or a species' latest image) in QEMU (TCG) on the serial console.
 
     The disk is opened read-only (snapshot): the image file never changes. Quit with Ctrl-A X.
@@ -239,10 +245,14 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
     An image of the UEFI path (systemd-boot) boots on OVMF with Secure Boot enforcing, the species' keys
     enrolled (a fresh copy of the variables per boot) and an emulated TPM (swtpm); --check also fails when
     the firmware refuses an image ("Access Denied"), when the system does not report Secure Boot on, or when
-    a PCR (4, 7, 11) differs from the manifest's prediction for the booted slot.
+    a PCR (4, 7, 11) differs from the manifest's prediction for the booted slot, or with --measurements
+    from the value the controller countersigned (clipbuild measurements sign) for this image.
     """
     path = image_path(opts, image)
     manifest = image_manifest(path)
+    if measured is not None and not check:
+        raise click.UsageError("--measurements goes with --check")
+    pcrs, source = expected_pcrs(path, manifest, measured, policy)
     with uefi_machine(opts, path, manifest, secureboot_keys) as machine:
         if not check:
             sys.exit(vm.boot(path, memory, machine))
@@ -252,8 +262,7 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
                           expected={name: info.get("selftests") for name, info in slots.items()},
                           jails={name: [jailproof.Expected.from_dict(j) for j in info["jails"]] if "jails" in info
                                  else None for name, info in slots.items()},
-                          uefi=machine, pcrs={name: info["pcrs"] for name, info in slots.items() if "pcrs" in info},
-                          reboots=reboots)
+                          uefi=machine, pcrs=pcrs, reboots=reboots, pcrs_source=source)
     if as_json:
         emit_json(result.to_dict())
     elif result.ok:
@@ -262,7 +271,7 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
             click.echo(f"  an earlier boot failed, the machine rebooted: {failed}")
         if result.uefi is not None and result.uefi.firmware == "uefi":
             click.echo(f"  UEFI: Secure Boot {'on' if result.uefi.secureboot else 'OFF'}, lockdown "
-                       f"{result.uefi.lockdown}, entry {result.uefi.entry}, PCR 4/7/11 as the manifest predicts")
+                       f"{result.uefi.lockdown}, entry {result.uefi.entry}, PCR 4/7/11 as {source} predicts")
         for test in result.selftests:
             click.echo(f"  self-test {test.name}: {'ok' if test.ok else 'FAILED'} in {test.seconds} s: {test.output}")
         for jail in result.jails:
@@ -271,6 +280,16 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
     if not result.ok:
         raise VmCheckError(f"boot check of {path.name} failed after {result.seconds:.1f} s: {result.reason}; "
                            f"console log: {result.log}")
+
+
+def expected_pcrs(path: Path, manifest: dict[str, Any], measured: Path | None,
+                  policy: Path | None) -> tuple[dict[str, dict[str, str]], str]:
+    """The PCR values each slot of the image must read, and whose word they are: the manifest's predictions,
+    or those of a countersigned measurements document (`measured`) that verifies and names this image."""
+    if measured is None:
+        return {name: info["pcrs"] for name, info in manifest["slots"].items() if "pcrs" in info}, "the manifest"
+    loaded = trust.load_policy(image_policy(manifest, policy, "--measurements of"))
+    return measurements.for_image(measured, path, loaded, trust.now()).pcrs(), f"the countersigned {measured.name}"
 
 
 def jail_line(jail: jailproof.Report) -> str:
@@ -285,13 +304,22 @@ def jail_line(jail: jailproof.Report) -> str:
 @contextlib.contextmanager
 def uefi_machine(opts: Options, path: Path, manifest: dict[str, Any],
                  keys_dir: Path | None) -> Iterator[firmware.Machine | None]:
-    """The UEFI machine an image of the UEFI path boots on (None for the BIOS path): OVMF with the keys of
-    --secureboot-keys, else the development set for a development image; they must be the keys the image
-    was signed for."""
-    boot = manifest.get("boot") or {"loader": "syslinux"}
-    if boot["loader"] != "systemd-boot":
+    """The UEFI machine an image of the UEFI path boots on (None for the BIOS path): OVMF with its Secure Boot
+    certificates enrolled (`image_keys`)."""
+    keys = image_keys(path, manifest, keys_dir)
+    if keys is None:
         yield None
         return
+    with firmware.machine(keys, opts.workdir / "vm" / f"{path.name}.uefi") as machine:
+        yield machine
+
+
+def image_keys(path: Path, manifest: dict[str, Any], keys_dir: Path | None) -> secureboot.SecureBootKeys | None:
+    """The Secure Boot certificates an image of the UEFI path was signed for (None for the BIOS path): those of
+    --secureboot-keys, else the development set for a development image; checked against the image's db."""
+    boot = manifest.get("boot") or {"loader": "syslinux"}
+    if boot["loader"] != "systemd-boot":
+        return None
     if keys_dir is None and manifest["signing"] != DEVELOPMENT:
         raise InputError(f"{path.name} is a release image of the UEFI path: give its Secure Boot certificates with "
                          "--secureboot-keys DIR")
@@ -300,8 +328,7 @@ def uefi_machine(opts: Options, path: Path, manifest: dict[str, Any],
     if signed_for != keys.fingerprint("db"):
         raise InputError(f"{path.name} was signed for the db certificate {signed_for}, not {keys.cert('db')} "
                          f"({keys.fingerprint('db')})", hint="give the image's key folder with --secureboot-keys")
-    with firmware.machine(keys, opts.workdir / "vm" / f"{path.name}.uefi") as machine:
-        yield machine
+    return keys
 
 
 def image_manifest(path: Path) -> dict[str, Any]:

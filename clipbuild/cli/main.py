@@ -16,7 +16,20 @@ from pathlib import Path
 import click
 
 from clipbuild import __version__
-from clipbuild.cli import binhost, build, distfiles, image, ipsec, jails, lab, profile, sdk, signing, update
+from clipbuild.cli import (
+    binhost,
+    build,
+    distfiles,
+    image,
+    ipsec,
+    jails,
+    lab,
+    measurements,
+    profile,
+    sdk,
+    signing,
+    update,
+)
 from clipbuild.cli.context import Options
 from clipbuild.core.errors import EXIT_FAILED, ClipbuildError
 from clipbuild.core.paths import cache_dir
@@ -55,7 +68,7 @@ def cli(ctx: click.Context, workdir: Path, project_dir: Path | None, sdk_key: st
     _VERBOSITY[0] = verbose
 
 
-for _group in (profile, build, binhost, sdk, signing, ipsec, distfiles, jails, image, update, lab):
+for _group in (profile, build, binhost, sdk, signing, ipsec, distfiles, jails, image, measurements, update, lab):
     for _command in _group.COMMANDS:
         cli.add_command(_command)
 signing.pki_group.add_command(ipsec.ipsec_group)

@@ -12,9 +12,10 @@ import click
 from clipbuild.cli.context import Options, emit_json, json_option, signing_options
 from clipbuild.cli.image import build_image, image_path, image_policy
 from clipbuild.core.errors import InputError
-from clipbuild.image import inspection
+from clipbuild.image import inspection, measurements
+from clipbuild.image.publish import Published
 from clipbuild.image.slot import CLIP_SETS, RM_SETS
-from clipbuild.signing import devpki, trust
+from clipbuild.signing import devpki, secureboot, trust
 from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.spec.profile import resolve
 from clipbuild.update import apply, releasemeta, repository
@@ -52,16 +53,37 @@ def release_cmd(opts: Options, species: str, release: bool, batches: tuple[Path,
     metadata = releasemeta.write_draft(out_dir / "repo", species)
     if not release:  # a development release: the development PKI's controller signs its metadata at once
         releasemeta.sign_repository(out_dir / "repo", devpki.ensure().controller, loaded)
+    measured = release_measurements(done, out_dir, release, secureboot_keys)
     if as_json:
         emit_json({"image": str(done.image), "manifest": str(done.manifest),
                    "repositories": [str(p) for p in written], "metadata": str(metadata),
-                   "metadata_signed": not release}, sort_keys=False)
+                   "metadata_signed": not release, "measurements": str(measured) if measured else None,
+                   "measurements_signed": bool(measured) and not release}, sort_keys=False)
         return
     click.echo(f"{done.image}")
     for path in written:
         click.echo(f"{path}")
     click.echo(f"{metadata}" + ("" if not release else " (unsigned: the controller signs it with clipbuild repo "
                                                        f"sign-metadata {out_dir / 'repo'} --key ... --cert ...)"))
+    if measured:
+        click.echo(f"{measured}" + ("" if not release else " (unsigned: the controller signs it with clipbuild "
+                                    f"measurements sign {done.manifest} --out {measured} --key ... --cert ... "
+                                    "--secureboot-keys ...)"))
+
+
+def release_measurements(done: Published, out_dir: Path, release: bool, keys_dir: Path | None) -> Path | None:
+    """OUT/measurements.json for a release on the UEFI path (None on the BIOS path): the draft the controller
+    signs, signed at once by the development PKI's controller for a development release (its image checked
+    with the Secure Boot certificates of `keys_dir`, else the development set)."""
+    manifest = json.loads(done.manifest.read_text())
+    if (manifest.get("boot") or {}).get("loader") != "systemd-boot":
+        return None
+    statement = measurements.of_manifest(manifest, str(done.manifest))
+    target = measurements.write_draft(statement, out_dir / measurements.FILE)
+    if not release:
+        keys = secureboot.load(keys_dir) if keys_dir else secureboot.development()
+        measurements.countersign(statement, done.image, keys, devpki.ensure().controller, target)
+    return target
 
 
 @click.group("update")

@@ -123,12 +123,13 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
           expected: Mapping[str, list[str] | None] | None = None,
           jails: Mapping[str, list[jailproof.Expected] | None] | None = None,
           uefi: firmware.Machine | None = None, pcrs: Mapping[str, Mapping[str, str]] | None = None,
-          reboots: int = 0) -> CheckResult:
+          reboots: int = 0, pcrs_source: str = "the manifest") -> CheckResult:
     """Boot headless until the marker; the console is saved to `log_path`. `expected`: the self-tests each slot
     ships, `jails`: the jails each slot starts (None for a slot whose manifest does not say). With `uefi`, on
     OVMF: the firmware refusing an image fails the check at once, and the booted system must report Secure Boot
-    on and, where `pcrs` gives the slot's predictions, exactly those PCR values. With `reboots`, up to that many
-    boots may end in a panic, the machine rebooting (what boot counting's fallback needs)."""
+    on and, where `pcrs` gives the slot's predictions (from `pcrs_source`), exactly those PCR values. With
+    `reboots`, up to that many boots may end in a panic, the machine rebooting (what boot counting's fallback
+    needs)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with log_path.open("w", encoding="utf-8") as log:
@@ -149,7 +150,7 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
     if OK_MARKER in seen:
         problems = missing((expected or {}).get(slot) or [], outcomes) + jail_problems
         if uefi is not None:
-            problems += uefi_problems(report, (pcrs or {}).get(slot))
+            problems += uefi_problems(report, (pcrs or {}).get(slot), pcrs_source)
         return CheckResult(not problems, "; ".join(problems) or "the system is up", seconds, str(log_path),
                            seen[OK_MARKER], slot, outcomes, listed, report, console.failed_boots)
     if FAILED_MARKER in seen:
@@ -167,10 +168,11 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
                        report, console.failed_boots)
 
 
-def uefi_problems(report: bootproof.UefiReport | None, pcrs: Mapping[str, str] | None) -> list[str]:
+def uefi_problems(report: bootproof.UefiReport | None, pcrs: Mapping[str, str] | None,
+                  source: str = "the manifest") -> list[str]:
     """What is wrong with the booted system's account of a UEFI boot (its CLIP_UEFI line): it must have booted
     from UEFI with Secure Boot enforcing (not in setup mode), the kernel locked down, and read exactly the
-    predicted `pcrs` ({"4": HEX, ...}) from its TPM."""
+    predicted `pcrs` ({"4": HEX, ...}, from `source`) from its TPM."""
     if report is None:
         return ["the system did not report how it booted (no well-formed CLIP_UEFI line)"]
     problems = []
@@ -182,5 +184,5 @@ def uefi_problems(report: bootproof.UefiReport | None, pcrs: Mapping[str, str] |
     for index, predicted in sorted((pcrs or {}).items(), key=lambda item: int(item[0])):
         found = report.pcr(int(index))
         if found != predicted:
-            problems.append(f"PCR {index} is {found or 'unreadable'}, the manifest predicts {predicted}")
+            problems.append(f"PCR {index} is {found or 'unreadable'}, {source} predicts {predicted}")
     return problems
