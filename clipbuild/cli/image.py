@@ -317,18 +317,9 @@ def uefi_machine(opts: Options, path: Path, manifest: dict[str, Any],
 def image_keys(path: Path, manifest: dict[str, Any], keys_dir: Path | None) -> secureboot.SecureBootKeys | None:
     """The Secure Boot certificates an image of the UEFI path was signed for (None for the BIOS path): those of
     --secureboot-keys, else the development set for a development image; checked against the image's db."""
-    boot = manifest.get("boot") or {"loader": "syslinux"}
-    if boot["loader"] != "systemd-boot":
+    if (manifest.get("boot") or {}).get("loader") != "systemd-boot":
         return None
-    if keys_dir is None and manifest["signing"] != DEVELOPMENT:
-        raise InputError(f"{path.name} is a release image of the UEFI path: give its Secure Boot certificates with "
-                         "--secureboot-keys DIR")
-    keys = secureboot.load(keys_dir) if keys_dir else secureboot.development()
-    signed_for = boot.get("secure_boot", {}).get("db", {}).get("sha256")
-    if signed_for != keys.fingerprint("db"):
-        raise InputError(f"{path.name} was signed for the db certificate {signed_for}, not {keys.cert('db')} "
-                         f"({keys.fingerprint('db')})", hint="give the image's key folder with --secureboot-keys")
-    return keys
+    return uefi.keys_for(manifest, keys_dir, path.name)
 
 
 def image_manifest(path: Path) -> dict[str, Any]:

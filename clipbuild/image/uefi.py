@@ -111,16 +111,17 @@ def esp_files(progress: Callable[[str], None], settings: EspSettings, root: Path
 # -- updates -----------------------------------------------------------------------------------------------
 
 def keys_for(manifest: dict[str, Any], keys_dir: Path | None, where: str) -> secureboot.SecureBootKeys:
-    """The Secure Boot keys to sign an image's new UKI with: `keys_dir`, else the development set for a
-    development image; either way the set the image's firmware has enrolled (same db certificate)."""
+    """The Secure Boot keys of an image of the UEFI path (to boot, check or update it): `keys_dir`, else the
+    development set for a development image; either way the set the image was signed for (same db
+    certificate)."""
     if keys_dir is None and manifest["signing"] != "development":
-        raise InputError(f"{where}: a release image of the UEFI path: its new kernel image must be signed with the "
-                         "release db key: --secureboot-keys DIR")
+        raise InputError(f"{where} is a release image of the UEFI path: give its Secure Boot key folder with "
+                         "--secureboot-keys DIR")
     keys = secureboot.load(keys_dir) if keys_dir else secureboot.development()
     enrolled = (manifest.get("boot") or {}).get("secure_boot", {}).get("db", {}).get("sha256")
     if enrolled != keys.fingerprint("db"):
-        raise InputError(f"{where}: signed for the db certificate {enrolled}, not {keys.cert('db')}",
-                         hint="give the key folder the image was built with (--secureboot-keys)")
+        raise InputError(f"{where} was signed for the db certificate {enrolled}, not {keys.cert('db')} "
+                         f"({keys.fingerprint('db')})", hint="give the image's key folder with --secureboot-keys")
     return keys
 
 
