@@ -172,11 +172,9 @@ def read(path: Path) -> Signed:
     """A signed measurements document (a regular file, not a link, bounded), parsed strictly."""
     where = str(path)
     try:
-        fd = safefile.open_regular(path, follow=False, max_size=envelope.MAX_BYTES)
+        raw = envelope.read_file(path)
     except NotAFile as exc:
         raise InputError(str(exc), hint="clipbuild measurements sign MANIFEST writes one") from None
-    with os.fdopen(fd, "rb") as stream:
-        raw = stream.read(envelope.MAX_BYTES + 1)
     found = envelope.read(raw, where)
     return Signed(found, parse(found.signed, where), where)
 

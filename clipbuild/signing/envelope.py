@@ -16,7 +16,9 @@ import binascii
 import datetime as dt
 import hashlib
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -24,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from clipbuild.core import safefile
 from clipbuild.core.errors import SigningError
 from clipbuild.signing.signer import SigningKey
 from clipbuild.signing.trust import HASHES, RolePolicy, check_certificate, hash_of
@@ -69,6 +72,13 @@ def sign(signed: dict[str, Any], signer: SigningKey) -> bytes:
         "certificate": base64.b64encode(signer.cert_der).decode(), "hash": name,
         "signature": base64.b64encode(signature).decode()}]}
     return json.dumps(document, indent=1, sort_keys=True, ensure_ascii=False).encode() + b"\n"
+
+
+def read_file(path: Path) -> bytes:
+    """A signed document's bytes: a regular file, not a link, at most MAX_BYTES; NotAFile otherwise."""
+    fd = safefile.open_regular(path, follow=False, max_size=MAX_BYTES)
+    with os.fdopen(fd, "rb") as stream:
+        return stream.read(MAX_BYTES + 1)
 
 
 def read(raw: bytes, where: str) -> Envelope:

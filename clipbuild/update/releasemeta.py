@@ -224,15 +224,13 @@ def read(path: Path) -> Signed:
     """A metadata file (a regular file, not a link, bounded), parsed, not yet verified."""
     where = str(path)
     try:
-        fd = safefile.open_regular(path, follow=False, max_size=envelope.MAX_BYTES)
+        raw = envelope.read_file(path)
     except NotAFile as exc:
         if not os.path.lexists(path):
             raise RepositoryError(f"{path}: no signed release metadata: an update must come with it",
                                   hint="make releases with clipbuild release; sign with clipbuild repo "
                                        "sign-metadata") from None
         raise RepositoryError(str(exc)) from None
-    with os.fdopen(fd, "rb") as stream:
-        raw = stream.read(envelope.MAX_BYTES + 1)
     signed = envelope.read(raw, where)
     return Signed(signed, parse(signed.signed, where), raw, where)
 
