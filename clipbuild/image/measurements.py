@@ -170,13 +170,11 @@ class Signed:
 
 def read(path: Path) -> Signed:
     """A signed measurements document (a regular file, not a link, bounded), parsed strictly."""
-    where = str(path)
     try:
-        raw = envelope.read_file(path)
+        found = envelope.read(envelope.read_file(path), str(path))
     except NotAFile as exc:
         raise InputError(str(exc), hint="clipbuild measurements sign MANIFEST writes one") from None
-    found = envelope.read(raw, where)
-    return Signed(found, parse(found.signed, where), where)
+    return Signed(found, parse(found.signed, str(path)), str(path))
 
 
 def parse(signed: Any, where: str) -> Statement:
