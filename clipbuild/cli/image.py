@@ -171,7 +171,7 @@ def image_policy(manifest: dict[str, Any], policy: Path | None, what: str) -> Pa
 
 def _format(data: dict[str, Any]) -> str:
     lines = [f"{data['image']}: {data['release']} ({data['species']} {data['version']}), {data['signing']} image",
-             f"active slot: {data['active_slot']}", "partitions:"]
+             f"active slot: {data['active_slot']}", _boot_line(data["boot"]), "partitions:"]
     for p in data["partitions"]:
         lines.append(f"  {p['number']:>2} {p['label']:<16} {format_size(p['size']):>10}  at "
                      f"{format_size(p['start']):>10}  {p['guid']}")
@@ -179,6 +179,9 @@ def _format(data: dict[str, Any]) -> str:
     for slot, info in data["slots"].items():
         role = "active" if slot == data["active_slot"] else "previous-version entry"
         lines.append(f"  {slot}  {info['version']}  root hash {info['root_hash']}  ({role})")
+        if "uki" in info:
+            pcrs = " ".join(f"PCR{k} {v[:12]}..." for k, v in sorted(info["pcrs"].items(), key=lambda i: int(i[0])))
+            lines.append(f"      {info['uki'] or 'no UKI on the ESP'}  {pcrs}")
     lines.append(f"packages ({len(data['packages'])}):")
     for p in data["packages"]:
         lines.append(f"  {p['set']:<10} {p['package']:<18} {p['version']:<10} {p['sha256'][:16]}...")
@@ -193,6 +196,14 @@ def _format(data: dict[str, Any]) -> str:
             lines.append(f"  {mark} {check['check']}" + (f": {check['detail']}" if check["detail"] else ""))
         lines.append("verified: every check passed" if data["verify"]["ok"] else "verification FAILED")
     return "\n".join(lines)
+
+
+def _boot_line(boot: dict[str, Any]) -> str:
+    if boot["loader"] != "systemd-boot":
+        return "boot: BIOS, SYSLINUX with CLIP's A/B switch"
+    db = boot.get("secure_boot", {}).get("db", {})
+    return (f"boot: UEFI Secure Boot, systemd-boot, signed UKIs; db {db.get('subject', '?')} "
+            f"({db.get('sha256', '?')[:16]}...)")
 
 
 def _installed_lines(trees: list[dict[str, Any]]) -> list[str]:

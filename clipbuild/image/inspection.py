@@ -109,11 +109,18 @@ class Inspection:
             "partitions": [{"number": e.number, "label": e.label, "start": e.start, "size": e.size,
                             "guid": e.guid, "type": e.type_guid} for e in self.entries],
             "slots": {slot: {"version": info["version"], "root_hash": info["root_hash"],
-                             "boot_entry_root_hash": self.boot_hashes.get(slot)}
+                             "boot_entry_root_hash": self.boot_hashes.get(slot), **self._uefi_slot(slot, info)}
                       for slot, info in sorted(m["slots"].items())},
             "packages": [{k: p[k] for k in ("set", "package", "version", "sha256")} for p in m["packages"]],
-            "signers": m["signers"],
+            "signers": m["signers"], "boot": m.get("boot") or {"loader": "syslinux"},
         }
+
+    def _uefi_slot(self, slot: str, info: dict[str, Any]) -> dict[str, Any]:
+        """A slot's UKI as the ESP names it now (its boot counter), and its PCR predictions; {} on the BIOS path."""
+        if self.esp is None:
+            return {}
+        entry = self.esp.entries.get(slot)
+        return {"uki": entry.path if entry else None, "pcrs": info.get("pcrs", {})}
 
 
 def slot_packages(manifest: dict[str, Any], slot: str) -> list[dict[str, Any]]:
