@@ -63,7 +63,10 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Machine:
     paths = {"EFI_DIR": root / "efi", "LOCKDOWN": root / "lockdown", "PCRS": root / "pcr",
              "ESP_DEVICE": root / "esp", "RUN_DIR": root / "run"}
     program = out / "clip-efi-test"
-    subprocess.run([CC, *WARN, f"-I{FILES}", *(f'-D{k}="{v}"' for k, v in paths.items()), "-o", str(program),
+    # efivarfs is recognised by its filesystem magic: here, the scratch folder's filesystem's
+    magic = subprocess.run(["stat", "-f", "-c", "%t", str(out)], capture_output=True, text=True, check=True)
+    subprocess.run([CC, *WARN, f"-I{FILES}", *(f'-D{k}="{v}"' for k, v in paths.items()),
+                    f"-DEFIVARS_MAGIC=0x{magic.stdout.strip()}", "-o", str(program),
                     str(out / "main.c"), str(FILES / "clip-efi.c"), str(FILES / "clip-bless.c")], check=True)
     return Machine(root, program)
 
@@ -176,3 +179,12 @@ def test_a_variable_too_large_is_refused(machine):
     machine.variable("LoaderEntrySelected", LOADER, ("a" * 600 + "\0").encode("utf-16-le"))
     result = machine.run()
     assert lines(result)[0].entry is None and "File too large" in result.stderr
+
+
+def test_a_uefi_boot_without_efivarfs_says_so_and_does_not_claim_nothing_to_bless(machine):
+    (machine.root / "efi").mkdir()  # the kernel shows /sys/firmware/efi, efivarfs is not mounted in it
+    result = machine.run()
+    uefi, blessing = lines(result)
+    assert uefi == UefiReport("uefi", None, None, "none", None, None, None, None)
+    assert "efivarfs is not mounted there" in result.stderr
+    assert blessing.outcome == "failed" and blessing.reason.startswith("efivarfs is not mounted on ")

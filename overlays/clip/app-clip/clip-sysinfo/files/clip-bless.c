@@ -9,13 +9,17 @@
  * separate program rcS would start after the check: only the check knows the boot is good, and the host stops
  * the machine as soon as it reads the marker, so the rename must be on the disk and the ESP unmounted by then.
  *
- * The ESP (GPT label "boot", not mounted by fstab) is mounted only for the rename, in a mount namespace of its
- * own (no other process sees it), on a fresh 0700 folder under /run, nosuid, nodev, noexec; the rename stays
- * within EFI/Linux, never replaces a file, and the folder is synced before the unmount.
+ * The ESP (GPT label "boot", not mounted by fstab) must be on the disk the verity root was opened from (a
+ * partition of that label on another disk is never mounted). It is mounted only for the rename, in a mount
+ * namespace of its own (no other process sees it), on a fresh 0700 folder under /run, nosuid, nodev, noexec;
+ * the rename stays within EFI/Linux, never replaces a file, and the folder is synced before the unmount. On a
+ * UEFI boot, efivarfs must be mounted: without it the counter would read as absent, and say nothing to bless.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,6 +28,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "clip-efi.h"
@@ -108,6 +113,61 @@ static int rename_entry(const char *mnt, const char *old, const char *new, char 
 	return rc;
 }
 
+/* The whole disk holding the block device whose sysfs folder (or a link to it) is `sysfs`, by its name: vda
+ * for vda1 (a partition's folder is in its disk's and holds a file "partition"), vda for vda. 0, or -1. */
+static int disk_of(const char *sysfs, char *out, size_t len)
+{
+	char path[PATH_MAX], partition[PATH_MAX + 16];
+	struct stat st;
+	if (!realpath(sysfs, path) || snprintf(partition, sizeof(partition), "%s/partition", path) < 0)
+		return -1;
+	if (stat(partition, &st) == 0) {
+		char *slash = strrchr(path, '/');
+		if (!slash || slash == path)
+			return -1;
+		*slash = '\0';
+	} else if (errno != ENOENT) {
+		return -1;
+	}
+	const char *name = strrchr(path, '/');
+	int w = name ? snprintf(out, len, "%s", name + 1) : -1;
+	return w <= 0 || (size_t)w >= len ? -1 : 0;
+}
+
+/* Refuses an ESP that is not on the disk the root was opened from (every device under the dm-verity root of
+ * /): a partition labelled "boot" on another disk (a USB stick) is never mounted. 0, or -1 with `why`. */
+static int on_root_disk(dev_t esp, char *why, size_t len)
+{
+	char link[64], slaves[96], under[PATH_MAX], disk[NAME_MAX + 1], root_disk[NAME_MAX + 1];
+	struct stat st;
+	int rc = 0, n = 0;
+	snprintf(link, sizeof(link), "/sys/dev/block/%u:%u", (unsigned int)major(esp), (unsigned int)minor(esp));
+	if (disk_of(link, disk, sizeof(disk)) != 0)
+		return reason(why, len, "the disk of the ESP %s is not in sysfs (%s)", ESP_DEVICE, link);
+	if (stat("/", &st) != 0)
+		return reason(why, len, "/: %s", strerror(errno));
+	snprintf(slaves, sizeof(slaves), "/sys/dev/block/%u:%u/slaves", (unsigned int)major(st.st_dev),
+	         (unsigned int)minor(st.st_dev));
+	DIR *d = opendir(slaves);
+	if (!d)
+		return reason(why, len, "the devices under the root, %s: %s", slaves, strerror(errno));
+	for (struct dirent *e = readdir(d); e && rc == 0; e = readdir(d)) {
+		if (e->d_name[0] == '.')
+			continue;
+		n++;
+		if (snprintf(under, sizeof(under), "%s/%s", slaves, e->d_name) >= (int)sizeof(under) ||
+		    disk_of(under, root_disk, sizeof(root_disk)) != 0)
+			rc = reason(why, len, "the disk of %s/%s is not in sysfs", slaves, e->d_name);
+		else if (strcmp(disk, root_disk) != 0)
+			rc = reason(why, len, "the ESP %s is on disk %s, the root on %s", ESP_DEVICE, disk, root_disk);
+	}
+	if (closedir(d) != 0 && rc == 0)
+		rc = reason(why, len, "closing %s: %s", slaves, strerror(errno));
+	if (rc == 0 && n == 0)
+		rc = reason(why, len, "no device under the root (%s is empty)", slaves);
+	return rc;
+}
+
 /* Mounts the ESP on `mnt`, renames the entry, unmounts. 0, or -1 with `why`. */
 static int rename_on_esp(const char *mnt, const char *old, const char *new, char *why, size_t len)
 {
@@ -116,6 +176,8 @@ static int rename_on_esp(const char *mnt, const char *old, const char *new, char
 		return reason(why, len, "the ESP %s: %s", ESP_DEVICE, strerror(errno));
 	if (!S_ISBLK(st.st_mode))
 		return reason(why, len, "the ESP %s is not a block device", ESP_DEVICE);
+	if (on_root_disk(st.st_rdev, why, len) != 0)
+		return -1;
 	if (mount(ESP_DEVICE, mnt, "vfat", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME, "umask=0077") != 0)
 		return reason(why, len, "mounting the ESP %s: %s", ESP_DEVICE, strerror(errno));
 	int rc = rename_entry(mnt, old, new, why, len);
@@ -146,6 +208,14 @@ static int bless(const char *old, const char *new, char *why, size_t len)
 int bless_boot(void)
 {
 	char path[256], old[128], new[128], why[512];
+	if (!efi_booted()) {
+		printf("CLIP_BLESSED none (no boot counter)\n"); /* BIOS */
+		return 0;
+	}
+	if (!efivars_mounted()) {
+		printf("CLIP_BLESS_FAILED efivarfs is not mounted on %s: the boot counter cannot be read\n", EFIVARS);
+		return -1;
+	}
 	int rc = efi_var_string("LoaderBootCountPath", EFI_LOADER, PATH_CHARS, path, sizeof(path));
 	if (rc == -ENOENT) {
 		printf("CLIP_BLESSED none (no boot counter)\n");

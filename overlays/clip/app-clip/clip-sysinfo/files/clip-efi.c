@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "clip-efi.h"
@@ -24,6 +25,9 @@
 #define PCRS "/sys/class/tpm/tpm0/pcr-sha256"
 #endif
 #define HEX "0123456789abcdefABCDEF"
+#ifndef EFIVARS_MAGIC
+#define EFIVARS_MAGIC 0xde5e81e4 /* efivarfs, linux/magic.h; tests give their scratch filesystem's */
+#endif
 
 static void refused(const char *what, const char *why)
 {
@@ -76,6 +80,12 @@ int efi_booted(void)
 {
 	struct stat st;
 	return stat(EFI_DIR, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int efivars_mounted(void)
+{
+	struct statfs fs;
+	return statfs(EFIVARS, &fs) == 0 && (unsigned long)fs.f_type == (unsigned long)EFIVARS_MAGIC;
 }
 
 int efi_var_string(const char *name, const char *guid, const char *allowed, char *out, size_t len)
@@ -177,9 +187,11 @@ static void pcr(int index, char *out, size_t len)
 void efi_report(void)
 {
 	char entry[256], lockdown[32], pcr4[65], pcr7[65], pcr11[65];
-	int uefi = efi_booted();
-	char secureboot = uefi ? efi_flag("SecureBoot") : '-', setupmode = uefi ? efi_flag("SetupMode") : '-';
-	int rc = uefi ? efi_var_string("LoaderEntrySelected", EFI_LOADER, ENTRY_CHARS, entry, sizeof(entry)) : -ENOENT;
+	int uefi = efi_booted(), vars = uefi && efivars_mounted();
+	if (uefi && !vars)
+		refused(EFIVARS, "efivarfs is not mounted there: no UEFI variable can be read");
+	char secureboot = vars ? efi_flag("SecureBoot") : '-', setupmode = vars ? efi_flag("SetupMode") : '-';
+	int rc = vars ? efi_var_string("LoaderEntrySelected", EFI_LOADER, ENTRY_CHARS, entry, sizeof(entry)) : -ENOENT;
 	if (rc != 0) {
 		if (rc != -ENOENT)
 			refused("LoaderEntrySelected", rc == -EINVAL ? "refused: not a NUL-terminated UTF-16 string of "

@@ -18,6 +18,10 @@
 /* 1 when the kernel was started by UEFI firmware (the kernel then shows /sys/firmware/efi), else 0. */
 int efi_booted(void);
 
+/* 1 when efivarfs is mounted on EFIVARS (its filesystem magic), else 0: without it every variable would read
+ * as absent. */
+int efivars_mounted(void);
+
 /* The string variable NAME-GUID (UTF-16LE, as systemd-boot writes it) as ASCII in `out`: every character must
  * be in `allowed`, at most len - 1 of them, nothing after a terminating NUL. Returns 0, or -ENOENT when the
  * variable does not exist, -EINVAL when it is not such a string (refused), another -errno when it cannot be
@@ -32,8 +36,8 @@ int efi_var_string(const char *name, const char *guid, const char *allowed, char
 void efi_report(void);
 
 /* Blesses the entry systemd-boot booted with a boot counter (LoaderBootCountPath): renames
- * \EFI\Linux\NAME+LEFT[-DONE].efi to NAME.efi on the ESP (GPT label "boot"), as systemd-bless-boot does, and
- * prints "CLIP_BLESSED OLD -> NEW", "CLIP_BLESSED none (no boot counter)" or "CLIP_BLESS_FAILED WHY". Call it
+ * \EFI\Linux\NAME+LEFT[-DONE].efi to NAME.efi on the ESP (GPT label "boot", on the disk the root was opened
+ * from), as systemd-bless-boot does, and prints "CLIP_BLESSED OLD -> NEW", "CLIP_BLESSED none (no boot counter)" or "CLIP_BLESS_FAILED WHY". Call it
  * only once the boot was found good. Returns 0 when blessed or nothing to bless, -1 when it failed. */
 int bless_boot(void);
 
