@@ -283,6 +283,9 @@ def vm_cmd(opts: Options, image: str, check: bool, timeout: float, log_path: Pat
         if result.uefi is not None and result.uefi.firmware == "uefi":
             click.echo(f"  UEFI: Secure Boot {'on' if result.uefi.secureboot else 'OFF'}, lockdown "
                        f"{result.uefi.lockdown}, entry {result.uefi.entry}, PCR 4/7/11 as {source} predicts")
+        if result.blessing is not None and result.blessing.outcome != "none":
+            click.echo(f"  boot counting: {result.blessing.old} blessed as {result.blessing.new}"
+                       if result.blessing.ok else f"  boot counting: blessing FAILED: {result.blessing.reason}")
         for test in result.selftests:
             click.echo(f"  self-test {test.name}: {'ok' if test.ok else 'FAILED'} in {test.seconds} s: {test.output}")
         for jail in result.jails:

@@ -63,12 +63,13 @@ class CheckResult:
     jails: list[jailproof.Report] = field(default_factory=list)
     uefi: bootproof.UefiReport | None = None
     failed_boots: list[str] = field(default_factory=list)  # what ended each boot the machine came back from
+    blessing: bootproof.Blessing | None = None  # what became of the booted entry's boot counter
 
     def to_dict(self) -> dict[str, object]:
         return {"ok": self.ok, "reason": self.reason, "seconds": round(self.seconds, 1), "log": self.log,
                 "marker": self.marker, "slot": self.slot, "selftests": [t.to_dict() for t in self.selftests],
                 "jails": [j.to_dict() for j in self.jails], "uefi": self.uefi.to_dict() if self.uefi else None,
-                "failed_boots": self.failed_boots}
+                "failed_boots": self.failed_boots, "blessing": self.blessing.to_dict() if self.blessing else None}
 
 
 def _menu_enter() -> Callable[[bytes], bytes | None]:
@@ -146,13 +147,14 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
     order = {jail.name: index for index, jail in enumerate(expected_jails)}
     listed = sorted(reports.values(), key=lambda r: order.get(r.name, len(order)))
     jail_problems = jailproof.problems(expected_jails, reports)  # the host's own reading, in every outcome
-    report = next((r for r in reversed([bootproof.parse_uefi(x) for x in lines]) if r is not None), None)
+    proof = bootproof.collect(lines)
     if OK_MARKER in seen:
         problems = missing((expected or {}).get(slot) or [], outcomes) + jail_problems
         if uefi is not None:
-            problems += uefi_problems(report, (pcrs or {}).get(slot), pcrs_source)
+            problems += [f"a malformed boot proof line: {line[:120]}" for line in proof.malformed]
+            problems += uefi_problems(proof.uefi, (pcrs or {}).get(slot), pcrs_source)
         return CheckResult(not problems, "; ".join(problems) or "the system is up", seconds, str(log_path),
-                           seen[OK_MARKER], slot, outcomes, listed, report, console.failed_boots)
+                           seen[OK_MARKER], slot, outcomes, listed, proof.uefi, console.failed_boots, proof.blessing)
     if FAILED_MARKER in seen:
         reason = seen[FAILED_MARKER].removeprefix(FAILED_MARKER).strip() or "the boot check failed"
         reason = "; ".join([reason, *(p for p in jail_problems if not reason.startswith(p))])
@@ -165,7 +167,7 @@ def check(image: Path, log_path: Path, *, timeout: float = 300, memory_mib: int 
     else:
         reason = f"no {OK_MARKER} within {timeout:g} s"
     return CheckResult(False, reason, seconds, str(log_path), seen.get(FAILED_MARKER, ""), slot, outcomes, listed,
-                       report, console.failed_boots)
+                       proof.uefi, console.failed_boots, proof.blessing)
 
 
 def uefi_problems(report: bootproof.UefiReport | None, pcrs: Mapping[str, str] | None,
