@@ -10,7 +10,6 @@ check reports (QEMU start to CLIP_BOOT_OK). Target (issue P16): UEFI within 2x o
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -41,11 +40,9 @@ def report(species: str, medians: dict[str, float], runs: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("species", nargs="?", default="client")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("build"))
-    args = parser.parse_args()
+    from benchargs import parse
+
+    args = parse(__doc__, runs=3)
     base = [CLIPBUILD, "--workdir", args.workdir]
     images = {}
     for name, loader in PATHS.items():

@@ -15,7 +15,6 @@ Targets (issue P6): no-op under 5 s; assembly within 3x the copy.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import statistics
 import sys
@@ -35,11 +34,9 @@ def timed(args: list) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("species", nargs="?", default="client")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("build"))
-    args = parser.parse_args()
+    from benchargs import parse
+
+    args = parse(__doc__, runs=3)
     base = [CLIPBUILD, "--workdir", args.workdir]
     run([*base, "image", args.species])  # warm-up: build whatever is missing
     noop = [timed([*base, "image", args.species]) for _ in range(args.runs)]

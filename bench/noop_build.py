@@ -9,7 +9,6 @@ Builds the species first if its sets are not built yet (that first build is not 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -66,11 +65,9 @@ def bare_emerge(workdir: Path, species: str) -> float:
 
 
 def main_bench() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("species", nargs="?", default="client")
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--workdir", type=Path, default=Path("build"))
-    args = parser.parse_args()
+    from benchargs import parse
+
+    args = parse(__doc__, runs=5)
     print(f"warming up: clipbuild build {args.species} (builds what is missing)", file=sys.stderr)
     clipbuild_build(args.workdir, args.species)
     rows = {
