@@ -17,7 +17,7 @@ import pytest
 from clipbuild.core.errors import ToolError
 from clipbuild.core.run import run
 from clipbuild.formats import gpkg
-from clipbuild.image import elfcheck, install
+from clipbuild.image import bootproof, elfcheck, install
 from clipbuild.signing import trust, truststore
 from tests.e2e.support import Project, kernel_version
 
@@ -204,7 +204,9 @@ def test_the_c_tool_runs_and_the_layout_is_clip(project, client):
     root = project.workdir / "steps" / "client" / "build" / "clip-core" / "out" / "root"
     loader = root / MUSL_LOADER.lstrip("/")  # the host has no musl: run it with the set's own loader
     ran = run([loader, "--library-path", root / "usr" / "lib", root / "usr" / "bin" / "clip-sysinfo"])
-    assert ran.stdout.startswith("clip-sysinfo: release=") and ran.stdout.rstrip().endswith(" zlib=1.2.13")
+    report, boot_path = ran.stdout.splitlines()
+    assert report.startswith("clip-sysinfo: release=") and report.endswith(" zlib=1.2.13")
+    assert bootproof.parse_uefi(boot_path) is not None  # how the build machine booted, well formed
     assert (root / "etc" / "shared" / "clip-release").read_text() == "CLIP-RM 4.5.0\n"
     for sub in ("mounts/usr", "mounts/admin_priv", "vservers/rm_h", "update_root"):
         assert (root / sub).is_dir(), sub
