@@ -26,7 +26,7 @@ KERNEL = kernel_version()
 # The core set's packages: clip-core-conf and what it pins (the build-only linux-headers is not packaged).
 CORE_DEBS = sorted(["baselayout-clip_4.5.0_amd64.deb", "busybox_1.35.0_amd64.deb", "clip-core-conf_4.5.0_amd64.deb",
                     "clip-jail_1.0.0_amd64.deb", "clip-jails_4.5.0_amd64.deb", f"clip-kernel_{KERNEL}_amd64.deb",
-                    "clip-net_1.0.0_amd64.deb", "clip-sysinfo_1.0.0_amd64.deb",
+                    "clip-net_1.0.0_amd64.deb", "clip-sysinfo_1.1.0_amd64.deb",
                     "clip-update-keys_4.5.0_amd64.deb", "iproute2_6.1.0_amd64.deb", "iptables_1.8.9_amd64.deb",
                     "musl_1.2.3_amd64.deb", "openssh_9.2p1_amd64.deb", "openssl_3.0.20_amd64.deb",
                     "strongswan_5.9.8_amd64.deb", "zlib_1.2.13_amd64.deb"])
