@@ -170,10 +170,10 @@ def test_a_tampered_package_in_the_signed_pool_is_healed_by_the_cache_check(proj
     """Someone changes a signed package in the work directory: the executor sees the object changed, signs
     again, and the image is the one the untouched pool gave."""
     obj = (project.workdir / "steps" / "client" / "sign" / "clip-core").resolve()
-    _flip(obj / "out" / "debs" / "clip-sysinfo_1.0.0_amd64.deb", 300)
+    _flip(obj / "out" / "debs" / "clip-sysinfo_1.1.0_amd64.deb", 300)
     result = project.clipbuild("image", "client")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "sign/clip-core: running (its cached output is damaged (out/debs/clip-sysinfo_1.0.0_amd64.deb was " \
+    assert "sign/clip-core: running (its cached output is damaged (out/debs/clip-sysinfo_1.1.0_amd64.deb was " \
            "modified since it was committed))" in result.stderr
     assert project.image("client")["sha256"] == client["sha256"]
 
@@ -183,13 +183,13 @@ def test_a_tampered_package_in_the_signed_pool_stops_the_build(project, client):
     check: nothing is installed."""
     workdir = project.workdir
     obj = (workdir / "steps" / "client" / "sign" / "clip-core").resolve()
-    victim = obj / "out" / "debs" / "clip-sysinfo_1.0.0_amd64.deb"
+    victim = obj / "out" / "debs" / "clip-sysinfo_1.1.0_amd64.deb"
     original, recorded = victim.read_bytes(), (obj / "manifest.json").read_text()
     shutil.rmtree((workdir / "steps" / "client" / "image").resolve())  # the image must be assembled again
     try:
         _flip(victim, 300)
         forged = json.loads(recorded)
-        forged["outputs"]["debs/clip-sysinfo_1.0.0_amd64.deb"] = "sha256:" + sha256_file(victim)
+        forged["outputs"]["debs/clip-sysinfo_1.1.0_amd64.deb"] = "sha256:" + sha256_file(victim)
         (obj / "manifest.json").write_text(json.dumps(forged))
         result = project.clipbuild("image", "client")
     finally:
@@ -197,8 +197,8 @@ def test_a_tampered_package_in_the_signed_pool_stops_the_build(project, client):
         (obj / "manifest.json").write_text(recorded)
     assert result.returncode == 1
     assert "package(s) fail the trust policy" in result.stderr and "nothing was installed" in result.stderr
-    line = next(line for line in result.stderr.splitlines() if "clip-sysinfo_1.0.0_amd64.deb" in line)
-    assert "clip-core/clip-sysinfo_1.0.0_amd64.deb: dev_sign: the signature does not match" in line, line
+    line = next(line for line in result.stderr.splitlines() if "clip-sysinfo_1.1.0_amd64.deb" in line)
+    assert "clip-core/clip-sysinfo_1.1.0_amd64.deb: dev_sign: the signature does not match" in line, line
     assert project.image("client")["sha256"] == client["sha256"]  # and back to the good image
 
 
