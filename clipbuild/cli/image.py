@@ -17,7 +17,7 @@ from clipbuild.core.errors import ClipbuildError, InputError, VmCheckError
 from clipbuild.core.executor import Executor
 from clipbuild.core.sizes import format_size
 from clipbuild.image import contents, firmware, inspection, jailproof, measurements, uefi, vm
-from clipbuild.image.manifest import check_shape, image_name
+from clipbuild.image.manifest import SYSTEMD_BOOT, boot_loader, check_shape, image_name
 from clipbuild.image.publish import Published, publish
 from clipbuild.signing import devpki, secureboot, trust
 from clipbuild.signing.devpki import DEVELOPMENT, RELEASE
@@ -199,7 +199,7 @@ def _format(data: dict[str, Any]) -> str:
 
 
 def _boot_line(boot: dict[str, Any]) -> str:
-    if boot["loader"] != "systemd-boot":
+    if boot["loader"] != SYSTEMD_BOOT:
         return "boot: BIOS, SYSLINUX with CLIP's A/B switch"
     db = boot.get("secure_boot", {}).get("db", {})
     return (f"boot: UEFI Secure Boot, systemd-boot, signed UKIs; db {db.get('subject', '?')} "
@@ -331,7 +331,7 @@ def uefi_machine(opts: Options, path: Path, manifest: dict[str, Any],
 def image_keys(path: Path, manifest: dict[str, Any], keys_dir: Path | None) -> secureboot.SecureBootKeys | None:
     """The Secure Boot certificates an image of the UEFI path was signed for (None for the BIOS path): those of
     --secureboot-keys, else the development set for a development image; checked against the image's db."""
-    if (manifest.get("boot") or {}).get("loader") != "systemd-boot":
+    if boot_loader(manifest) != SYSTEMD_BOOT:
         return None
     return uefi.keys_for(manifest, keys_dir, path.name)
 

@@ -12,10 +12,11 @@ import click
 from clipbuild.cli.context import Options, emit_json, json_option, signing_options
 from clipbuild.cli.image import build_image, image_path, image_policy
 from clipbuild.core.errors import InputError
-from clipbuild.image import inspection, measurements
+from clipbuild.image import inspection, measurements, uefi
+from clipbuild.image.manifest import SYSTEMD_BOOT, boot_loader
 from clipbuild.image.publish import Published
 from clipbuild.image.slot import CLIP_SETS, RM_SETS
-from clipbuild.signing import devpki, secureboot, trust
+from clipbuild.signing import devpki, trust
 from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.spec.profile import resolve
 from clipbuild.update import apply, releasemeta, repository
@@ -76,12 +77,12 @@ def release_measurements(done: Published, out_dir: Path, release: bool, keys_dir
     signs, signed at once by the development PKI's controller for a development release (its image checked
     with the Secure Boot certificates of `keys_dir`, else the development set)."""
     manifest = json.loads(done.manifest.read_text())
-    if (manifest.get("boot") or {}).get("loader") != "systemd-boot":
+    if boot_loader(manifest) != SYSTEMD_BOOT:
         return None
     statement = measurements.of_manifest(manifest, str(done.manifest))
     target = measurements.write_draft(statement, out_dir / measurements.FILE)
     if not release:
-        keys = secureboot.load(keys_dir) if keys_dir else secureboot.development()
+        keys = uefi.keys_for(manifest, keys_dir, str(done.image))
         measurements.countersign(statement, done.image, keys, devpki.ensure().controller, target)
     return target
 

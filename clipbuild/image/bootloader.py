@@ -25,6 +25,10 @@ DIRECTORY = "syslinux"
 SWITCH = f"{DIRECTORY}/extlinux.conf"
 
 
+# The root hash in a dm-verity table as SlotBoot.cmdline writes it (group 1), wherever a command line is read back.
+VERITY_ROOT_HASH = re.compile(r"verity 1 \S+ \S+ \d+ \d+ \d+ \d+ \w+ ([0-9a-f]{64}) ")
+
+
 def slot_config_name(slot: str) -> str:
     return f"extlinux_{slot}.conf"
 

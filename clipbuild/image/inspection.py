@@ -26,7 +26,7 @@ from clipbuild.core.errors import ImageError
 from clipbuild.core.run import run
 from clipbuild.formats import pe
 from clipbuild.image import bootloader, esp, fsimage, gpt, uefi
-from clipbuild.image.manifest import EMBEDDED_MANIFEST, check_shape
+from clipbuild.image.manifest import EMBEDDED_MANIFEST, SYSTEMD_BOOT, boot_loader, check_shape
 from clipbuild.signing import secureboot, trust
 
 
@@ -41,10 +41,6 @@ class Inspection:
     table_digest: str = ""  # SHA-256 of the GPT's primary header and entries (gpt.Table.digest)
     esp: uefi.EspState | None = None  # the UEFI path's ESP (None on the BIOS path)
     secureboot_cert: Path | None = None  # the db certificate verify() checks the ESP's signatures with
-
-    @property
-    def uefi(self) -> bool:
-        return (self.manifest.get("boot") or {}).get("loader") == "systemd-boot"
 
     def entry(self, label: str) -> gpt.Entry:
         for e in self.entries:
@@ -163,7 +159,7 @@ def read(image: Path) -> Inspection:
     with tempfile.TemporaryDirectory(prefix="clipbuild-inspect-") as tmp:
         scratch = Path(tmp)
         manifest = _manifest(image, read_boot_file(image, boot.start, EMBEDDED_MANIFEST, scratch))
-        if (manifest.get("boot") or {}).get("loader") == "systemd-boot":
+        if boot_loader(manifest) == SYSTEMD_BOOT:
             state = uefi.read_esp(f"{image}@@{boot.start}", manifest, scratch)
             return Inspection(image, disk_guid, entries, manifest, state.active, state.root_hashes, table.digest,
                               state)
@@ -178,7 +174,7 @@ def read(image: Path) -> Inspection:
 
 def current_root_hash(slot_config: str) -> str:
     """The root hash in the dm-verity table of the config's default (first) entry."""
-    match = re.search(r"APPEND .*?verity 1 \S+ \S+ \d+ \d+ \d+ \d+ \w+ ([0-9a-f]{64}) ", slot_config)
+    match = re.search(r"APPEND .*?" + bootloader.VERITY_ROOT_HASH.pattern, slot_config)
     return match.group(1) if match else ""
 
 

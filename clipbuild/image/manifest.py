@@ -15,6 +15,7 @@ from clipbuild.signing.devpki import DEVELOPMENT
 from clipbuild.signing.trust import Verdict
 
 MANIFEST = "manifest.json"
+SYSTEMD_BOOT = "systemd-boot"  # the UEFI path's boot loader (docs/boot.md); the BIOS path's is syslinux
 EMBEDDED_MANIFEST = "clip/manifest.json"  # on the boot partition
 MANIFEST_FORMAT = 1
 
@@ -76,6 +77,11 @@ _BOOT = {"loader": re.compile(r"syslinux|systemd-boot"),
 SHAPE = {"species": PLAIN, "version": str, "release": str, "signing": str, "source_date_epoch": int,
          "partitions": [_PARTITION], "slots": {"*": _SLOT}, "packages": [_PACKAGE], "signers": [dict],
          "boot?": _BOOT}
+
+
+def boot_loader(manifest: dict[str, Any]) -> str:
+    """The image's boot path: its manifest's boot.loader; syslinux for a manifest from before the UEFI path."""
+    return (manifest.get("boot") or {}).get("loader", "syslinux")
 
 
 def check_shape(data: Any, where: str) -> dict[str, Any]:

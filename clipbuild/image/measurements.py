@@ -35,8 +35,8 @@ from typing import Any
 from clipbuild.core import safefile
 from clipbuild.core.digest import sha256_file
 from clipbuild.core.errors import InputError, NotAFile, SigningError
-from clipbuild.image import esp, fsimage, inspection, measure, uefi
-from clipbuild.image.manifest import HEX64, PLAIN, SLOT_NAME, check_shape
+from clipbuild.image import esp, inspection, measure, uefi
+from clipbuild.image.manifest import HEX64, PLAIN, SLOT_NAME, SYSTEMD_BOOT, boot_loader, check_shape
 from clipbuild.signing import envelope, secureboot
 from clipbuild.signing.signer import SigningKey
 from clipbuild.signing.trust import Policy
@@ -95,8 +95,8 @@ class Statement:
 def of_manifest(manifest: dict[str, Any], where: str) -> Statement:
     """The statement for the image a published manifest describes (a UEFI-path image only)."""
     check_shape(manifest, where)
-    loader = (manifest.get("boot") or {}).get("loader", "syslinux")
-    if loader != "systemd-boot":
+    loader = boot_loader(manifest)
+    if loader != SYSTEMD_BOOT:
         raise InputError(f"{where}: an image of the BIOS path (boot loader {loader}): it measures nothing into a "
                          "TPM, there are no measurements to sign",
                          hint="measured boot is the UEFI path's: clipbuild image SPECIES --bootloader systemd-boot")
@@ -296,9 +296,7 @@ class _Firmware:
 
 
 def _firmware(found: inspection.Inspection, keys: secureboot.SecureBootKeys, scratch: Path) -> _Firmware:
-    vars_file, loader = scratch / "OVMF_VARS.fd", scratch / "BOOTX64.EFI"
-    secureboot.enrolled_vars(keys, vars_file)
-    fsimage.vfat_read(found.mtools(), esp.LOADER_PATH, loader)
+    vars_file, loader = uefi.prediction_inputs(found.mtools(), keys, scratch)
     return _Firmware(vars_file, loader.read_bytes(), keys)
 
 

@@ -10,7 +10,6 @@ no longer boots: its root hash would need a new signature.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,9 @@ from clipbuild.core import beneath
 from clipbuild.core.errors import InputError
 from clipbuild.formats import pe
 from clipbuild.image import bootloader, esp, fsimage, measure, slot, uki
+from clipbuild.image.manifest import SYSTEMD_BOOT
 from clipbuild.signing import secureboot
+from clipbuild.signing.devpki import DEVELOPMENT
 
 # A device on this path must reboot when its boot fails, so that boot counting can fall back to the other
 # slot (a kernel panic, e.g. a corrupted root block under dm-verity, reboots after 5 s).
@@ -49,14 +50,14 @@ def cmdline(name: str, info: dict[str, Any], settings: EspSettings) -> str:
     return bootloader.slot_boot(name, info, settings.guids).cmdline((*settings.cmdline, *UEFI_ARGUMENTS))
 
 
-def slot_uki(name: str, info: dict[str, Any], kernel: Path, os_release: str, release: str,
+def slot_uki(name: str, info: dict[str, Any], kernel: Path, command: str, os_release: str, release: str,
              settings: EspSettings, keys: secureboot.SecureBootKeys) -> Path:
-    """Slot `name`'s signed UKI (in settings.work)."""
+    """Slot `name`'s signed UKI (in settings.work), booting `kernel` with `command`."""
     scratch = settings.work / f"uki-{name}"
     scratch.mkdir()
     text = uki.os_release(os_release, release=release, slot=name, version=info["version"])
     unsigned = scratch / "unsigned.efi"
-    uki.build(uki.UkiParts(kernel, cmdline(name, info, settings), text), unsigned, scratch, settings.date)
+    uki.build(uki.UkiParts(kernel, command, text), unsigned, scratch, settings.date)
     signed = settings.work / f"clip-{name}.efi"
     secureboot.sign(unsigned, signed, keys, settings.date)
     return signed
@@ -100,11 +101,12 @@ def esp_files(progress: Callable[[str], None], settings: EspSettings, root: Path
     files = {esp.LOADER_PATH: loader, esp.LOADER_CONF: conf}
     for name in names:
         progress(f"unified kernel image of slot {name}, signed with {keys.subject('db')}")
-        signed = slot_uki(name, slots[name], kernel, os_release, release, settings, keys)
+        command = cmdline(name, slots[name], settings)
+        signed = slot_uki(name, slots[name], kernel, command, os_release, release, settings, keys)
         entry = esp.Entry(name) if name == names[0] else esp.standby(name)
-        record_slot(slots[name], entry, signed, loader, vars_file, keys, cmdline(name, slots[name], settings))
+        record_slot(slots[name], entry, signed, loader, vars_file, keys, command)
         files[entry.path] = signed
-    manifest["boot"] = {"loader": "systemd-boot", "secure_boot": secure_boot_facts(keys)}
+    manifest["boot"] = {"loader": SYSTEMD_BOOT, "secure_boot": secure_boot_facts(keys)}
     return files
 
 
@@ -114,7 +116,7 @@ def keys_for(manifest: dict[str, Any], keys_dir: Path | None, where: str) -> sec
     """The Secure Boot keys of an image of the UEFI path (to boot, check or update it): `keys_dir`, else the
     development set for a development image; either way the set the image was signed for (same db
     certificate)."""
-    if keys_dir is None and manifest["signing"] != "development":
+    if keys_dir is None and manifest["signing"] != DEVELOPMENT:
         raise InputError(f"{where} is a release image of the UEFI path: give its Secure Boot key folder with "
                          "--secureboot-keys DIR")
     keys = secureboot.load(keys_dir) if keys_dir else secureboot.development()
@@ -130,18 +132,25 @@ def install_slot(mtools: str, target: str, info: dict[str, Any], kernel: Path, o
     """An updated slot's signed UKI onto the ESP with TRIES boots to prove itself, every older UKI of that slot
     removed (a superseded signed UKI left there could be chosen by anyone who can write the ESP); `info` gains
     the UKI and its PCR predictions."""
-    signed = slot_uki(target, info, kernel, os_release, release, settings, keys)
+    command = cmdline(target, info, settings)
+    signed = slot_uki(target, info, kernel, command, os_release, release, settings, keys)
     for name in fsimage.vfat_list(mtools, esp.LINUX_DIR):
         entry = esp.Entry.parse(name)
         if entry is not None and entry.slot == target:
             fsimage.vfat_delete(mtools, entry.path)
     entry = esp.trying(target)
     fsimage.vfat_replace(mtools, entry.path, signed, settings.date)
-    loader = settings.work / "BOOTX64.EFI"
-    fsimage.vfat_read(mtools, esp.LOADER_PATH, loader)
-    vars_file = settings.work / "OVMF_VARS.fd"
+    vars_file, loader = prediction_inputs(mtools, keys, settings.work)
+    record_slot(info, entry, signed, loader, vars_file, keys, command)
+
+
+def prediction_inputs(mtools: str, keys: secureboot.SecureBootKeys, scratch: Path) -> tuple[Path, Path]:
+    """What PCR predictions for an existing ESP need besides a UKI, in `scratch`: OVMF's variables with `keys`
+    enrolled, and the signed systemd-boot read from the ESP."""
+    vars_file, loader = scratch / "OVMF_VARS.fd", scratch / "BOOTX64.EFI"
     secureboot.enrolled_vars(keys, vars_file)
-    record_slot(info, entry, signed, loader, vars_file, keys, cmdline(target, info, settings))
+    fsimage.vfat_read(mtools, esp.LOADER_PATH, loader)
+    return vars_file, loader
 
 
 def switch_to(mtools: str, state: EspState, slot_name: str) -> None:
@@ -154,9 +163,6 @@ def switch_to(mtools: str, state: EspState, slot_name: str) -> None:
 
 
 # -- reading an ESP back ----------------------------------------------------------------------------------
-
-VERITY_ROOT_HASH = re.compile(r"verity 1 \S+ \S+ \d+ \d+ \d+ \d+ \w+ ([0-9a-f]{64}) ")
-
 
 @dataclass(frozen=True)
 class EspState:
@@ -182,8 +188,8 @@ def read_esp(mtools: str, manifest: dict[str, Any], scratch: Path) -> EspState:
             entries[entry.slot] = entry
     hashes = {}
     for slot_name, entry in entries.items():
-        data = uki_bytes(mtools, entry, scratch)
-        found = VERITY_ROOT_HASH.search((pe.section_data(data, ".cmdline") or b"").decode(errors="replace") + " ")
+        command = (pe.section_data(uki_bytes(mtools, entry, scratch), ".cmdline") or b"").decode(errors="replace")
+        found = bootloader.VERITY_ROOT_HASH.search(command + " ")
         hashes[slot_name] = found.group(1) if found else ""
     versions = {name: info["version"] for name, info in manifest["slots"].items()}
     chosen = esp.first_choice(list(entries.values()), versions)

@@ -23,6 +23,7 @@ from clipbuild.core.errors import InputError, VmCheckError
 from clipbuild.core.run import alive, require, spawn
 from clipbuild.core.safefile import write_atomic
 from clipbuild.image import firmware, inspection, uefi
+from clipbuild.image.manifest import SYSTEMD_BOOT, boot_loader
 from clipbuild.image.vm import ANSI, FAILED_MARKER, PANIC
 from clipbuild.lab.topology import ADMIN_NETS, Machine, plan, qemu_command
 from clipbuild.signing import sshkeys
@@ -158,7 +159,7 @@ def _uefi(lab: Lab, machine: Machine, image: Path, lifetime: int) -> firmware.Ma
     """The UEFI machine (OVMF with the image's enrolled keys, swtpm for the lab's life) of an image of the UEFI
     path; None for the BIOS path. Development images only: the lab has no release key folder to enroll."""
     manifest = inspection.read(image).manifest
-    if (manifest.get("boot") or {}).get("loader") != "systemd-boot":
+    if boot_loader(manifest) != SYSTEMD_BOOT:
         return None
     keys = uefi.keys_for(manifest, None, str(image))
     return firmware.start(keys, lab.folder / f"{machine.name}.uefi", lifetime=lifetime)[0]
