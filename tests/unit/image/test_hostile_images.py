@@ -149,6 +149,16 @@ MANIFESTS = {
                                  "slot name"),
     "start missing": ({**good_manifest(), "partitions": [{"label": "boot"}]}, "partitions\\[0\\].number: missing"),
     "species null": (_edit("species", None), "species"),
+    # The UEFI path's keys: a boot loader clipbuild does not make, a UKI path out of EFI/Linux, a PCR that is not
+    # a SHA-256 digest, a db fingerprint that is not hex.
+    "a foreign boot loader": ({**good_manifest(), "boot": {"loader": "grub"}}, "boot.loader"),
+    "a UKI path leaving EFI/Linux": (_edit("slots.a", {**good_manifest()["slots"]["a"],
+                                                      "uki": "EFI/Linux/../../BOOT/BOOTX64.EFI"}), "slots.a.uki"),
+    "a PCR that is not a digest": (_edit("slots.a", {**good_manifest()["slots"]["a"], "pcrs": {"4": "00"}}),
+                                   "slots.a.pcrs.4"),
+    "a db fingerprint that is not hex": ({**good_manifest(), "boot": {"loader": "systemd-boot", "secure_boot": {
+        "owner": "x", "PK": {"subject": "s", "sha256": "0" * 64}, "KEK": {"subject": "s", "sha256": "0" * 64},
+        "db": {"subject": "s", "sha256": "not hex"}}}}, "boot.secure_boot.db.sha256"),
 }
 
 
